@@ -1,0 +1,50 @@
+"""gpuillum: GPU-accelerated illumination correction for microscopy.
+
+Kernels take NumPy or CuPy arrays and return the same kind of array on the same device::
+
+    import gpuillum as gi
+    background = gi.median_filter(image, 25)             # exact disk median, CellProfiler >= 4.2 edges
+    flat = gi.fit_polynomial(image, degree=6, robust=True)
+
+Names are loaded on first use, so ``import gpuillum`` stays fast and never touches a GPU.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    # per-image kernels
+    "median_filter": "gpuillum.filters.median",
+    "median_background": "gpuillum.filters.median_background",
+    "grey_erosion": "gpuillum.filters.morphology",
+    "grey_dilation": "gpuillum.filters.morphology",
+    "grey_opening": "gpuillum.filters.morphology",
+    "grey_closing": "gpuillum.filters.morphology",
+    "white_tophat": "gpuillum.filters.morphology",
+    "black_tophat": "gpuillum.filters.morphology",
+    "block_minimum": "gpuillum.filters.blocks",
+    "block_reduce": "gpuillum.filters.blocks",
+    "upsample": "gpuillum.filters.resample",
+    "fit_polynomial": "gpuillum.filters.polynomial",
+    "gaussian_filter": "gpuillum.filters.smoothing",
+    # backend
+    "gpu_available": "gpuillum.backend",
+    "resolve_device": "gpuillum.backend",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gpuillum' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,76 @@
+"""Argument checks shared by every public kernel.
+
+Each check raises ValueError or TypeError with a one-line message that names the argument and
+says what was expected, so the CLI can print it as is (exit code 2, no traceback).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .backend import get_array_module
+
+INTEGER_DTYPES = (np.uint8, np.uint16)
+FLOAT_DTYPES = (np.float32,)
+ORDER_DTYPES = INTEGER_DTYPES + FLOAT_DTYPES
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(np.dtype(d).name for d in dtypes)
+
+
+def check_image(image, name: str = "image", dtypes=ORDER_DTYPES, allow_nan: bool = False):
+    """Check that ``image`` is a 2-D NumPy or CuPy array of an allowed dtype, without NaN.
+
+    Returns the image unchanged (so calls read ``image = check_image(image)``).
+    """
+    xp = get_array_module(image)
+    if not hasattr(image, "ndim") or not hasattr(image, "dtype"):
+        raise TypeError(f"{name}: expected a 2-D NumPy or CuPy array, got {type(image).__name__}")
+    if image.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D array, got {image.ndim}-D with shape {tuple(image.shape)}")
+    if image.size == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got shape {tuple(image.shape)}")
+    if dtypes is not None and image.dtype not in tuple(np.dtype(d) for d in dtypes):
+        raise TypeError(f"{name}: dtype {image.dtype} is not supported; expected one of {_dtype_names(dtypes)}")
+    if not allow_nan and image.dtype.kind == "f" and bool(xp.isnan(image).any()):
+        raise ValueError(f"{name}: contains NaN; replace or mask those pixels first")
+    return image
+
+
+def check_radius(radius, name: str = "radius", minimum: int = 1) -> int:
+    """Check that ``radius`` is an integer >= ``minimum`` (bools and floats are refused)."""
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {radius!r}")
+    if radius < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {radius}")
+    return int(radius)
+
+
+def check_choice(value, name: str, choices) -> str:
+    """Check that ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def check_mask(mask, image, name: str = "mask"):
+    """Check that ``mask`` is None or a boolean array of the image's shape and backend.
+
+    Returns None or the mask as a bool array on the image's backend.
+    """
+    if mask is None:
+        return None
+    xp = get_array_module(image)
+    if not hasattr(mask, "shape"):
+        raise TypeError(f"{name}: expected a boolean array of shape {tuple(image.shape)}, got {type(mask).__name__}")
+    if tuple(mask.shape) != tuple(image.shape):
+        raise ValueError(f"{name}: shape {tuple(mask.shape)} does not match the image shape {tuple(image.shape)}")
+    if get_array_module(mask) is not xp:
+        raise TypeError(f"{name}: must live on the same backend as the image ({xp.__name__})")
+    if mask.dtype != bool:
+        if mask.dtype.kind not in "biu":
+            raise TypeError(f"{name}: expected a boolean array, got dtype {mask.dtype}")
+        mask = mask != 0
+    return mask

@@ -1,0 +1,1 @@
+"""Per-image kernels: array in, array out, on the backend of the input (NumPy or CuPy)."""

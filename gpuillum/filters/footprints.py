@@ -1,0 +1,39 @@
+"""Flat structuring elements shared by the window kernels (median, morphology).
+
+``"disk"`` is x^2 + y^2 <= r^2, the same set of pixels as ``skimage.morphology.disk(r)`` and
+CellProfiler's ``strel_disk(r)``; ``"square"`` is the (2r+1)^2 box. Both are described by their
+chords: for each row offset dy in [-r, r], the half-width of the footprint on that row.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import check_choice, check_radius
+
+FOOTPRINTS = ("disk", "square")
+
+
+def chord_half_widths(radius: int, footprint: str = "disk") -> np.ndarray:
+    """Half-width of the footprint on each row offset dy = -r..r (int64 array of length 2r+1).
+
+    The footprint covers (dy, dx) with |dx| <= half_width[dy + r]. Computed with integers, so the
+    disk is exactly x^2 + y^2 <= r^2 with no floating-point rounding at the rim.
+    """
+    radius = check_radius(radius)
+    check_choice(footprint, "footprint", FOOTPRINTS)
+    dy = np.arange(-radius, radius + 1, dtype=np.int64)
+    if footprint == "square":
+        return np.full(dy.shape, radius, dtype=np.int64)
+    remaining = radius * radius - dy * dy
+    half = np.floor(np.sqrt(remaining.astype(np.float64))).astype(np.int64)
+    # correct any off-by-one of the float square root so half^2 <= remaining < (half+1)^2
+    half -= (half * half > remaining).astype(np.int64)
+    half += ((half + 1) * (half + 1) <= remaining).astype(np.int64)
+    return half
+
+
+def footprint_array(radius: int, footprint: str = "disk") -> np.ndarray:
+    """The footprint as a (2r+1, 2r+1) boolean array."""
+    half = chord_half_widths(radius, footprint)
+    dx = np.arange(-radius, radius + 1)
+    return np.abs(dx)[None, :] <= half[:, None]

@@ -1,0 +1,1 @@
+"""Estimating illumination functions and backgrounds from one or many images."""

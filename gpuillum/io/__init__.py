@@ -1,0 +1,1 @@
+"""Reading and writing images, plate discovery, atomic writes and manifests."""

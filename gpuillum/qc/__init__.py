@@ -1,0 +1,1 @@
+"""Quality-control metrics and pictures that show whether a correction worked."""

@@ -1,0 +1,44 @@
+"""Shared test fixtures: GPU gating, the real-data folder, seeded random generators."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpuillum.backend import gpu_available
+
+
+def pytest_collection_modifyitems(config, items):
+    if gpu_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="no usable CUDA GPU (cupy missing or cupy.is_available() is false)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real microscopy images (../shared/data), found through GPUILLUM_DATA."""
+    value = os.environ.get("GPUILLUM_DATA")
+    if not value:
+        pytest.skip("GPUILLUM_DATA is unset: real-image tests need the shared data folder")
+    path = Path(value)
+    if not path.is_dir():
+        pytest.skip(f"GPUILLUM_DATA={value} is not a directory")
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261122)
+
+
+@pytest.fixture(scope="session")
+def cupy():
+    """The cupy module, for tests marked gpu."""
+    import cupy
+
+    return cupy

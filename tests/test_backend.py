@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+
+from gpuillum import backend
+from gpuillum.filters.footprints import chord_half_widths, footprint_array
+
+
+def test_numpy_arrays_stay_on_numpy():
+    a = np.zeros((3, 4))
+    assert backend.get_array_module(a) is np
+    assert backend.to_numpy(a) is a or np.shares_memory(backend.to_numpy(a), a)
+    assert not backend.is_cupy_array(a)
+
+
+def test_resolve_device_cpu_and_auto():
+    assert str(backend.resolve_device("cpu")) == "cpu"
+    auto = backend.resolve_device("auto")
+    assert auto.is_gpu == backend.gpu_available()
+
+
+@pytest.mark.parametrize("spec", ["tpu", "cuda:x", "gpu0"])
+def test_resolve_device_rejects_garbage(spec):
+    with pytest.raises(ValueError, match="device"):
+        backend.resolve_device(spec)
+
+
+def test_resolve_device_gpu_without_gpu(monkeypatch):
+    if backend.gpu_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError, match="no usable CUDA GPU"):
+        backend.resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 5, 10, 25, 50, 100, 250])
+def test_disk_matches_skimage(radius):
+    skm = pytest.importorskip("skimage.morphology")
+    assert np.array_equal(footprint_array(radius, "disk"), skm.disk(radius).astype(bool))
+    assert chord_half_widths(radius).shape == (2 * radius + 1,)
+
+
+def test_square_footprint():
+    assert footprint_array(3, "square").all()
+
+
+def test_every_cuda_source_is_found():
+    for path in backend.all_cuda_sources():
+        assert backend.cuda_source(path.name)
