@@ -1,0 +1,168 @@
+"""File-naming layouts of plate exports: regular expressions that turn a path into plate metadata.
+
+Every layout (and every user ``--pattern``) is a regular expression with named groups, matched in
+full (``re.fullmatch``) against a file's path relative to INPUT, written with ``/``:
+
+* ``plate``: the plate. Without this group the plate is the first folder of the relative path (or
+  ``"plate"`` for files directly in INPUT); an optional plate group that takes no part in a
+  match also gives ``"plate"``, so a plate name never depends on where INPUT lives.
+* ``well``, or ``row`` and ``col``: the well. ``row`` may be a number (1 -> A, 27 -> AA) or
+  letters, ``col`` a number; together they give e.g. ``"B03"``. A ``well`` group is kept as written.
+* ``site`` (default ``"1"``), ``channel`` (required), optional ``z`` and ``t``. Numbers in site, z and
+  t lose leading zeros (``f04`` -> site ``"4"``) so ``s1`` and ``s01`` are the same site.
+
+Built-in layouts (:data:`LAYOUTS`):
+
+* ``"gpuillum"``: the synthetic demo plate, ``<plate>/<well>_s<site>_<channel>.tif``,
+  e.g. ``DEMO/B03_s2_DNA.tif`` -> plate DEMO, well B03, site 2, channel DNA.
+* ``"imagexpress"``: Molecular Devices MetaXpress, ``<plate>/.../[TimePoint_<t>/][ZStep_<z>/]
+  <name>_<well>[_s<site>]_w<channel>[<UUID>].tif``, e.g.
+  ``Plate1/TimePoint_1/Plate1_B03_s2_w1A1B2C3D4-0000-1111-2222-333344445555.tif`` -> plate
+  Plate1, well B03, site 2, channel 1, t 1. Thumbnails (``..._thumb<UUID>.tif``) are skipped.
+* ``"operetta"`` (aliases ``"opera"``, ``"phenix"``): PerkinElmer/Revvity Harmony export,
+  ``[<plate>/][Images/]r<row>c<col>f<field>p<plane>-ch<channel>sk<timepoint>fk<n>fl<n>.tiff``,
+  e.g. ``Plate1/Images/r02c03f04p01-ch1sk1fk1fl1.tiff`` -> plate Plate1, well B03, site 4,
+  z 1, channel 1, t 1. A first folder named ``Images`` is not a plate.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+_TIFF = r"(?i:\.tiff?)"
+_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+DEFAULT_PLATE = "plate"
+DEFAULT_SITE = "1"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A named file-naming convention: ``regex`` (fullmatch on the relative path) plus files to skip."""
+
+    name: str
+    regex: re.Pattern
+    example: str
+    description: str
+    skip: re.Pattern | None = None  # recognised non-images (thumbnails), left out without a problem
+
+    def is_skipped(self, relpath: str) -> bool:
+        return self.skip is not None and self.skip.search(relpath) is not None
+
+
+GPUILLUM = Layout(
+    name="gpuillum",
+    regex=re.compile(r"(?:(?P<plate>[^/]+)/)?(?P<well>[A-Z]{1,2}\d{2,3})_s(?P<site>\d+)_(?P<channel>[^/_.]+)" + _TIFF),
+    example="DEMO/B03_s2_DNA.tif",
+    description="gpuillum synthetic demo plate: <plate>/<well>_s<site>_<channel>.tif",
+)
+
+IMAGEXPRESS = Layout(
+    name="imagexpress",
+    regex=re.compile(
+        r"(?:(?P<plate>(?!TimePoint_\d+/|ZStep_\d+/)[^/]+)/)?(?:[^/]+/)*?"
+        r"(?:TimePoint_(?P<t>\d+)/)?(?:ZStep_(?P<z>\d+)/)?"
+        r"[^/]*_(?P<well>[A-Z]{1,2}\d{2})(?:_s(?P<site>\d+))?_w(?P<channel>\d+?)(?:" + _UUID + r")?" + _TIFF
+    ),
+    example="Plate1/TimePoint_1/Plate1_B03_s2_w1A1B2C3D4-0000-1111-2222-333344445555.tif",
+    description="MetaXpress (ImageXpress): <plate>/.../<name>_<well>_s<site>_w<channel><uuid>.tif",
+    skip=re.compile(r"_thumb[^/]*$", re.IGNORECASE),
+)
+
+OPERETTA = Layout(
+    name="operetta",
+    regex=re.compile(
+        r"(?:(?P<plate>(?!Images/)[^/]+)/)?(?:[^/]+/)*?"
+        r"r(?P<row>\d{2})c(?P<col>\d{2})f(?P<site>\d+)p(?P<z>\d+)-ch(?P<channel>\d+)sk(?P<t>\d+)fk\d+fl\d+" + _TIFF
+    ),
+    example="Plate1/Images/r02c03f04p01-ch1sk1fk1fl1.tiff",
+    description="Harmony export (Operetta, Opera Phenix): r<row>c<col>f<field>p<plane>-ch<channel>sk<time>fk1fl1.tiff",
+)
+
+LAYOUTS: dict[str, Layout] = {
+    "gpuillum": GPUILLUM,
+    "imagexpress": IMAGEXPRESS,
+    "operetta": OPERETTA,
+    "opera": OPERETTA,
+    "phenix": OPERETTA,
+}
+
+
+def get_layout(name: str) -> Layout:
+    """The built-in layout called ``name`` (case-insensitive); ValueError listing the names otherwise."""
+    layout = LAYOUTS.get(str(name).lower())
+    if layout is None:
+        raise ValueError(f"layout: unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}")
+    return layout
+
+
+def distinct_layouts() -> list[Layout]:
+    """Each built-in layout once (aliases removed), in the order auto-detection tries them."""
+    seen = []
+    for layout in LAYOUTS.values():
+        if layout not in seen:
+            seen.append(layout)
+    return seen
+
+
+def compile_pattern(pattern: str) -> re.Pattern:
+    """Compile a user pattern and check its groups; ValueError with a one-line message otherwise."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as error:
+        raise ValueError(f"pattern: invalid regular expression {pattern!r} ({error})") from None
+    groups = set(regex.groupindex)
+    has_well = "well" in groups or {"row", "col"} <= groups
+    if "channel" not in groups or not has_well:
+        raise ValueError(
+            f"pattern: needs the named groups channel and well (or row and col), "
+            f"e.g. (?P<well>[A-P]\\d{{2}})_(?P<channel>\\w+)\\.tif; found {sorted(groups) or 'none'}"
+        )
+    return regex
+
+
+def row_name(row: str) -> str:
+    """Well-row letters from a row number or letters: "2" -> "B", "27" -> "AA", "b" -> "B"."""
+    if not row.isdigit():
+        return row.upper()
+    number = int(row)
+    letters = ""
+    while number > 0:
+        number, remainder = divmod(number - 1, 26)
+        letters = chr(ord("A") + remainder) + letters
+    return letters or row
+
+
+def _number(text: str | None) -> str | None:
+    """Strip leading zeros from a purely numeric field so "01" and "1" compare equal."""
+    if text is None or not text.isdigit():
+        return text
+    return str(int(text))
+
+
+def fields_from_match(match: re.Match, relpath: str) -> dict | None:
+    """plate, well, site, channel, z, t of a match on ``relpath``; None if well or channel is empty."""
+    groups = match.re.groupindex
+    values = match.groupdict()
+    if values.get("well"):
+        well = values["well"]
+    elif values.get("row") and values.get("col"):
+        row, col = values["row"], values["col"]
+        well = row_name(row) + (f"{int(col):02d}" if col.isdigit() else col)
+    else:
+        return None
+    if not values.get("channel"):
+        return None
+    if values.get("plate"):
+        plate = values["plate"]
+    elif "plate" not in groups and "/" in relpath:
+        plate = relpath.split("/", 1)[0]
+    else:
+        plate = DEFAULT_PLATE
+    return {
+        "plate": plate,
+        "well": well,
+        "site": _number(values.get("site")) or DEFAULT_SITE,
+        "channel": values["channel"],
+        "z": _number(values.get("z")),
+        "t": _number(values.get("t")),
+    }

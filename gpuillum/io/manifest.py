@@ -1,0 +1,125 @@
+"""The run manifest: what a plate job used and produced, saved as JSON next to its outputs.
+
+It records the settings, library versions and devices of the run, a sha256 and size for every
+file written (so ``--resume`` can trust a finished file and redo a damaged one), timings, and the
+input files that were skipped with the reason. Saved atomically, so a crash never leaves a
+half-written manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import threading
+from importlib import metadata
+from pathlib import Path
+
+from .atomic import atomic_write_bytes
+
+FORMAT = "gpuillum-manifest"
+FORMAT_VERSION = 1
+ROLES = ("corrected", "illum", "preview")
+_CHUNK = 1 << 20
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (constant memory for any file size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def collect_versions(packages=("gpuillum", "numpy", "scipy", "tifffile", "imagecodecs", "dask", "cupy-cuda13x", "cupy-cuda12x")) -> dict:
+    """Python and installed package versions for the manifest (packages not installed are left out)."""
+    versions = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclasses.dataclass
+class Manifest:
+    """A plate job's record. ``files`` maps an output's relative path to
+    ``{"sha256", "bytes", "role", "source"}`` (role: corrected, illum or preview; source: the input
+    relpath it came from, or None); ``skipped`` lists ``{"path", "reason"}``.
+
+    ``record_file`` and ``add_skipped`` may be called from several threads; ``save`` writes a
+    consistent snapshot.
+    """
+
+    settings: dict = dataclasses.field(default_factory=dict)
+    versions: dict = dataclasses.field(default_factory=dict)
+    devices: list = dataclasses.field(default_factory=list)
+    files: dict = dataclasses.field(default_factory=dict)
+    timings: dict = dataclasses.field(default_factory=dict)
+    skipped: list = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def record_file(self, relpath: str, path, role: str, source: str | None = None) -> dict:
+        """Checksum the written file at ``path`` and record it under ``relpath``; returns the entry."""
+        if role not in ROLES:
+            raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
+        path = Path(path)
+        entry = {"sha256": file_sha256(path), "bytes": path.stat().st_size, "role": role, "source": source}
+        with self._lock:
+            self.files[str(relpath)] = entry
+        return entry
+
+    def add_skipped(self, path, reason: str) -> None:
+        """Record an input left out of the job and why (e.g. an ImageReadError message)."""
+        with self._lock:
+            self.skipped.append({"path": str(path), "reason": str(reason)})
+
+    def is_complete(self, relpath: str, path) -> bool:
+        """True when ``relpath`` is recorded and the file at ``path`` has its size and sha256."""
+        entry = self.files.get(str(relpath))
+        path = Path(path)
+        if entry is None or not path.is_file():
+            return False
+        if path.stat().st_size != entry.get("bytes"):
+            return False
+        return file_sha256(path) == entry.get("sha256")
+
+    def to_dict(self) -> dict:
+        with self._lock:
+            body = {field.name: json.loads(json.dumps(getattr(self, field.name), default=str)) for field in dataclasses.fields(self)}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **body}
+
+    def save(self, path) -> None:
+        """Write the manifest as JSON (sorted keys, indented), atomically."""
+        text = json.dumps(self.to_dict(), indent=1, sort_keys=True)
+        atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+    @classmethod
+    def load(cls, path) -> "Manifest":
+        """Read a manifest written by :meth:`save`; ValueError naming the file if it is not one."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{path}: no such manifest file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path}: not a readable gpuillum manifest ({error})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a gpuillum manifest (no \"format\": \"{FORMAT}\")")
+        if data.get("format_version", 0) > FORMAT_VERSION:
+            raise ValueError(f"{path}: manifest format version {data['format_version']} is newer than this gpuillum reads ({FORMAT_VERSION})")
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in names})

@@ -1,0 +1,160 @@
+"""CellProfiler LoadData CSVs: reading, writing, and discovery from a CSV."""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from gpuillum.io.discovery import discover
+from gpuillum.io.loaddata import loaddata_rows, read_loaddata, write_loaddata_csv
+
+
+def _tiff(root, relpath):
+    path = root / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.zeros((4, 4), np.uint16))
+    return path
+
+
+def _fields(record):
+    return (record.relpath, record.plate, record.well, record.site, record.channel, record.z, record.t)
+
+
+def _write_csv(path, header, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_round_trip_through_discovery(tmp_path):
+    for plate in ("P1", "P2"):
+        for well in ("B03", "B10"):
+            for site in (1, 2):
+                for channel in ("DNA", "Actin"):
+                    _tiff(tmp_path / "in", f"{plate}/{well}_s{site}_{channel}.tif")
+    plan = discover(tmp_path / "in")
+    rows = loaddata_rows(plan.records)
+    assert len(rows) == 2 * 2 * 2  # one row per site, channels as columns
+    csv_path = tmp_path / "load_data.csv"
+    write_loaddata_csv(csv_path, rows)
+    records = read_loaddata(csv_path, base_dir=tmp_path / "in")
+    assert sorted(map(_fields, records)) == sorted(map(_fields, plan.records))
+    assert {r.path for r in records} == {r.path for r in plan.records}
+    again = discover(tmp_path / "in", loaddata=csv_path)
+    assert again.problems == [] and again.source.startswith("LoadData CSV")
+    assert [_fields(r) for r in again.records] == [_fields(r) for r in plan.records]
+
+
+def test_written_csv_is_cellprofiler_shaped(tmp_path):
+    _tiff(tmp_path, "P/B03_s1_DNA.tif")
+    _tiff(tmp_path, "P/B03_s1_Actin.tif")
+    plan = discover(tmp_path)
+    out = tmp_path / "out" / "corrected.csv"
+    write_loaddata_csv(out, loaddata_rows(plan.records, path_of=lambda r: tmp_path / "out" / r.relpath))
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows == [{
+        "Metadata_Plate": "P", "Metadata_Well": "B03", "Metadata_Site": "1",
+        "FileName_Actin": "B03_s1_Actin.tif", "PathName_Actin": str(tmp_path / "out" / "P"),
+        "FileName_DNA": "B03_s1_DNA.tif", "PathName_DNA": str(tmp_path / "out" / "P"),
+    }]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["corrected.csv"]
+
+
+def test_z_and_t_columns_only_when_present(tmp_path):
+    _tiff(tmp_path, "Plate1/Images/r02c03f01p02-ch1sk3fk1fl1.tiff")
+    plan = discover(tmp_path)
+    rows = loaddata_rows(plan.records)
+    assert rows[0]["Metadata_Z"] == "2" and rows[0]["Metadata_T"] == "3"
+    write_loaddata_csv(tmp_path / "l.csv", rows)
+    assert [(r.z, r.t) for r in read_loaddata(tmp_path / "l.csv", base_dir=tmp_path)] == [("2", "3")]
+
+
+def test_relative_paths_resolve_against_the_csv_folder_by_default(tmp_path):
+    _tiff(tmp_path, "images/a.tif")
+    csv_path = _write_csv(tmp_path / "l.csv", ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "FileName_DNA", "PathName_DNA"],
+                          [["P", "A01", "03", "a.tif", "images"]])
+    (record,) = read_loaddata(csv_path)
+    assert record.path == tmp_path / "images" / "a.tif"
+    assert _fields(record) == ("images/a.tif", "P", "A01", "3", "DNA", None, None)
+
+
+def test_defaults_row_col_wells_urls_and_empty_cells(tmp_path):
+    a = _tiff(tmp_path, "PlateX/a.tif")
+    b = _tiff(tmp_path, "PlateX/b.tif")
+    csv_path = _write_csv(
+        tmp_path / "l.csv",
+        ["Metadata_Row", "Metadata_Column", "FileName_DNA", "PathName_DNA", "URL_GFP"],
+        [["2", "3", "a.tif", str(tmp_path / "PlateX"), b.as_uri()], ["C", "4", "", "", a.as_uri()]],
+    )
+    records = read_loaddata(csv_path)
+    assert [_fields(r) for r in records] == [
+        ("PlateX/a.tif", "PlateX", "B03", "1", "DNA", None, None),
+        ("PlateX/b.tif", "PlateX", "B03", "1", "GFP", None, None),
+        ("PlateX/a.tif", "PlateX", "C04", "1", "GFP", None, None),
+    ]
+
+
+def test_excel_bom_is_accepted(tmp_path):
+    _tiff(tmp_path, "a.tif")
+    (tmp_path / "l.csv").write_bytes("Metadata_Well,FileName_DNA\nA01,a.tif\n".encode("utf-8-sig"))
+    (record,) = read_loaddata(tmp_path / "l.csv")
+    assert (record.plate, record.well, record.channel) == ("plate", "A01", "DNA")
+
+
+@pytest.mark.parametrize(
+    "header, rows, message",
+    [
+        (["Metadata_Well", "Image_Count"], [["A01", "1"]], "no FileName_<channel> or URL_<channel> columns"),
+        (["Metadata_Plate", "FileName_DNA"], [["P", "a.tif"]], "needs a Metadata_Well column"),
+        (["Metadata_Well", "FileName_DNA"], [["", "a.tif"]], "line 2: empty well"),
+        (["Metadata_Well", "URL_DNA"], [["A01", "https://example.org/a.tif"]], "is not a file: URL"),
+    ],
+)
+def test_malformed_csv_raises_one_line_value_error(tmp_path, header, rows, message):
+    csv_path = _write_csv(tmp_path / "l.csv", header, rows)
+    with pytest.raises(ValueError, match=re.escape(message)) as caught:
+        read_loaddata(csv_path)
+    assert "\n" not in str(caught.value) and str(csv_path) in str(caught.value)
+
+
+def test_missing_csv(tmp_path):
+    with pytest.raises(ValueError, match="no such file"):
+        read_loaddata(tmp_path / "missing.csv")
+
+
+def test_discovery_reports_missing_and_outside_files(tmp_path):
+    inside = _tiff(tmp_path / "in", "P/a.tif")
+    outside = _tiff(tmp_path, "elsewhere/b.tif")
+    csv_path = _write_csv(
+        tmp_path / "l.csv",
+        ["Metadata_Plate", "Metadata_Well", "FileName_DNA", "PathName_DNA"],
+        [["P", "A01", inside.name, str(inside.parent)], ["P", "A02", "gone.tif", str(inside.parent)],
+         ["P", "A03", outside.name, str(outside.parent)]],
+    )
+    plan = discover(tmp_path / "in", loaddata=csv_path)
+    assert [r.well for r in plan.records] == ["A01"]
+    assert plan.problems[0] == "P/gone.tif: listed in l.csv but missing; left out"
+    assert plan.problems[1].startswith("../elsewhere/b.tif: listed in l.csv but outside INPUT")
+
+
+def test_loaddata_with_pattern_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="give at most one of pattern, layout, loaddata"):
+        discover(tmp_path, loaddata=tmp_path / "l.csv", pattern="(?P<well>x)(?P<channel>y)")
+
+
+def test_write_needs_rows(tmp_path):
+    with pytest.raises(ValueError, match="rows: expected at least one"):
+        write_loaddata_csv(tmp_path / "l.csv", [])
+    assert not Path(tmp_path / "l.csv").exists()
+
+
+def test_write_fills_missing_keys_in_first_seen_column_order(tmp_path):
+    write_loaddata_csv(tmp_path / "l.csv", [{"Metadata_Well": "A01", "FileName_DNA": "a.tif"}, {"Metadata_Well": "A02", "Extra": 5}])
+    assert (tmp_path / "l.csv").read_text() == "Metadata_Well,FileName_DNA,Extra\nA01,a.tif,\nA02,,5\n"

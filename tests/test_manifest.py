@@ -1,0 +1,106 @@
+"""Run manifests: checksums, completeness after tampering, atomic JSON save/load."""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import threading
+
+import pytest
+
+from gpuillum.io.manifest import Manifest, collect_versions, file_sha256
+
+
+def _file(path, data: bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_file_sha256_streams_large_files(tmp_path, rng):
+    data = rng.integers(0, 256, 2_500_000, dtype="uint8").tobytes()  # more than two 1 MiB chunks
+    assert file_sha256(_file(tmp_path / "big.bin", data)) == hashlib.sha256(data).hexdigest()
+
+
+def test_record_file(tmp_path):
+    path = _file(tmp_path / "P" / "a.tif", b"corrected pixels")
+    manifest = Manifest()
+    entry = manifest.record_file("P/a.tif", path, "corrected", source="P/a.tif")
+    assert entry == {"sha256": hashlib.sha256(b"corrected pixels").hexdigest(), "bytes": 16, "role": "corrected", "source": "P/a.tif"}
+    assert manifest.files == {"P/a.tif": entry}
+
+
+def test_record_file_rejects_unknown_roles(tmp_path):
+    with pytest.raises(ValueError, match="role: expected one of corrected, illum, preview"):
+        Manifest().record_file("a", _file(tmp_path / "a", b"x"), "output")
+
+
+def test_is_complete_detects_tampering(tmp_path):
+    path = _file(tmp_path / "a.tif", b"0123456789")
+    manifest = Manifest()
+    manifest.record_file("a.tif", path, "corrected")
+    assert manifest.is_complete("a.tif", path)
+    assert not manifest.is_complete("other.tif", path)
+    path.write_bytes(b"0123456780")  # same size, different content
+    assert not manifest.is_complete("a.tif", path)
+    path.write_bytes(b"01234")  # truncated
+    assert not manifest.is_complete("a.tif", path)
+    path.unlink()
+    assert not manifest.is_complete("a.tif", path)
+
+
+def test_save_load_round_trip(tmp_path):
+    manifest = Manifest(settings={"preset": "jump", "radius": 50}, versions=collect_versions(), devices=["cpu"])
+    manifest.record_file("P/P_IllumDNA.npy", _file(tmp_path / "out" / "P" / "P_IllumDNA.npy", b"npy"), "illum")
+    manifest.timings["reduce_s"] = 1.25
+    manifest.add_skipped("P/bad.tif", "P/bad.tif: truncated")
+    target = tmp_path / "out" / "manifest.json"
+    manifest.save(target)
+    loaded = Manifest.load(target)
+    assert loaded == manifest
+    assert loaded.is_complete("P/P_IllumDNA.npy", tmp_path / "out" / "P" / "P_IllumDNA.npy")
+    assert json.loads(target.read_text())["format"] == "gpuillum-manifest"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["P", "manifest.json"]
+    assert "numpy" in loaded.versions and "python" in loaded.versions
+
+
+@pytest.mark.parametrize("text, message", [("{not json", "not a readable gpuillum manifest"), ('{"files": {}}', "not a gpuillum manifest"),
+                                           ('{"format": "gpuillum-manifest", "format_version": 99}', "newer than this gpuillum reads")])
+def test_load_refuses_other_files(tmp_path, text, message):
+    (tmp_path / "m.json").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        Manifest.load(tmp_path / "m.json")
+
+
+def test_load_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="no such manifest file"):
+        Manifest.load(tmp_path / "m.json")
+
+
+def test_interrupted_save_keeps_previous_manifest(tmp_path, monkeypatch):
+    target = tmp_path / "manifest.json"
+    Manifest(settings={"run": 1}).save(target)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("os.fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Manifest(settings={"run": 2}).save(target)
+    assert Manifest.load(target).settings == {"run": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_pickles_and_records_from_threads(tmp_path):
+    paths = [_file(tmp_path / f"{i}.tif", bytes([i]) * (i + 1)) for i in range(16)]
+    manifest = Manifest()
+    threads = [threading.Thread(target=manifest.record_file, args=(p.name, p, "corrected")) for p in paths]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(manifest.files) == sorted(p.name for p in paths)
+    clone = pickle.loads(pickle.dumps(manifest))
+    assert clone == manifest
+    clone.add_skipped("x", "y")  # the lock survives pickling
+    assert clone.skipped == [{"path": "x", "reason": "y"}]
