@@ -1,0 +1,742 @@
+"""CellProfiler's CorrectIlluminationCalculate, setting for setting, on NumPy or CuPy.
+
+The parity target is CellProfiler 4.2 (``compat="4.2"``, the production version; the spec is
+docs/cellprofiler.md sections 3-4): every stage re-cast to float32, the All-mode mask drop, the
+dilation kernel's sigma^2 bug, the truncating ``uint16(x * 65535)`` median quantisation. With
+``compat="5"`` the ``count > 0`` mask is kept through dilation, smoothing and rescaling, as
+CellProfiler 5 does (intermediates stay float32 here; CP5 keeps some in float64, a difference at
+float32 rounding level).
+
+Pipeline: ``IlluminationAccumulator.add`` converts each image to float32 in [0, 1] like
+CellProfiler's image container, optionally resizes it (``resize_factor``, an emulation of the
+Resize module production pipelines put around the module), preprocesses it (Regular: masked
+pixels -> 0; Background: CellProfiler block minima) and adds it to a sum (exact integers for
+uint8/uint16 images, float64 otherwise) and a pixel count on the image's backend. ``finalize``
+averages (valid = count > 0), dilates, smooths, rescales and resizes back. CuPy inputs stay on
+the GPU for every stage except Splines and Convex Hull, whose kernels may round-trip through the
+host (see their modules).
+
+"All: First cycle" and "All: Across cycles" give the same function: both average the same images
+of a group and smooth the average. In CellProfiler they differ only in *when* the work happens
+(First cycle runs the upstream pipeline for the whole group before the first cycle so the
+function is available to every cycle; Across cycles adds one image per cycle and computes at the
+end). Here a group is always reduced first and smoothed once.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._checks import check_choice, check_image, check_mask
+from ..backend import get_array_module, get_ndimage, is_cupy_array, same_backend, to_numpy
+from ..correct import apply  # re-exported: CorrectIlluminationApply
+from .functions_io import function_filename, load_function, save_function  # re-exported
+
+INTENSITY_CHOICES = ("Regular", "Background")
+RESCALE_CHOICES = ("Yes", "No", "Median")
+AGGREGATION_CHOICES = ("Each", "All: First cycle", "All: Across cycles")
+SMOOTHING_CHOICES = (
+    "No smoothing",
+    "Convex Hull",
+    "Fit Polynomial",
+    "Median Filter",
+    "Gaussian Filter",
+    "Smooth to Average",
+    "Splines",
+)
+FILTER_SIZE_CHOICES = ("Automatic", "Object size", "Manually")
+SPLINE_MODES = ("auto", "dark", "bright", "gray")
+COMPAT_CHOICES = ("4.2", "5")
+YES_NO = ("Yes", "No")
+ROBUST_FACTOR = 0.02  # CellProfiler's rescale "Yes" takes the 2 % order statistic
+INPUT_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+__all__ = [
+    "CalculateSettings",
+    "IlluminationAccumulator",
+    "PRESETS",
+    "apply",
+    "calculate",
+    "dilate",
+    "dilation_kernel",
+    "function_filename",
+    "load_function",
+    "median_radius",
+    "preset",
+    "rescale",
+    "save_function",
+    "smooth",
+    "smoothing_filter_size",
+    "smoothing_sigma",
+    "to_cellprofiler_float",
+]
+
+
+def _check_number(value, name: str, low: float, high: float = np.inf, integer: bool = False):
+    kind = "an integer" if integer else "a number"
+    bounds = f">= {low}" if high == np.inf else f"in [{low}, {high}]"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        raise ValueError(f"{name}: expected {kind} {bounds}, got {value!r}")
+    if not (low <= value <= high):
+        raise ValueError(f"{name}: expected {kind} {bounds}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CalculateSettings:
+    """Every CorrectIlluminationCalculate setting with CellProfiler's defaults and choice strings.
+
+    Field <- CellProfiler setting: intensity <- "Select how the illumination function is
+    calculated"; dilate / dilation_radius <- "Dilate objects ..." / "Dilation radius" (applied
+    whenever dilate is on, as CellProfiler does, although its UI shows it only for Regular);
+    block_size (Background); rescale; aggregation <- "Calculate function for each image
+    individually, or based on all images?"; smoothing; filter_size_method, object_width,
+    manual_size (Gaussian/Median size); spline_* (Splines; spline_rescale is "Image resampling
+    factor"). ``compat`` picks CellProfiler 4.2 or 5 semantics (module docstring).
+    ``resize_factor`` (gpuillum extension) shrinks every image with CellProfiler's bilinear
+    Resize before the module and enlarges the function back afterwards, like the JUMP pipeline.
+    """
+
+    intensity: str = "Regular"
+    dilate: bool = False
+    dilation_radius: int = 1
+    block_size: int = 60
+    rescale: str = "Yes"
+    aggregation: str = "Each"
+    smoothing: str = "No smoothing"
+    filter_size_method: str = "Automatic"
+    object_width: float = 10
+    manual_size: float = 10
+    spline_automatic: bool = True
+    spline_mode: str = "auto"
+    spline_points: int = 5
+    spline_threshold: float = 2.0
+    spline_rescale: float = 2.0
+    spline_max_iterations: int = 40
+    spline_convergence: float = 0.001
+    compat: str = "4.2"
+    resize_factor: float = 1.0
+
+    def __post_init__(self):
+        check_choice(self.intensity, "intensity", INTENSITY_CHOICES)
+        check_choice(self.rescale, "rescale", RESCALE_CHOICES)
+        check_choice(self.aggregation, "aggregation", AGGREGATION_CHOICES)
+        check_choice(self.smoothing, "smoothing", SMOOTHING_CHOICES)
+        check_choice(self.filter_size_method, "filter_size_method", FILTER_SIZE_CHOICES)
+        check_choice(self.spline_mode, "spline_mode", SPLINE_MODES)
+        check_choice(self.compat, "compat", COMPAT_CHOICES)
+        for name in ("dilate", "spline_automatic"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+        _check_number(self.dilation_radius, "dilation_radius", 0, integer=True)
+        if self.dilate and self.dilation_radius < 1:
+            raise ValueError(f"dilation_radius: expected an integer >= 1 when dilate is on, got {self.dilation_radius!r}")
+        _check_number(self.block_size, "block_size", 1, integer=True)
+        for name in ("object_width", "manual_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+                raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+        _check_number(self.spline_points, "spline_points", 4, integer=True)
+        _check_number(self.spline_threshold, "spline_threshold", 0.1, 5.0)
+        _check_number(self.spline_rescale, "spline_rescale", 1.0)
+        _check_number(self.spline_max_iterations, "spline_max_iterations", 1, integer=True)
+        _check_number(self.spline_convergence, "spline_convergence", 1e-5, 0.1)
+        factor = self.resize_factor
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0 < factor <= 1:
+            raise ValueError(f"resize_factor: expected a number in (0, 1], got {factor!r}")
+
+    @property
+    def is_all(self) -> bool:
+        """True for the two All modes (one function per group)."""
+        return self.aggregation != "Each"
+
+    def replace(self, **changes) -> "CalculateSettings":
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_cppipe(cls, path, module, **overrides) -> "CalculateSettings":
+        """Settings of one CorrectIlluminationCalculate module of a ``.cppipe`` file.
+
+        ``module`` is the module number (int) or the name of the module's output image (str).
+        Revision 1 modules get the spline defaults appended, revision 2 legacy "All" becomes
+        "All: First cycle" when the input comes straight from an input module and "All: Across
+        cycles" otherwise, revision 3 (CellProfiler 5) "All" becomes "All: Across cycles" with
+        ``compat="5"``. When the input image is made by a bilinear "by factor" Resize module,
+        its factor becomes ``resize_factor``. ``overrides`` replace settings afterwards.
+        """
+        from .cppipe import read_pipeline
+
+        modules = read_pipeline(path)
+        calculators = [m for m in modules if m.name == "CorrectIlluminationCalculate"]
+        if not calculators:
+            raise ValueError(f"{path}: no CorrectIlluminationCalculate module in the pipeline")
+        available = ", ".join(f"#{m.number} -> {m.values[1]!r}" for m in calculators if len(m.values) > 1)
+        if isinstance(module, numbers.Integral) and not isinstance(module, bool):
+            chosen = [m for m in calculators if m.number == module]
+        elif isinstance(module, str):
+            chosen = [m for m in calculators if len(m.values) > 1 and m.values[1] == module]
+        else:
+            raise TypeError(f"module: expected a module number or an output image name, got {module!r}")
+        if not chosen:
+            raise ValueError(f"module: no CorrectIlluminationCalculate module {module!r} in {path} (available: {available})")
+        settings = _settings_from_module(chosen[0], modules, str(path))
+        return settings.replace(**overrides) if overrides else settings
+
+
+def _settings_from_module(module, modules, source: str) -> CalculateSettings:
+    """Translate a CIC module's positional setting values (cellprofiler.md section 3)."""
+    values = module.values
+    where = f"{source}: module #{module.number}"
+    revision = module.revision
+    if revision not in (1, 2, 3):
+        raise ValueError(f"{where}: CorrectIlluminationCalculate variable_revision_number {revision} is not supported (1-3)")
+    if revision == 1:
+        values = values + ["Yes", "auto", "5", "2", "2", "40", "0.001"]
+    if len(values) != 23:
+        raise ValueError(f"{where}: expected 23 settings for revision {revision}, found {len(values)}")
+    image_name = values[0]
+    aggregation = values[7]
+    compat = "4.2"
+    if revision == 3:
+        compat = "5"
+        if aggregation == "All":
+            aggregation = "All: Across cycles"
+    elif aggregation == "All":
+        aggregation = "All: Across cycles" if _made_by_processing(image_name, module, modules) else "All: First cycle"
+
+    def number(index, cast, name):
+        try:
+            return cast(float(values[index])) if cast is int else cast(values[index])
+        except ValueError:
+            raise ValueError(f"{where}: setting {index + 1} ({name}) is not a number: {values[index]!r}") from None
+
+    def yes_no(index, name):
+        check_choice(values[index], f"{where}: {name}", YES_NO)
+        return values[index] == "Yes"
+
+    try:
+        return CalculateSettings(
+            intensity=values[2],
+            dilate=yes_no(3, "dilate"),
+            dilation_radius=number(4, int, "dilation_radius"),
+            block_size=number(5, int, "block_size"),
+            rescale=values[6],
+            aggregation=aggregation,
+            smoothing=values[8],
+            filter_size_method=values[9],
+            object_width=number(10, float, "object_width"),
+            manual_size=number(11, float, "manual_size"),
+            spline_automatic=yes_no(16, "spline_automatic"),
+            spline_mode=values[17],
+            spline_points=number(18, int, "spline_points"),
+            spline_threshold=number(19, float, "spline_threshold"),
+            spline_rescale=number(20, float, "spline_rescale"),
+            spline_max_iterations=number(21, int, "spline_max_iterations"),
+            spline_convergence=number(22, float, "spline_convergence"),
+            compat=compat,
+            resize_factor=_resize_factor_for(image_name, module, modules, where),
+        )
+    except ValueError as error:
+        if str(error).startswith(source):
+            raise
+        raise ValueError(f"{where}: {error}") from None
+
+
+_INPUT_MODULES = ("Images", "Metadata", "NamesAndTypes", "Groups", "LoadData", "LoadImages", "LoadSingleImage")
+
+
+def _made_by_processing(image_name: str, module, modules) -> bool:
+    """True when an earlier, non-input module names ``image_name`` as one of its outputs."""
+    for other in modules:
+        if other.number >= module.number or other.name in _INPUT_MODULES:
+            continue
+        for text, value in other.settings:
+            if value == image_name and text.lower().startswith("name"):
+                return True
+    return False
+
+
+def _resize_factor_for(image_name: str, module, modules, where: str) -> float:
+    """The factor of the Resize module that makes the module's input, or 1.0."""
+    for other in modules:
+        if other.name != "Resize" or other.number >= module.number or other.value("Name the output image") != image_name:
+            continue
+        method = other.value("Resizing method") or other.value("Select resizing method") or ""
+        interpolation = other.value("Interpolation method") or ""
+        if not method.startswith("Resize by a fraction"):
+            raise ValueError(f"{where}: input {image_name!r} comes from a Resize to fixed dimensions; only 'by factor' resizing is emulated")
+        if interpolation != "Bilinear":
+            raise ValueError(f"{where}: input {image_name!r} comes from a {interpolation!r} Resize; only 'Bilinear' is emulated")
+        factors = {other.value(prefix) for prefix in ("Resizing factor", "X Resizing factor", "Y Resizing factor")} - {None}
+        if len(factors) != 1:
+            raise ValueError(f"{where}: input {image_name!r} comes from a Resize with different X and Y factors {sorted(factors)}")
+        return float(factors.pop())
+    return 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: production configurations (cellprofiler.md section 12)
+
+_PRODUCTION = dict(intensity="Regular", dilate=False, rescale="Yes", aggregation="All: Across cycles",
+                   smoothing="Median Filter", filter_size_method="Manually")
+
+PRESETS: dict[str, CalculateSettings] = {
+    # JUMP production (JUMP_illum_LoadData_v1.cppipe): Resize x0.2 -> median size 20 (r 9) -> x5
+    "jump": CalculateSettings(**_PRODUCTION, manual_size=20, resize_factor=0.2),
+    # original Cell Painting pipeline (2014-2016): full resolution, median size 200 (r 85)
+    "cellpainting-2014": CalculateSettings(**_PRODUCTION, manual_size=200),
+    # Broad Phenix / ImageXpress pipelines (2016-2022, incl. the iPSC bin1 CP4 pipeline): x0.1, size 20
+    "broad-0.1x": CalculateSettings(**_PRODUCTION, manual_size=20, resize_factor=0.1),
+    # the same pipelines' size-10 variant at x0.1
+    "broad-0.1x-size10": CalculateSettings(**_PRODUCTION, manual_size=10, resize_factor=0.1),
+    # CDRP illum_8x.cppipe (2017): x0.125, size 10
+    "cdrp": CalculateSettings(**_PRODUCTION, manual_size=10, resize_factor=0.125),
+}
+
+
+def preset(name: str) -> CalculateSettings:
+    """The settings of a named production configuration (see ``PRESETS``)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {', '.join(repr(n) for n in PRESETS)}, got {name!r}")
+    return PRESETS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Filter sizes (cellprofiler.md 4.4)
+
+
+def smoothing_filter_size(settings: CalculateSettings, shape) -> float:
+    """CellProfiler's smoothing filter size (a FWHM) for a plane of ``shape`` (after any resize)."""
+    if settings.filter_size_method == "Manually":
+        return float(settings.manual_size)
+    if settings.filter_size_method == "Object size":
+        return settings.object_width * 2.35 / 3.5
+    return min(30, float(max(shape)) / 40.0)
+
+
+def smoothing_sigma(settings: CalculateSettings, shape) -> float:
+    """Gaussian sigma = filter size / 2.35."""
+    return smoothing_filter_size(settings, shape) / 2.35
+
+
+def median_radius(settings: CalculateSettings, shape) -> int:
+    """Median Filter disk radius = max(1, int(sigma + 0.5))."""
+    return max(1, int(smoothing_sigma(settings, shape) + 0.5))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+def to_cellprofiler_float(image):
+    """An image as CellProfiler holds it: float32, uint8 / 255, uint16 / 65535 (float32 arithmetic)."""
+    image = check_image(image, "image", dtypes=INPUT_DTYPES, allow_nan=True)
+    xp = get_array_module(image)
+    if image.dtype.kind == "u":
+        pixels = image.astype(xp.float32)
+        pixels /= xp.float32(np.iinfo(image.dtype).max)
+        return pixels
+    return image.astype(xp.float32, copy=False)
+
+
+def dilation_kernel(radius: int) -> np.ndarray:
+    """CellProfiler's ``circular_gaussian_kernel(sd=radius, radius=3 * radius)``, float64, sum 1.
+
+    The kernel divides the coordinates by sd and the exponent by 2 sd^2 again, so its effective
+    sigma is radius^2 (cellprofiler.md 4.3); kept for parity, evaluated in the same float64 order.
+    """
+    extent = 3 * radius
+    unit = np.mgrid[-extent : extent + 1, -extent : extent + 1].astype(float) / extent
+    inside = unit[0] ** 2 + unit[1] ** 2 <= 1
+    rows = unit[0] * extent / radius
+    cols = unit[1] * extent / radius
+    kernel = np.zeros((2 * extent + 1, 2 * extent + 1))
+    kernel[inside] = np.e ** (-(rows[inside] ** 2 + cols[inside] ** 2) / (2 * radius**2))
+    return kernel / np.sum(kernel)
+
+
+def _normalised_convolution(pixels, mask, kernel, xp):
+    """convolve(pixels * mask) / (convolve(mask) + eps), zero padding, evaluated everywhere."""
+    ndi = get_ndimage(xp)
+    weights = xp.asarray(kernel)
+    weight_image = xp.ones(pixels.shape, xp.float64) if mask is None else mask.astype(xp.float64)
+    masked = pixels if mask is None else xp.where(mask, pixels, xp.float32(0))
+    numerator = ndi.convolve(masked, weights, mode="constant", cval=0)
+    denominator = ndi.convolve(weight_image, weights, mode="constant", cval=0)
+    return (numerator / (denominator + np.finfo(np.float64).eps)).astype(xp.float32)
+
+
+def dilate(pixels, mask, radius: int):
+    """The "Dilate objects" stage: normalised convolution with ``dilation_kernel(radius)``, float32."""
+    return _normalised_convolution(pixels, mask, dilation_kernel(radius), get_array_module(pixels))
+
+
+def _median_smooth(pixels, mask, radius: int, xp):
+    """CellProfiler >= 4.2 Median Filter: uint16(x * 65535) (truncating, wrapping like x86), masked
+    pixels -> 0 but still counted, exact in-bounds disk median, / 65535 in float32."""
+    from ..filters.median import median_filter
+
+    scaled = pixels * xp.float32(65535)
+    quantised = (scaled.astype(xp.int64) & 0xFFFF).astype(xp.uint16)
+    if mask is not None:
+        quantised = xp.where(mask, quantised, xp.uint16(0))
+    filtered = median_filter(quantised, radius, footprint="disk", mode="ignore")
+    return filtered.astype(xp.float32) / xp.float32(65535)
+
+
+def _spline_smooth(pixels, mask, settings: CalculateSettings, xp):
+    from .splines import spline_background
+
+    if settings.spline_automatic:
+        shortest = min(pixels.shape)
+        scale = 1.0 if shortest < 200 else float(shortest) / 200
+        background = spline_background(pixels, mask, scale=scale)
+    else:
+        background = spline_background(
+            pixels,
+            mask,
+            mode=settings.spline_mode,
+            threshold=settings.spline_threshold,
+            points=settings.spline_points,
+            scale=settings.spline_rescale,
+            max_iterations=settings.spline_max_iterations,
+            convergence=settings.spline_convergence,
+        )
+    background = xp.asarray(background, dtype=xp.float64)
+    # zero-mean over the mask: the background is meant for Subtract
+    if mask is None:
+        return background - xp.mean(background)
+    return xp.where(mask, background - xp.mean(background[mask]), background)
+
+
+def smooth(pixels, mask, settings: CalculateSettings):
+    """The smoothing stage on a float32 plane; ``mask`` None means every pixel. Returns float32."""
+    xp = get_array_module(pixels)
+    method = settings.smoothing
+    if method == "No smoothing":
+        return pixels
+    if method == "Fit Polynomial":
+        from ..filters.polynomial import fit_polynomial
+
+        out = fit_polynomial(pixels, 2, mask=mask, exclude_zeros=True, clip=(0, 1))
+    elif method == "Gaussian Filter":
+        from ..filters.smoothing import gaussian_filter
+
+        out = gaussian_filter(pixels, smoothing_sigma(settings, pixels.shape), mask=mask)
+    elif method == "Median Filter":
+        out = _median_smooth(pixels, mask, median_radius(settings, pixels.shape), xp)
+    elif method == "Smooth to Average":
+        values = pixels.ravel() if mask is None else pixels[mask]
+        out = xp.zeros(pixels.shape, xp.float32) + xp.mean(values)
+    elif method == "Splines":
+        out = _spline_smooth(pixels, mask, settings, xp)
+    else:  # Convex Hull
+        from .convex_hull import convex_hull_smooth
+
+        out = convex_hull_smooth(pixels, mask)
+    return xp.asarray(out).astype(xp.float32, copy=False)
+
+
+def rescale(pixels, mask, option: str):
+    """The rescale stage: "Yes" divides by the 2 % order statistic of the positive (masked) pixels
+    after raising smaller values to it, "Median" divides by the upper median, "No" passes through."""
+    check_choice(option, "rescale", RESCALE_CHOICES)
+    if option == "No":
+        return pixels
+    xp = get_array_module(pixels)
+    positive = pixels > 0
+    if mask is not None:
+        positive &= mask
+    values = pixels[positive]
+    count = int(values.size)
+    if count == 0:
+        return pixels
+    index = int(count * ROBUST_FACTOR) if option == "Yes" else int(count / 2)
+    robust = xp.partition(values, index)[index]
+    if option == "Yes":
+        pixels = xp.maximum(pixels, robust)
+    return (pixels / robust).astype(xp.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Accumulator
+
+
+def _device_of(array):
+    return array.device if is_cupy_array(array) else contextlib.nullcontext()
+
+
+class IlluminationAccumulator:
+    """Streaming CorrectIlluminationCalculate for one group (plate) and channel.
+
+    ``add`` images one at a time in constant memory, ``merge`` partial accumulators (exact
+    elementwise adds), ``finalize`` once. The sum lives on the image's backend and is exact for
+    integer images (the raw uint8/uint16 values in a uint32 sum, int64 once it could overflow;
+    divided by the dtype maximum only in the average) and float64 otherwise (float input, or
+    any ``resize_factor`` != 1); mixing kinds converts the exact sum to float64. CellProfiler
+    itself sums float32, so these averages are at least as accurate. Pixel counts: a scalar for
+    unmasked images plus an int32 array once a mask appears. With ``aggregation="Each"`` the
+    accumulator holds exactly one image. Pickles with NumPy state (unpickled: on the CPU).
+
+    With ``resize_factor`` != 1, unmasked Regular images are summed at full resolution and the
+    average is resized once: CellProfiler's bilinear Resize is linear and its clip to the input
+    range never binds, so resizing the average equals averaging the resized images up to float32
+    rounding, for one integer add per image instead of one resize. The first masked image (or
+    Background preprocessing, which is not linear) switches to resizing every image.
+    """
+
+    def __init__(self, settings: CalculateSettings | None = None):
+        settings = CalculateSettings() if settings is None else settings
+        if not isinstance(settings, CalculateSettings):
+            raise TypeError(f"settings: expected CalculateSettings, got {type(settings).__name__}")
+        self.settings = settings
+        self.count = 0  # number of images added
+        self.shape = None  # shape of the input images
+        self._sum = None  # sum of preprocessed pixels (working shape)
+        self._scale = None  # integer sum: the dtype maximum that maps it to CellProfiler floats; None: float64 sum
+        self._unmasked = 0  # images added without a mask: they count at every pixel
+        self._masked_count = None  # int32 per-pixel count from masked images (allocated on the first mask)
+        self._deferred = False  # the sum is at full resolution; resize its average at the end
+
+    # -- accumulation -------------------------------------------------------------------------
+    def _prepare(self, image, mask):
+        """Check and resize; returns (shape, pixels, mask, deferred). Pixels stay uint8/uint16 when the
+        sum can be exact (no per-image resize), else become CellProfiler float32."""
+        image = check_image(image, "image", dtypes=INPUT_DTYPES, allow_nan=True)
+        xp = get_array_module(image)
+        mask = check_mask(mask, image)
+        shape = tuple(image.shape)
+        if self.shape is not None:
+            if shape != self.shape:
+                raise ValueError(f"image: shape {shape} differs from the group's image shape {self.shape}")
+            if is_cupy_array(image) != is_cupy_array(self._sum):
+                raise TypeError("image: must live on the same backend as the images already added")
+        if image.dtype.kind == "f" and not bool(xp.isfinite(image).all()):
+            raise ValueError("image: contains NaN or infinite values; replace or mask those pixels first")
+        factor = self.settings.resize_factor
+        linear = self.settings.intensity == "Regular" or self.settings.smoothing == "Splines"
+        defer = factor != 1.0 and mask is None and linear and (self._sum is None or self._deferred)
+        if factor != 1.0 and not defer and self._deferred:
+            self._undefer()
+        if image.dtype.kind == "u" and (factor == 1.0 or defer):
+            return shape, image, mask, defer
+        pixels = to_cellprofiler_float(image)
+        if factor != 1.0 and not defer:
+            from ..filters.resample import resize_bilinear
+
+            pixels = resize_bilinear(pixels, self.settings.resize_factor)
+            if mask is not None:
+                # a resized pixel stays valid when most of what it averages was valid
+                mask = resize_bilinear(mask.astype(xp.float32), tuple(pixels.shape)) >= 0.5
+        return shape, pixels, mask, defer
+
+    def _preprocess(self, pixels, mask):
+        """Regular: masked pixels -> 0. Background: CellProfiler block minima (masked -> 0).
+        Either works on raw integers too: the /max scaling is monotonic and exact afterwards."""
+        settings = self.settings
+        if settings.intensity == "Regular" or settings.smoothing == "Splines":
+            return pixels if mask is None else get_array_module(pixels).where(mask, pixels, pixels.dtype.type(0))
+        from ..filters.blocks import block_minimum
+
+        return block_minimum(pixels, settings.block_size, mask=mask)
+
+    def _float_sum(self):
+        """The sum in CellProfiler float units, float64."""
+        if self._scale is None:
+            return self._sum
+        return self._sum / float(self._scale)
+
+    def _make_float(self):
+        self._sum = self._float_sum()
+        self._scale = None
+
+    def _working_sum(self):
+        """The float64 sum at working (resized) size."""
+        total = self._float_sum()
+        if not self._deferred:
+            return total
+        from ..filters.resample import resize_bilinear
+
+        xp = get_array_module(total)
+        average = (total / self.count).astype(xp.float32)
+        return resize_bilinear(average, self.settings.resize_factor).astype(xp.float64) * self.count
+
+    def _undefer(self):
+        """Switch a full-resolution sum to the resized working size (before a masked image)."""
+        self._sum = self._working_sum()
+        self._scale = None
+        self._deferred = False
+
+    def _add_sum(self, values, scale, images: int):
+        """Add ``values`` (integers of dtype maximum ``scale``, or CellProfiler floats when None)."""
+        xp = get_array_module(values)
+        if self._sum is None:
+            self._scale = scale
+            self._sum = xp.zeros(values.shape, xp.uint32 if scale is not None else xp.float64)
+        elif scale != self._scale:
+            self._make_float()
+            if scale is not None:
+                values = values / float(scale)
+        if self._scale is not None and self._sum.dtype == xp.uint32 and (self.count + images) * self._scale >= 2**32:
+            self._sum = self._sum.astype(xp.int64)
+        self._sum += values
+
+    def add(self, image, mask=None) -> "IlluminationAccumulator":
+        """Add one 2-D image (uint8, uint16, float32 or float64; NumPy or CuPy) and its optional mask."""
+        if not self.settings.is_all and self.count:
+            raise ValueError("add: an 'Each' accumulator holds one image; use calculate() or one accumulator per image")
+        with _device_of(image):
+            shape, pixels, mask, deferred = self._prepare(image, mask)
+            self._deferred = deferred
+            xp = get_array_module(pixels)
+            processed = self._preprocess(pixels, mask)  # zero wherever the mask is False
+            scale = int(np.iinfo(processed.dtype).max) if processed.dtype.kind == "u" else None
+            self._add_sum(processed, scale, 1)
+            if mask is None:
+                self._unmasked += 1
+            else:
+                if self._masked_count is None:
+                    self._masked_count = xp.zeros(processed.shape, xp.int32)
+                self._masked_count += mask
+            self.shape = shape
+            self.count += 1
+        return self
+
+    def merge(self, other: "IlluminationAccumulator") -> "IlluminationAccumulator":
+        """Add another accumulator's images to this one (same settings and shape); returns self.
+
+        A partial from another backend is moved to this one's backend (one array copy).
+        """
+        if not isinstance(other, IlluminationAccumulator):
+            raise TypeError(f"other: expected an IlluminationAccumulator, got {type(other).__name__}")
+        if other.settings != self.settings:
+            raise ValueError("other: accumulators with different settings cannot be merged")
+        if not self.settings.is_all and self.count + other.count > 1:
+            raise ValueError("other: 'Each' accumulators hold one image each and cannot be merged")
+        if other.count == 0:
+            return self
+        if self.count and other.shape != self.shape:
+            raise ValueError(f"other: image shape {other.shape} differs from {self.shape}")
+        like = other._sum if self._sum is None else self._sum
+        if self.count and self._deferred != other._deferred:
+            if self._deferred:
+                self._undefer()
+            self._add_sum(same_backend(other._working_sum(), like), None, other.count)
+        else:
+            self._deferred = other._deferred
+            self._add_sum(same_backend(other._sum, like), other._scale, other.count)
+        if other._masked_count is not None:
+            counts = same_backend(other._masked_count, like)
+            self._masked_count = counts.copy() if self._masked_count is None else self._masked_count + counts
+        self._unmasked += other._unmasked
+        self.shape = other.shape
+        self.count += other.count
+        return self
+
+    def to(self, device) -> "IlluminationAccumulator":
+        """Move the state to ``device`` (a ``gpuillum.backend.Device`` or "cpu" / "gpu" / "cuda:N");
+        returns self. Use it to finalize a merged (unpickled, NumPy) accumulator on a GPU."""
+        from ..backend import resolve_device
+
+        device = resolve_device(device)
+        if self._sum is not None:
+            self._sum = device.asarray(self._sum)
+            if self._masked_count is not None:
+                self._masked_count = device.asarray(self._masked_count)
+        return self
+
+    # -- pickling with NumPy state --------------------------------------------------------------
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if state["_sum"] is not None:
+            state["_sum"] = to_numpy(state["_sum"])
+            if state["_masked_count"] is not None:
+                state["_masked_count"] = to_numpy(state["_masked_count"])
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    # -- the function ---------------------------------------------------------------------------
+    @property
+    def pixel_count(self):
+        """Per-pixel number of unmasked contributions (int32, working shape), or None before the first add."""
+        if self._sum is None:
+            return None
+        xp = get_array_module(self._sum)
+        if self._masked_count is None:
+            return xp.full(self._sum.shape, self._unmasked, xp.int32)
+        return self._masked_count + xp.int32(self._unmasked)
+
+    def average(self):
+        """The averaged image (float32, 0 where no image contributed) and the valid mask (count > 0,
+        None when every pixel has a contribution). The division is float64, as CellProfiler's."""
+        if self.count == 0:
+            raise ValueError("finalize: no images were added")
+        xp = get_array_module(self._sum)
+        total = self._float_sum()
+        if self._deferred:  # unmasked images only
+            from ..filters.resample import resize_bilinear
+
+            return resize_bilinear((total / self.count).astype(xp.float32), self.settings.resize_factor), None
+        if self._masked_count is None:
+            return (total / self._unmasked).astype(xp.float32), None
+        if self._unmasked:
+            return (total / (self._masked_count + self._unmasked)).astype(xp.float32), None
+        valid = self._masked_count > 0
+        average = xp.where(valid, total / xp.maximum(self._masked_count, 1), 0.0).astype(xp.float32)
+        return average, (None if bool(valid.all()) else valid)
+
+    def finalize(self, shape=None):
+        """The illumination function, float32 2-D on the accumulator's backend.
+
+        average -> dilate -> smooth -> rescale -> resize back to ``shape`` (default: the input
+        image shape). Mask rules (cellprofiler.md 4.2): "Each" and compat "5" use the valid mask
+        at every stage; CellProfiler 4.2's All modes drop it after dilation or smoothing.
+        """
+        settings = self.settings
+        with _device_of(self._sum) if self._sum is not None else contextlib.nullcontext():
+            average, valid = self.average()  # valid None: every pixel (same results as an all-True mask)
+            xp = get_array_module(average)
+            if valid is not None and not bool(valid.any()):
+                raise ValueError("finalize: every pixel is masked in every image; nothing to average")
+            keep_mask = settings.compat == "5" or not settings.is_all
+            pixels = average
+            if settings.dilate:
+                pixels = dilate(pixels, valid, settings.dilation_radius)
+            smooth_mask = valid if keep_mask or not settings.dilate else None
+            pixels = smooth(pixels, smooth_mask, settings)
+            no_smoothing = settings.smoothing == "No smoothing"
+            rescale_mask = valid if keep_mask or (not settings.dilate and no_smoothing) else None
+            pixels = rescale(pixels, rescale_mask, settings.rescale)
+            target = self.shape if shape is None else tuple(int(n) for n in shape)
+            if tuple(pixels.shape) != target:
+                from ..filters.resample import resize_bilinear
+
+                pixels = resize_bilinear(pixels, target)
+            return xp.ascontiguousarray(pixels, dtype=xp.float32)
+
+
+def calculate(images, settings: CalculateSettings | None = None, masks=None):
+    """Illumination function(s) of ``images`` (a sequence or iterator of 2-D arrays).
+
+    All modes: one float32 (H, W) function from one streaming pass (constant memory).
+    "Each": a float32 (n, H, W) array, one function per image. ``masks``: None, or one mask (or
+    None) per image, in the same order.
+    """
+    settings = CalculateSettings() if settings is None else settings
+    pairs = zip(images, itertools.repeat(None)) if masks is None else zip(images, masks, strict=True)
+    if settings.is_all:
+        accumulator = IlluminationAccumulator(settings)
+        for image, mask in pairs:
+            accumulator.add(image, mask)
+        return accumulator.finalize()
+    functions = [IlluminationAccumulator(settings).add(image, mask).finalize() for image, mask in pairs]
+    if not functions:
+        raise ValueError("images: expected at least one image")
+    return get_array_module(functions[0]).stack(functions)

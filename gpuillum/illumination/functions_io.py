@@ -1,0 +1,82 @@
+"""Saving and loading illumination functions the way CellProfiler pipelines exchange them.
+
+CellProfiler's SaveImages writes a function as ``<Plate>_Illum<Channel>.npy`` (float32, image
+shape) in current pipelines and as a MATLAB ``.mat`` file (variable ``Image``) in older ones.
+gpuillum writes ``.npy`` atomically (temporary name in the same folder, then ``os.replace``), so a
+crash never leaves a half-written function that a later ``--resume`` would trust.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import to_numpy
+
+
+def function_filename(plate: str, channel: str) -> str:
+    """The CellProfiler/JUMP file name of a plate's function for one channel: ``<plate>_Illum<channel>.npy``."""
+    for name, value in (("plate", plate), ("channel", channel)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name}: expected a non-empty string, got {value!r}")
+        if any(sep in value for sep in ("/", "\\", os.sep)):
+            raise ValueError(f"{name}: must not contain a path separator, got {value!r}")
+    return f"{plate}_Illum{channel}.npy"
+
+
+def _as_function(array, name: str) -> np.ndarray:
+    """``array`` as a 2-D float32 NumPy array, or a one-line error."""
+    array = to_numpy(array)
+    if array.ndim != 2 or array.size == 0:
+        raise ValueError(f"{name}: expected a non-empty 2-D illumination function, got shape {tuple(array.shape)}")
+    if array.dtype.kind not in "fiu":
+        raise TypeError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def save_function(path, function) -> Path:
+    """Write ``function`` (NumPy or CuPy, 2-D) as a float32 ``.npy`` file, atomically; returns the path."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        raise ValueError(f"path: illumination functions are saved as .npy, got {str(path)!r}")
+    data = _as_function(function, "function")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, data, allow_pickle=False)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_array(path: Path, suffix: str) -> np.ndarray:
+    if suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    import scipy.io
+
+    variables = scipy.io.loadmat(path)
+    if "Image" not in variables:
+        found = sorted(k for k in variables if not k.startswith("__"))
+        raise KeyError(f"no variable 'Image' in the .mat file (found {found})")
+    return variables["Image"]
+
+
+def load_function(path) -> np.ndarray:
+    """Read a function saved by CellProfiler or gpuillum (``.npy``, or ``.mat`` variable ``Image``) as float32."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npy", ".mat"):
+        raise ValueError(f"{path}: expected a .npy or .mat illumination function, got {suffix or 'no extension'!r}")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such illumination function file")
+    try:
+        data = _read_array(path, suffix)
+    except Exception as error:  # corrupt or foreign files raise many types (OSError, MatReadError, ...)
+        reason = error.args[0] if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
+        raise ValueError(f"{path}: cannot read the illumination function ({reason})") from None
+    return _as_function(data, str(path))

@@ -1,0 +1,414 @@
+"""CalculateSettings: CellProfiler defaults, validation, .cppipe reading, presets, filter sizes; file I/O."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from gpuillum.illumination import cellprofiler as cp
+from gpuillum.illumination.cellprofiler import (
+    PRESETS,
+    CalculateSettings,
+    IlluminationAccumulator,
+    median_radius,
+    preset,
+    smoothing_filter_size,
+    smoothing_sigma,
+)
+from gpuillum.illumination.cppipe import parse_pipeline, unescape
+from gpuillum.illumination.functions_io import function_filename, load_function, save_function
+
+
+def test_defaults_are_cellprofilers():
+    s = CalculateSettings()
+    assert (s.intensity, s.dilate, s.dilation_radius, s.block_size) == ("Regular", False, 1, 60)
+    assert (s.rescale, s.aggregation, s.smoothing) == ("Yes", "Each", "No smoothing")
+    assert (s.filter_size_method, s.object_width, s.manual_size) == ("Automatic", 10, 10)
+    assert (s.spline_automatic, s.spline_mode, s.spline_points, s.spline_threshold) == (True, "auto", 5, 2.0)
+    assert (s.spline_rescale, s.spline_max_iterations, s.spline_convergence) == (2.0, 40, 0.001)
+    assert (s.compat, s.resize_factor) == ("4.2", 1.0)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("intensity", "Dark", r"^intensity: expected one of 'Regular', 'Background', got 'Dark'$"),
+        ("rescale", "yes", r"^rescale: expected one of 'Yes', 'No', 'Median'"),
+        ("aggregation", "All", r"^aggregation: expected one of 'Each', 'All: First cycle', 'All: Across cycles'"),
+        ("smoothing", "Median", r"^smoothing: expected one of 'No smoothing', 'Convex Hull', 'Fit Polynomial', 'Median Filter'"),
+        ("filter_size_method", "Auto", r"^filter_size_method: expected one of 'Automatic', 'Object size', 'Manually'"),
+        ("spline_mode", "light", r"^spline_mode: expected one of 'auto', 'dark', 'bright', 'gray'"),
+        ("compat", "4", r"^compat: expected one of '4.2', '5'"),
+        ("block_size", 0, r"^block_size: expected an integer >= 1, got 0$"),
+        ("block_size", 2.5, r"^block_size: expected an integer"),
+        ("manual_size", 0, r"^manual_size: expected a number > 0"),
+        ("spline_points", 3, r"^spline_points: expected an integer >= 4"),
+        ("spline_threshold", 6, r"^spline_threshold: expected a number in \[0.1, 5.0\]"),
+        ("spline_convergence", 0.5, r"^spline_convergence: expected a number in"),
+        ("resize_factor", 0, r"^resize_factor: expected a number in \(0, 1\]"),
+        ("resize_factor", 2, r"^resize_factor: expected a number in \(0, 1\]"),
+        ("dilate", "Yes", r"^dilate: expected True or False"),
+    ],
+)
+def test_invalid_values_name_the_setting(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        CalculateSettings(**{field: value})
+
+
+def test_dilation_needs_a_positive_radius():
+    CalculateSettings(dilation_radius=0)  # allowed while dilation is off (as in CP's example pipeline)
+    with pytest.raises(ValueError, match=r"^dilation_radius: expected an integer >= 1 when dilate is on"):
+        CalculateSettings(dilate=True, dilation_radius=0)
+
+
+def test_settings_are_frozen_and_replace_validates():
+    s = CalculateSettings()
+    with pytest.raises(AttributeError):
+        s.rescale = "No"
+    assert s.replace(rescale="No").rescale == "No"
+    with pytest.raises(ValueError, match="^rescale"):
+        s.replace(rescale="Maybe")
+
+
+# cellprofiler.md 4.4 table: (method, value, shape) -> size, sigma, median radius
+@pytest.mark.parametrize(
+    "method, value, shape, size, sigma, radius",
+    [
+        ("Automatic", None, (1080, 1080), 27, 11.489, 11),
+        ("Automatic", None, (2160, 2160), 30, 12.766, 13),
+        ("Manually", 10, (640, 640), 10, 4.255, 4),
+        ("Manually", 20, (216, 216), 20, 8.511, 9),
+        ("Object size", 10, (640, 640), 6.714, 2.857, 3),
+        ("Object size", 100, (640, 640), 67.14, 28.57, 29),
+        ("Manually", 200, (1080, 1080), 200, 85.1, 85),
+        ("Manually", 500, (1080, 1080), 500, 212.8, 213),
+    ],
+)
+def test_filter_size_table(method, value, shape, size, sigma, radius):
+    kwargs = {"filter_size_method": method}
+    if method == "Manually":
+        kwargs["manual_size"] = value
+    elif method == "Object size":
+        kwargs["object_width"] = value
+    s = CalculateSettings(**kwargs)
+    assert smoothing_filter_size(s, shape) == pytest.approx(size, abs=5e-3)
+    assert smoothing_sigma(s, shape) == pytest.approx(sigma, rel=1e-3)  # the table rounds
+    assert median_radius(s, shape) == radius
+
+
+def test_small_images_get_median_radius_at_least_one():
+    assert median_radius(CalculateSettings(), (30, 30)) == 1
+
+
+def test_presets():
+    jump = preset("jump")
+    assert (jump.intensity, jump.dilate, jump.rescale, jump.aggregation) == ("Regular", False, "Yes", "All: Across cycles")
+    assert (jump.smoothing, jump.filter_size_method, jump.manual_size, jump.resize_factor) == ("Median Filter", "Manually", 20, 0.2)
+    assert median_radius(jump, (216, 216)) == 9
+    assert preset("cellpainting-2014").manual_size == 200 and preset("cellpainting-2014").resize_factor == 1.0
+    assert (preset("cdrp").manual_size, preset("cdrp").resize_factor) == (10, 0.125)
+    assert preset("broad-0.1x").resize_factor == 0.1
+    assert all(isinstance(s, CalculateSettings) for s in PRESETS.values())
+    with pytest.raises(ValueError, match=r"^preset: expected one of 'jump', 'cellpainting-2014'.*got 'JUMP'$"):
+        preset("JUMP")
+
+
+# ----------------------------------------------------------------------------------------------
+# .cppipe
+
+
+def test_from_cppipe_on_the_bbbc013_pipeline(data_dir):
+    path = data_dir / "bbbc013_plate" / "ExampleSBSIllumination.cppipe"
+    first = CalculateSettings.from_cppipe(path, 5)
+    second = CalculateSettings.from_cppipe(path, "IllumGreen")
+    expected = CalculateSettings(
+        aggregation="All: Across cycles",
+        smoothing="Median Filter",
+        filter_size_method="Object size",
+        object_width=100,
+        dilation_radius=0,
+    )
+    assert first == expected and second == expected
+    assert median_radius(first, (640, 640)) == 29
+    with pytest.raises(ValueError, match=r"available: #5 -> 'IllumBlue', #6 -> 'IllumGreen'"):
+        CalculateSettings.from_cppipe(path, 7)
+    assert CalculateSettings.from_cppipe(path, 6, resize_factor=0.5).resize_factor == 0.5
+
+
+V2_VALUES = [
+    "DNA", "IllumDNA", "Background", "No", "1", "50", "Median", "{agg}", "Gaussian Filter", "Manually",
+    "10", "33", "No", "IllumBlueAvg", "No", "IllumBlueDilated", "No", "dark", "6", "3", "4", "20", "0.01",
+]
+
+
+def cppipe_text(revision: int, values, extra_modules: str = "", escape=True) -> str:
+    def esc(value):
+        return value.replace(":", "\\x3A").replace("[", "\\x5B") if escape else value
+
+    texts = [f"Setting {i + 1}" for i in range(len(values))]
+    lines = "\n".join(f"    {t}:{esc(v)}" for t, v in zip(texts, values))
+    return (
+        "CellProfiler Pipeline: http://www.cellprofiler.org\nVersion:5\nDateRevision:426\nModuleCount:3\n\n"
+        + extra_modules
+        + f"CorrectIlluminationCalculate:[module_num:4|svn_version:'Unknown'|variable_revision_number:{revision}|"
+        "show_window:False|notes:[]|batch_state:array([], dtype=uint8)|enabled:True|wants_pause:False]\n"
+        + lines
+        + "\n"
+    )
+
+
+def write(tmp_path, text, name="p.cppipe"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_from_cppipe_revision_2_manual_values(tmp_path):
+    values = [v.format(agg="All: Across cycles") for v in V2_VALUES]
+    s = CalculateSettings.from_cppipe(write(tmp_path, cppipe_text(2, values)), "IllumDNA")
+    assert (s.intensity, s.block_size, s.rescale, s.aggregation) == ("Background", 50, "Median", "All: Across cycles")
+    assert (s.smoothing, s.filter_size_method, s.object_width, s.manual_size) == ("Gaussian Filter", "Manually", 10, 33)
+    assert (s.spline_automatic, s.spline_mode, s.spline_points, s.spline_threshold) == (False, "dark", 6, 3.0)
+    assert (s.spline_rescale, s.spline_max_iterations, s.spline_convergence, s.compat) == (4.0, 20, 0.01, "4.2")
+
+
+def test_from_cppipe_revision_1_gets_spline_defaults(tmp_path):
+    values = [v.format(agg="Each") for v in V2_VALUES[:16]]
+    s = CalculateSettings.from_cppipe(write(tmp_path, cppipe_text(1, values, escape=False)), 4)
+    defaults = CalculateSettings()
+    assert s.aggregation == "Each"
+    for name in ("spline_automatic", "spline_mode", "spline_points", "spline_threshold", "spline_rescale",
+                 "spline_max_iterations", "spline_convergence"):
+        assert getattr(s, name) == getattr(defaults, name)
+
+
+def test_from_cppipe_legacy_all(tmp_path):
+    values = [v.format(agg="All") for v in V2_VALUES]
+    from_file = CalculateSettings.from_cppipe(write(tmp_path, cppipe_text(2, values)), 4)
+    assert from_file.aggregation == "All: First cycle"
+    smoothed = (
+        "Smooth:[module_num:2|svn_version:'Unknown'|variable_revision_number:2|show_window:False|notes:[]|enabled:True]\n"
+        "    Select the input image:OrigDNA\n    Name the output image:DNA\n\n"
+    )
+    processed = CalculateSettings.from_cppipe(write(tmp_path, cppipe_text(2, values, smoothed), "q.cppipe"), 4)
+    assert processed.aggregation == "All: Across cycles"
+
+
+def test_from_cppipe_revision_3_is_cellprofiler_5(tmp_path):
+    values = [v.format(agg="All") for v in V2_VALUES]
+    s = CalculateSettings.from_cppipe(write(tmp_path, cppipe_text(3, values)), 4)
+    assert (s.aggregation, s.compat) == ("All: Across cycles", "5")
+
+
+def test_from_cppipe_takes_the_factor_of_a_bilinear_resize(tmp_path):
+    values = [v.format(agg="All: Across cycles") for v in V2_VALUES]
+    values[0] = "DownsampledDNA"
+    resize = (
+        "Resize:[module_num:2|svn_version:'Unknown'|variable_revision_number:5|show_window:False|notes:[]|enabled:True]\n"
+        "    Select the input image:OrigDNA\n    Name the output image:DownsampledDNA\n"
+        "    Resizing method:Resize by a fraction or multiple of the original size\n"
+        "    X Resizing factor:0.2\n    Y Resizing factor:0.2\n    Z Resizing factor:1.0\n"
+        "    Interpolation method:{interp}\n\n"
+    )
+    path = write(tmp_path, cppipe_text(2, values, resize.format(interp="Bilinear")))
+    assert CalculateSettings.from_cppipe(path, 4).resize_factor == 0.2
+    path = write(tmp_path, cppipe_text(2, values, resize.format(interp="Bicubic")), "b.cppipe")
+    with pytest.raises(ValueError, match=r"'Bicubic' Resize; only 'Bilinear' is emulated"):
+        CalculateSettings.from_cppipe(path, 4)
+
+
+def test_from_cppipe_errors(tmp_path):
+    values = [v.format(agg="Each") for v in V2_VALUES]
+    with pytest.raises(ValueError, match=r"expected 23 settings for revision 2, found 22"):
+        CalculateSettings.from_cppipe(write(tmp_path, cppipe_text(2, values[:-1])), 4)
+    bad = list(values)
+    bad[8] = "Blur"
+    with pytest.raises(ValueError, match=r"module #4: smoothing: expected one of"):
+        CalculateSettings.from_cppipe(write(tmp_path, cppipe_text(2, bad), "c.cppipe"), 4)
+    with pytest.raises(ValueError, match=r"variable_revision_number 9 is not supported"):
+        CalculateSettings.from_cppipe(write(tmp_path, cppipe_text(9, values), "d.cppipe"), 4)
+    with pytest.raises(ValueError, match=r"not a CellProfiler text pipeline"):
+        CalculateSettings.from_cppipe(write(tmp_path, "hello\n", "e.cppipe"), 4)
+    with pytest.raises(ValueError, match=r"format version '1' is not supported"):
+        parse_pipeline("CellProfiler Pipeline: http://www.cellprofiler.org\nVersion:1\n")
+    with pytest.raises(ValueError, match=r"no CorrectIlluminationCalculate module"):
+        CalculateSettings.from_cppipe(write(tmp_path, "CellProfiler Pipeline: x\nVersion:3\n", "f.cppipe"), 1)
+
+
+def test_unescape():
+    assert unescape("All\\x3A Across cycles") == "All: Across cycles"
+    assert unescape("\\x5B\\x5D\\x7C") == "[]|"
+
+
+# ----------------------------------------------------------------------------------------------
+# file naming and I/O
+
+
+def test_function_filename():
+    assert function_filename("BR00116991", "DNA") == "BR00116991_IllumDNA.npy"
+    with pytest.raises(ValueError, match=r"^plate: must not contain a path separator"):
+        function_filename("a/b", "DNA")
+    with pytest.raises(ValueError, match=r"^channel: expected a non-empty string"):
+        function_filename("P", "")
+
+
+def test_save_and_load_roundtrip(tmp_path, rng):
+    function = rng.random((12, 17))
+    path = save_function(tmp_path / "out" / function_filename("P1", "ER"), function)
+    loaded = load_function(path)
+    assert loaded.dtype == np.float32
+    np.testing.assert_array_equal(loaded, function.astype(np.float32))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["P1_IllumER.npy"]  # no temporary left
+
+
+def test_save_is_atomic_on_failure(tmp_path):
+    target = tmp_path / "P_IllumDNA.npy"
+    save_function(target, np.ones((3, 3)))
+    with pytest.raises(ValueError, match=r"^function: expected a non-empty 2-D"):
+        save_function(target, np.ones((3, 3, 3)))
+    np.testing.assert_array_equal(np.load(target), np.ones((3, 3), np.float32))
+    assert [p.name for p in tmp_path.iterdir()] == ["P_IllumDNA.npy"]
+
+
+def test_load_mat(tmp_path, rng):
+    import scipy.io
+
+    image = rng.random((9, 8))
+    scipy.io.savemat(tmp_path / "f.mat", {"Image": image})
+    np.testing.assert_array_equal(load_function(tmp_path / "f.mat"), image.astype(np.float32))
+    scipy.io.savemat(tmp_path / "g.mat", {"Other": image})
+    with pytest.raises(ValueError, match=r"no variable 'Image' in the .mat file \(found \['Other'\]\)"):
+        load_function(tmp_path / "g.mat")
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"no such illumination function file"):
+        load_function(tmp_path / "missing.npy")
+    (tmp_path / "broken.npy").write_bytes(b"not a numpy file")
+    with pytest.raises(ValueError, match=r"broken.npy: cannot read the illumination function"):
+        load_function(tmp_path / "broken.npy")
+    with pytest.raises(ValueError, match=r"expected a .npy or .mat illumination function"):
+        load_function(tmp_path / "x.tif")
+
+
+def test_load_the_cellprofiler_mat(data_dir):
+    function = load_function(data_dir / "bbbc013_plate" / "Channel1ILLUM.mat")
+    assert function.shape == (640, 640) and function.dtype == np.float32
+    assert function.min() == pytest.approx(1.0, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------
+# accumulator mechanics
+
+
+def test_accumulator_merge_and_pickle_are_exact(rng):
+    settings = CalculateSettings(aggregation="All: Across cycles", smoothing="Gaussian Filter")
+    images = [rng.random((30, 40)).astype(np.float32) for _ in range(6)]
+    masks = [rng.random((30, 40)) > 0.3 for _ in range(6)]
+    whole = IlluminationAccumulator(settings)
+    for image, mask in zip(images, masks):
+        whole.add(image, mask)
+    left, right = IlluminationAccumulator(settings), IlluminationAccumulator(settings)
+    for image, mask in zip(images[:4], masks[:4]):
+        left.add(image, mask)
+    for image, mask in zip(images[4:], masks[4:]):
+        right.add(image, mask)
+    right = pickle.loads(pickle.dumps(right))
+    merged = IlluminationAccumulator(settings).merge(left).merge(right)
+    assert merged.count == 6
+    np.testing.assert_array_equal(merged.pixel_count, whole.pixel_count)
+    np.testing.assert_allclose(merged.finalize(), whole.finalize(), rtol=1e-6)
+
+
+def test_accumulator_errors(rng):
+    image = rng.random((20, 20)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"^finalize: no images were added"):
+        IlluminationAccumulator(CalculateSettings(aggregation="All: Across cycles")).finalize()
+    acc = IlluminationAccumulator(CalculateSettings(aggregation="All: Across cycles")).add(image)
+    with pytest.raises(ValueError, match=r"^image: shape \(10, 20\) differs from the group's image shape \(20, 20\)"):
+        acc.add(image[:10])
+    with pytest.raises(ValueError, match=r"^image: contains NaN or infinite"):
+        acc.add(np.full((20, 20), np.inf, np.float32))
+    with pytest.raises(TypeError, match=r"^image: dtype int32"):
+        acc.add(image.astype(np.int32))
+    each = IlluminationAccumulator(CalculateSettings()).add(image)
+    with pytest.raises(ValueError, match=r"^add: an 'Each' accumulator holds one image"):
+        each.add(image)
+    with pytest.raises(ValueError, match=r"^other: accumulators with different settings"):
+        acc.merge(each)
+    masked = IlluminationAccumulator(CalculateSettings(aggregation="All: Across cycles"))
+    with pytest.raises(ValueError, match=r"^finalize: every pixel is masked"):
+        masked.add(image, np.zeros((20, 20), bool)).finalize()
+
+
+def test_integer_inputs_are_scaled_like_cellprofiler(rng):
+    settings = CalculateSettings(rescale="No")
+    image16 = rng.integers(0, 65536, (15, 18), dtype=np.uint16)
+    np.testing.assert_array_equal(cp.calculate([image16], settings)[0], image16.astype(np.float32) / np.float32(65535))
+    image8 = rng.integers(0, 256, (15, 18), dtype=np.uint8)
+    np.testing.assert_array_equal(cp.to_cellprofiler_float(image8), image8.astype(np.float32) / np.float32(255))
+
+
+def test_calculate_each_and_all_shapes(rng):
+    images = [rng.random((16, 21)).astype(np.float32) for _ in range(3)]
+    each = cp.calculate(iter(images), CalculateSettings(smoothing="Gaussian Filter"))
+    assert each.shape == (3, 16, 21) and each.dtype == np.float32
+    first = cp.calculate(images, CalculateSettings(aggregation="All: First cycle", smoothing="Gaussian Filter"))
+    across = cp.calculate(iter(images), CalculateSettings(aggregation="All: Across cycles", smoothing="Gaussian Filter"))
+    assert first.shape == (16, 21) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, across)
+    with pytest.raises(ValueError):
+        cp.calculate(images, CalculateSettings(), masks=[None])  # one mask per image
+
+
+def test_resize_factor_restores_the_input_shape(rng):
+    images = [rng.random((50, 70)).astype(np.float32) for _ in range(3)]
+    out = cp.calculate(images, preset("jump").replace(manual_size=5))
+    assert out.shape == (50, 70) and out.dtype == np.float32
+    assert out.min() >= 1.0 - 1e-6
+
+
+def test_integer_images_are_summed_exactly_and_mix_with_floats(rng):
+    settings = CalculateSettings(aggregation="All: Across cycles", rescale="No")
+    images = [rng.integers(0, 65536, (12, 9), dtype=np.uint16) for _ in range(5)]
+    exact = np.sum(images, axis=0, dtype=np.float64) / 5 / 65535
+    np.testing.assert_array_equal(cp.calculate(images, settings), exact.astype(np.float32))
+    # a float image after integer ones: the exact sum becomes float64 CellProfiler units
+    floats = [cp.to_cellprofiler_float(image) for image in images]
+    mixed = cp.calculate(images[:3] + floats[3:], settings)
+    reference = np.mean([f.astype(np.float64) for f in floats], axis=0)
+    np.testing.assert_allclose(mixed, reference, rtol=1e-6)
+    eight = rng.integers(0, 256, (12, 9), dtype=np.uint8)
+    both = cp.calculate([images[0], eight], settings)
+    np.testing.assert_allclose(both, (images[0] / 65535 + eight / 255) / 2, rtol=1e-6)
+
+
+def test_integer_sum_widens_before_it_could_overflow():
+    settings = CalculateSettings(aggregation="All: Across cycles", rescale="No")
+    image = np.full((3, 4), 65535, np.uint16)
+    accumulator = IlluminationAccumulator(settings).add(image)
+    for _ in range(17):  # 2**17 images of 65535 exceed uint32
+        accumulator.merge(pickle.loads(pickle.dumps(accumulator)))
+    assert accumulator.count == 2**17
+    np.testing.assert_array_equal(accumulator.finalize(), np.ones((3, 4), np.float32))
+
+
+def test_to_cpu_keeps_the_result(rng):
+    settings = CalculateSettings(aggregation="All: Across cycles", smoothing="Gaussian Filter")
+    images = [rng.random((20, 24)).astype(np.float32) for _ in range(3)]
+    masks = [rng.random((20, 24)) > 0.2 for _ in range(3)]
+    accumulator = IlluminationAccumulator(settings)
+    for image, mask in zip(images, masks):
+        accumulator.add(image, mask)
+    np.testing.assert_array_equal(accumulator.to("cpu").finalize(), cp.calculate(images, settings, masks))
+
+
+@pytest.mark.gpu
+def test_to_gpu_finalizes_on_the_device(cupy, rng):
+    settings = CalculateSettings(aggregation="All: Across cycles", smoothing="Median Filter")
+    images = [rng.integers(0, 4096, (40, 44), dtype=np.uint16) for _ in range(3)]
+    accumulator = pickle.loads(pickle.dumps(IlluminationAccumulator(settings).add(images[0]).add(images[1])))
+    function = accumulator.add(images[2]).to("gpu").finalize()
+    assert isinstance(function, cupy.ndarray)
+    np.testing.assert_array_equal(function.get(), cp.calculate(images, settings))
