@@ -1,0 +1,107 @@
+"""Where the plate tasks run: in this process, a local Dask cluster, or an existing scheduler.
+
+* ``workers <= 1`` and no scheduler: in-process (threads decode; no Dask at all).
+* CPU, ``workers = N``: ``distributed.LocalCluster(n_workers=N, threads_per_worker=1,
+  processes=True, dashboard_address=None)``.
+* GPU, ``workers = N``: ``dask_cuda.LocalCUDACluster`` when dask-cuda imports, otherwise one
+  ``distributed`` worker process per visible GPU, each with its own ``CUDA_VISIBLE_DEVICES`` (so
+  every worker computes on its "cuda:0").
+* ``scheduler = ADDRESS``: connect to a running cluster (SLURM/PBS through dask-jobqueue, ...).
+
+Results come back in submission order with a bounded number of tasks in flight, so the client
+merges partial sums in a fixed order and holds only a few of them at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import deque
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA device ids this process may hand out, one worker each."""
+    from gpuillum.backend import gpu_count
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if listed:
+        return [item.strip() for item in listed.split(",") if item.strip()]
+    return [str(index) for index in range(gpu_count())]
+
+
+def per_gpu_worker_specs(gpu_ids) -> dict:
+    """SpecCluster worker specs: one single-threaded Nanny per GPU, pinned with CUDA_VISIBLE_DEVICES."""
+    from distributed import Nanny
+
+    return {
+        f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(gpu)}}}
+        for gpu in gpu_ids
+    }
+
+
+def _gpu_cluster(workers: int):
+    gpu_ids = visible_gpus()[:workers]
+    if not gpu_ids:
+        raise ValueError("workers: no visible CUDA GPU to start GPU workers on")
+    try:
+        from dask_cuda import LocalCUDACluster
+    except Exception:  # not installed, or installed without its cuda bindings (see ci-and-gpu.md 6)
+        from distributed import Scheduler, SpecCluster
+
+        return SpecCluster(
+            workers=per_gpu_worker_specs(gpu_ids),
+            scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+        )
+    return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpu_ids), threads_per_worker=1, dashboard_address=None)
+
+
+@contextlib.contextmanager
+def open_client(*, workers: int = 1, scheduler: str | None = None, gpu: bool = False):
+    """A dask.distributed Client for the job, or None to run in-process; closed on exit."""
+    if scheduler is None and workers <= 1:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    try:
+        if scheduler is not None:
+            client = Client(scheduler)
+        else:
+            if gpu:
+                cluster = _gpu_cluster(workers)
+            else:
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def worker_count(client) -> int:
+    """Number of workers the client can use (at least 1)."""
+    return max(1, len(client.scheduler_info().get("workers", {})))
+
+
+def map_in_order(client, function, items, *args, in_flight: int | None = None, **kwargs):
+    """Yield ``function(item, *args, **kwargs)`` for each item, in item order, computed on the cluster.
+
+    At most ``in_flight`` tasks are submitted at a time (default: twice the workers), which bounds
+    the results waiting on the client. Remaining tasks are cancelled if the caller stops early.
+    """
+    items = list(items)
+    limit = in_flight or 2 * worker_count(client)
+    pending: deque = deque()
+    position = 0
+    try:
+        while position < len(items) or pending:
+            while position < len(items) and len(pending) < limit:
+                pending.append(client.submit(function, items[position], *args, pure=False, **kwargs))
+                position += 1
+            yield pending.popleft().result()
+    finally:
+        if pending:
+            client.cancel(list(pending))

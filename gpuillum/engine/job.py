@@ -1,0 +1,560 @@
+"""The plate job: find the images, estimate one function per plate x channel, correct and write.
+
+``run_plate(INPUT, OUT, ...)`` is the whole job and the CLI's ``run``; ``calc`` / ``apply`` are
+its two passes on their own. Per plate x channel:
+
+1. pass 1 streams the images into fixed-size batch partial sums merged in a fixed order
+   (engine.accumulate), so the function is bit-identical for any number of workers; the smoothing
+   runs once; the function is saved as ``OUT/illum/<plate>_Illum<channel>.npy`` (+ a PNG preview);
+2. pass 2 corrects every image and writes ``OUT/corrected/<relpath>`` in the input's dtype,
+   metadata and compression (engine.apply), then ``OUT/corrected/load_data.csv``.
+
+``OUT/manifest.json`` records settings, versions, devices, per-file checksums, timings and
+skipped files; it is rewritten atomically as files complete, so ``resume=True`` finishes a
+crashed run by skipping every output whose checksum still matches.
+
+Memory bound (host, per process, independent of the plate size). T threads, images of P pixels
+of b bytes, working resolution P' (= P, or P/25 with the jump preset's 0.2x resize):
+
+* pass 1: at most T batches in flight, each thread holding one decoded image plus its
+  temporaries (~ P*(b + 8) bytes: the float32 copy and resize) and one partial sum (12 B/px at
+  P': float64 sum + int32 count); at most T finished partials wait to be merged, plus the
+  merged total: about T*P*(b+8) + (2T+1)*12*P' bytes;
+* pass 2: at most 2T images in flight (read-ahead queue), each with ~3 float32-sized temporaries
+  while being corrected: about 2T*P*(b+12) bytes, plus the float32 function (4P);
+* the client of a Dask run holds at most 2 x workers batch partials (12*P' each); on the GPU,
+  pass 2 adds one pinned input and two pinned output batches of GPU_BATCH images (3*16*P*b).
+
+E.g. 2160^2 uint16 with 16 threads: pass 1 ~ 16*4.7e6*10 B = 0.75 GB, pass 2 ~ 32*4.7e6*14 B =
+2.1 GB, whatever the number of images.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .accumulate import OrderedMerge, accumulate_records, fixed_batches
+from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records
+from .background import BackgroundSettings
+from .cluster import map_in_order, open_client
+from .progress import Progress
+from .reading import CheckedReader
+
+ON_ERROR = ("fail", "skip")
+PASSES = ("calc", "apply")
+MANIFEST_NAME = "manifest.json"
+LOADDATA_NAME = "load_data.csv"
+MANIFEST_SAVE_SECONDS = 2.0
+
+
+class JobError(ValueError):
+    """A problem the user must fix, as one line naming the file or option (CLI: exit code 2)."""
+
+
+@dataclass
+class RunResult:
+    """What a plate job did: where things are, what was written, reused, skipped, and how long."""
+
+    out_dir: Path
+    device: str
+    workers: int
+    functions: dict = field(default_factory=dict)  # (plate, channel) -> Path of the .npy
+    written: list = field(default_factory=list)  # WrittenFile for each image corrected now
+    reused: list = field(default_factory=list)  # relpaths found complete by --resume
+    skipped: list = field(default_factory=list)  # (relpath, reason)
+    manifest: Path | None = None
+    loaddata: Path | None = None
+    timings: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def check_paths(input_dir, out_dir) -> tuple[Path, Path]:
+    """INPUT must be a folder; OUT must not be INPUT, lie inside it, or hold it among its outputs."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise JobError(f"{input_dir}: input folder does not exist or is not a directory")
+    source = input_dir.resolve()
+    target = Path(out_dir).resolve()
+    if target == source:
+        raise JobError(f"{out_dir}: the output folder is the input folder; choose another -o OUT (gpuillum never writes inside INPUT)")
+    if source in target.parents:
+        raise JobError(f"{out_dir}: the output folder lies inside the input folder {input_dir}; choose an -o OUT outside it")
+    for produced in (target / "corrected", target / "illum"):
+        if source == produced or produced in source.parents:
+            raise JobError(f"{input_dir}: the input folder lies where outputs are written ({produced}); choose another -o OUT")
+    return input_dir, Path(out_dir)
+
+
+def resolve_settings(settings=None, preset: str | None = None):
+    """The CalculateSettings of the job: ``settings`` if given, else ``preset(name)``."""
+    from gpuillum.illumination import cellprofiler
+
+    if settings is not None and preset is not None:
+        raise JobError("settings and preset: give one of them, not both")
+    if preset is not None:
+        try:
+            return cellprofiler.preset(preset)
+        except (KeyError, ValueError) as error:
+            raise JobError(f"preset: {_message(error)}") from None
+    return settings
+
+
+def aggregates(settings) -> bool:
+    """True when one function is computed from all images of a plate x channel (CellProfiler "All")."""
+    return settings.is_all
+
+
+def default_apply_method(settings) -> str:
+    """CellProfiler's convention: divide by a Regular function, subtract a Background one."""
+    return "Subtract" if settings is not None and settings.intensity == "Background" else "Divide"
+
+
+def _message(error: BaseException) -> str:
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return str(text).splitlines()[0] if str(text) else type(error).__name__
+
+
+def default_threads() -> int:
+    """Decode/write threads per process: the CPU count, between 2 and 16."""
+    return max(2, min(16, os.cpu_count() or 2))
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None):
+    """Discover the images of INPUT (nothing computed); returns gpuillum.io.discovery.Plan."""
+    from gpuillum.io.discovery import discover
+
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise JobError(f"{input_dir}: input folder does not exist or is not a directory")
+    try:
+        return discover(input_dir, pattern=pattern, layout=layout, loaddata=loaddata)
+    except (ValueError, KeyError, OSError) as error:
+        raise JobError(_message(error)) from None
+
+
+def _problem_relpath(problem: str) -> str | None:
+    """The file a discovery problem line names ("<relpath>: ..."), or None for plate-level problems."""
+    head = problem.split(": ", 1)[0]
+    return head if head.lower().endswith((".tif", ".tiff")) else None
+
+
+# ----------------------------------------------------------------------------- Dask tasks
+
+
+def _accumulate_task(records, settings, reader, device_spec, threads, on_error):
+    """One batch on a worker: (partial accumulator or None, skipped, error message or None)."""
+    from gpuillum.backend import resolve_device
+
+    try:
+        partial, skipped = accumulate_records(records, settings, resolve_device(device_spec), reader,
+                                              threads=threads, on_error=on_error)
+    except (ValueError, OutputProblem) as error:
+        return None, [], str(error)
+    return partial, skipped, None
+
+
+def _apply_task(records, function, options, out_dir, reader, device_spec, threads, on_error):
+    """One batch on a worker: (written files, skipped, error message or None)."""
+    from gpuillum.backend import resolve_device
+
+    try:
+        written, skipped = apply_records(records, function, options, out_dir, reader, device=resolve_device(device_spec),
+                                         threads=threads, on_error=on_error)
+    except (ValueError, OutputProblem) as error:
+        return [], [], str(error)
+    return written, skipped, None
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+@dataclass
+class _Group:
+    plate: str
+    channel: str
+    records: list
+    reader: CheckedReader | None = None
+    function_path: Path | None = None
+    function: object = None
+
+
+class _Job:
+    """State of one run: options, manifest, client, result; the passes are its methods."""
+
+    def __init__(self, input_dir, out_dir, *, settings, apply_options, device, workers, scheduler, threads,
+                 resume, on_error, progress, log):
+        self.input_dir, self.out_dir = input_dir, out_dir
+        self.settings, self.apply_options = settings, apply_options
+        self.device, self.workers, self.scheduler = device, workers, scheduler
+        self.threads, self.resume, self.on_error = threads, resume, on_error
+        self.progress, self.log = progress, log
+        self.client = None
+        self.result = RunResult(out_dir=out_dir, device=str(device), workers=workers)
+        self.manifest = None
+        self._last_save = 0.0
+        self._skipped: set = set()
+
+    # -- bookkeeping
+
+    def say(self, text: str) -> None:
+        if self.log is not None:
+            self.log(text)
+
+    def skip(self, relpath, reason: str) -> None:
+        if relpath is not None and relpath in self._skipped:
+            return
+        self._skipped.add(relpath)
+        self.result.skipped.append((relpath, reason))
+        self.manifest.add_skipped(relpath or "", reason)
+
+    def problem(self, relpath, reason: str) -> None:
+        """A bad input: fatal with on_error="fail", listed with "skip"."""
+        if self.on_error != "skip":
+            raise JobError(reason.removesuffix("; left out"))
+        self.skip(relpath, reason)
+
+    def save_manifest(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_save >= MANIFEST_SAVE_SECONDS:
+            try:
+                self.manifest.save(self.out_dir / MANIFEST_NAME)
+            except OSError as error:
+                raise JobError(f"{self.out_dir / MANIFEST_NAME}: cannot write ({error.strerror or error})") from None
+            self._last_save = now
+
+    def open_manifest(self, manifest_settings: dict) -> None:
+        from gpuillum.io.manifest import Manifest, collect_versions
+
+        path = self.out_dir / MANIFEST_NAME
+        earlier = None
+        if path.is_file():
+            try:
+                earlier = Manifest.load(path)
+            except (ValueError, OSError) as error:
+                if self.resume:
+                    raise JobError(f"{path}: cannot resume from this manifest ({_message(error)}); remove it or drop --resume") from None
+        manifest_settings = json.loads(json.dumps(manifest_settings, default=str))  # as it reads back from JSON
+        if self.resume and earlier is not None and earlier.settings != manifest_settings:
+            raise JobError(f"{path}: --resume with different settings than the earlier run; use the same options or another -o OUT")
+        self.manifest = earlier if earlier is not None else Manifest()
+        self.manifest.settings = manifest_settings
+        self.manifest.versions = collect_versions()
+        self.manifest.devices = [str(self.device)]
+        self.manifest.skipped = []
+        self.manifest.timings["workers"] = self.scheduler or self.workers
+        self.save_manifest(force=True)
+
+    def intact(self, relpath: str, path: Path) -> bool:
+        return self.resume and self.manifest.is_complete(relpath, path)
+
+    # -- groups
+
+    def prepare_groups(self, plan) -> list[_Group]:
+        """Groups of usable records; discovery problems are fatal, or listed as skipped with on_error="skip"."""
+        for problem in plan.problems:
+            self.problem(_problem_relpath(problem), problem)
+        groups = []
+        for (plate, channel), records in plan.groups().items():
+            outside = [r for r in records if Path(r.relpath).is_absolute() or ".." in Path(r.relpath).parts]
+            for record in outside:
+                self.problem(record.relpath, f"{record.path}: lies outside INPUT; its corrected copy would be written outside OUT/corrected")
+            records = [r for r in records if r not in outside]
+            if records:
+                shape, dtype = plan.shapes[(plate, channel)]
+                groups.append(_Group(plate, channel, records, reader=CheckedReader(shape, dtype)))
+        if not groups:
+            raise JobError(f"{self.input_dir}: no usable images found")
+        return groups
+
+    # -- pass 1
+
+    def calculate(self, group: _Group) -> None:
+        from gpuillum.backend import to_numpy
+        from gpuillum.illumination.functions_io import function_filename, load_function, save_function
+
+        name = function_filename(group.plate, group.channel)
+        path = self.out_dir / "illum" / name
+        group.function_path = path
+        if self.intact(f"illum/{name}", path):
+            group.function = load_function(path)
+            self.say(f"{group.plate}/{group.channel}: function {path} intact, reused")
+            return
+        started = time.perf_counter()
+        total = self.accumulate(group)
+        if total is None:
+            self.problem(None, f"{group.plate}/{group.channel}: empty channel, every image was skipped")
+            return
+        if self.client is not None and self.device.is_gpu:
+            total.to(self.device)  # Dask partials arrive as NumPy: finalize on this job's device
+        with self.device.activate():
+            function = to_numpy(total.finalize(group.reader.shape))
+        save_function(path, function)
+        self.preview(group, function)
+        group.function = function
+        self.manifest.record_file(f"illum/{name}", path, "illum")
+        self.manifest.timings[f"calc {group.plate}/{group.channel}"] = time.perf_counter() - started
+        self.result.functions[(group.plate, group.channel)] = path
+        self.save_manifest(force=True)
+
+    def accumulate(self, group: _Group):
+        label = f"calc  {group.plate}/{group.channel}"
+        with Progress(len(group.records), label, enabled=self.progress) as bar:
+            if self.client is None:
+                total, skipped = accumulate_records(group.records, self.settings, self.device, group.reader,
+                                                    threads=self.threads, on_error=self.on_error, tick=bar.update)
+                for relpath, reason in skipped:
+                    self.skip(relpath, reason)
+                return total
+            merged = OrderedMerge()
+            batches = fixed_batches(group.records)
+            results = map_in_order(self.client, _accumulate_task, batches, self.settings, group.reader,
+                                   self.worker_device, 2, self.on_error)
+            for index, (batch, (partial, skipped, error)) in enumerate(zip(batches, results)):
+                if error is not None:
+                    raise JobError(error)
+                for relpath, reason in skipped:
+                    self.skip(relpath, reason)
+                merged.push(index, partial)
+                bar.update(len(batch))
+            return merged.result()
+
+    def preview(self, group: _Group, function) -> None:
+        from gpuillum.qc.figures import function_preview
+
+        png = group.function_path.with_suffix(".png")
+        function_preview(function, png, title=f"{group.plate} {group.channel}")
+        self.manifest.record_file(png.relative_to(self.out_dir).as_posix(), png, "preview")
+
+    # -- pass 2
+
+    def apply(self, group: _Group) -> None:
+        from gpuillum.correct import invalid_function_pixels
+
+        if group.function is not None:
+            bad = invalid_function_pixels(group.function, self.apply_options.method)
+            if bad:
+                raise JobError(f"{group.function_path}: {bad} pixels are zero or not finite; cannot {self.apply_options.method.lower()} by it")
+            if tuple(group.function.shape) != group.reader.shape:
+                raise JobError(f"{group.function_path}: function shape {tuple(group.function.shape)} does not match the images' {group.reader.shape}")
+        todo = []
+        for record in group.records:
+            if record.relpath in self._skipped:  # already found bad in pass 1
+                continue
+            output = f"corrected/{record.relpath}"
+            if self.intact(output, self.out_dir / output):
+                self.result.reused.append(record.relpath)
+            else:
+                todo.append(record)
+        started = time.perf_counter()
+
+        def done(written: WrittenFile) -> None:
+            self.result.written.append(written)
+            # checksummed by the task that wrote it (in parallel), so recorded directly
+            self.manifest.files[written.output] = {"sha256": written.sha256, "bytes": written.size,
+                                                   "role": "corrected", "source": written.relpath}
+            self.save_manifest()
+
+        label = f"apply {group.plate}/{group.channel}"
+        with Progress(len(todo), label, enabled=self.progress) as bar:
+            if self.client is None:
+                def tick(written):
+                    done(written)
+                    bar.update()
+
+                _written, skipped = apply_records(todo, group.function, self.apply_options, self.out_dir, group.reader,
+                                                  device=self.device, threads=self.threads, on_error=self.on_error, done=tick)
+                for relpath, reason in skipped:
+                    self.skip(relpath, reason)
+                    bar.update()
+            else:
+                function = None if group.function is None else self.client.scatter(group.function, broadcast=True)
+                batches = fixed_batches(todo)
+                results = map_in_order(self.client, _apply_task, batches, function, self.apply_options, self.out_dir,
+                                       group.reader, self.worker_device, 2, self.on_error)
+                for batch, (written, skipped, error) in zip(batches, results):
+                    if error is not None:
+                        raise JobError(error)
+                    for item in written:
+                        done(item)
+                    for relpath, reason in skipped:
+                        self.skip(relpath, reason)
+                    bar.update(len(batch))
+        self.manifest.timings[f"apply {group.plate}/{group.channel}"] = time.perf_counter() - started
+        self.save_manifest(force=True)
+
+    def write_loaddata(self, groups: list[_Group]) -> Path | None:
+        """OUT/corrected/load_data.csv: one row per image set, CellProfiler LoadData columns.
+
+        Lists the corrected images (and, where the job has one, each channel's illumination
+        function as FileName_Illum<channel> / PathName_Illum<channel>).
+        """
+        from gpuillum.io.loaddata import loaddata_rows, write_loaddata_csv
+
+        skipped = {relpath for relpath, _ in self.result.skipped}
+        records = [r for g in groups for r in g.records if r.relpath not in skipped]
+        if not records:
+            return None
+        rows = loaddata_rows(records, path_of=lambda record: self.out_dir / "corrected" / record.relpath)
+        functions = {(g.plate, g.channel): g.function_path for g in groups if g.function_path is not None and g.function is not None}
+        for row in rows:
+            for channel in [key[len("FileName_"):] for key in row if key.startswith("FileName_")]:
+                path = functions.get((row["Metadata_Plate"], channel))
+                if path is not None:
+                    row[f"FileName_Illum{channel}"] = path.name
+                    row[f"PathName_Illum{channel}"] = str(path.absolute().parent)
+        path = self.out_dir / "corrected" / LOADDATA_NAME
+        write_loaddata_csv(path, rows)
+        return path
+
+    @property
+    def worker_device(self) -> str:
+        """Device spec for Dask tasks: every GPU worker sees its own GPU as its first device."""
+        return "gpu" if self.device.is_gpu else "cpu"
+
+
+def _functions_for(groups, functions, out_dir) -> None:
+    """Attach existing functions (apply-only): a folder of <plate>_Illum<channel> files or a mapping."""
+    from gpuillum.illumination.functions_io import function_filename, load_function
+
+    for group in groups:
+        if isinstance(functions, dict):
+            path = functions.get((group.plate, group.channel)) or functions.get(group.channel)
+            if path is None:
+                raise JobError(f"functions: no illumination function given for {group.plate}/{group.channel}")
+            path = Path(path)
+        else:
+            folder = Path(functions) if functions is not None else Path(out_dir) / "illum"
+            stem = Path(function_filename(group.plate, group.channel)).stem
+            candidates = [folder / f"{stem}.npy", folder / f"{stem}.mat"]
+            path = next((c for c in candidates if c.is_file()), None)
+            if path is None:
+                raise JobError(f"{candidates[0]}: illumination function for {group.plate}/{group.channel} not found (run calc first or pass --functions)")
+        try:
+            group.function = load_function(path)
+        except (ValueError, TypeError) as error:
+            raise JobError(_message(error)) from None
+        group.function_path = path
+
+
+def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, layout=None, loaddata=None,
+              background: BackgroundSettings | None = None, apply_method: str | None = None, functions=None,
+              passes=PASSES, device="auto", workers: int = 1, scheduler: str | None = None, threads: int | None = None,
+              resume: bool = False, on_error: str = "fail", compression: str = "same", progress: bool | None = False,
+              log=None) -> RunResult:
+    """Run the plate job on INPUT, writing under OUT; returns a RunResult. See the module docstring.
+
+    Method: ``settings`` (a CalculateSettings) or ``preset`` ("jump", ...); with neither and no
+    ``background``, the jump preset. ``background`` alone subtracts a per-image background in a
+    single pass. ``passes``: ("calc", "apply") the whole job, ("calc",) functions only, ("apply",)
+    correct with existing ``functions`` (a folder of ``<plate>_Illum<channel>.npy|.mat`` files,
+    default OUT/illum, or a mapping {channel or (plate, channel): path}). Discovery: ``pattern``
+    (regex with named groups), ``layout`` (a built-in name) or ``loaddata`` (a CSV).
+    ``device``: auto|cpu|gpu|cuda:N; ``workers``/``scheduler``: see engine.cluster.
+    Raises JobError (one line) for any problem the user must fix.
+    """
+    from gpuillum.backend import resolve_device
+
+    if on_error not in ON_ERROR:
+        raise JobError(f"on_error: expected one of {', '.join(ON_ERROR)}, got {on_error!r}")
+    passes = tuple(passes)
+    if not passes or any(p not in PASSES for p in passes):
+        raise JobError(f"passes: expected a subset of {PASSES}, got {passes!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise JobError(f"workers: expected an integer >= 1, got {workers!r}")
+    input_dir, out_dir = check_paths(input_dir, out_dir)
+    settings = resolve_settings(settings, preset)
+    if settings is None and (background is None or passes == ("calc",)) and "calc" in passes:
+        settings = resolve_settings(None, "jump")
+    if passes == ("calc",) and not aggregates(settings):
+        raise JobError("calc: aggregation 'Each' computes a function per image while correcting; use run, or aggregation All")
+    try:
+        device = resolve_device(device)
+    except ValueError as error:
+        raise JobError(str(error)) from None
+    if apply_method is None:
+        apply_method = default_apply_method(settings)
+    if apply_method not in ("Divide", "Subtract"):
+        raise JobError(f"apply_method: expected Divide or Subtract, got {apply_method!r}")
+    per_image = settings if (settings is not None and not aggregates(settings) and "calc" in passes) else None
+    options = ApplyOptions(method=apply_method, background=background, per_image_settings=per_image, compression=compression)
+    threads = threads or default_threads()
+
+    started = time.perf_counter()
+    plan = plan_plate(input_dir, pattern=pattern, layout=layout, loaddata=loaddata)
+    discovery = {"pattern": pattern, "layout": layout, "loaddata": None if loaddata is None else str(loaddata)}
+    job = _Job(input_dir, out_dir, settings=settings, apply_options=options, device=device, workers=workers,
+               scheduler=scheduler, threads=threads, resume=resume, on_error=on_error, progress=progress, log=log)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise JobError(f"{out_dir}: cannot create the output folder ({error.strerror or error})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise JobError(f"{out_dir}: output folder is not writable")
+    manifest_settings = {
+        "passes": list(passes),
+        "method": None if settings is None else dataclasses.asdict(settings),
+        "apply": {"method": apply_method, "compression": compression,
+                  "background": None if background is None else dataclasses.asdict(background)},
+        "functions": None if functions is None else str(functions) if not isinstance(functions, dict) else {str(k): str(v) for k, v in functions.items()},
+        "input": str(input_dir.resolve()),
+        "discovery": discovery,
+    }
+    job.open_manifest(manifest_settings)
+    try:
+        _run_passes(job, passes, settings, background, functions, resume, plan)
+    except BaseException:  # Ctrl-C or an error: keep the record of every file finished so far, for --resume
+        with contextlib.suppress(Exception):
+            job.save_manifest(force=True)
+        raise
+    job.manifest.timings["total"] = time.perf_counter() - started
+    job.save_manifest(force=True)
+    job.result.manifest = out_dir / MANIFEST_NAME
+    job.result.timings = {"total": time.perf_counter() - started}
+    return job.result
+
+
+def _run_passes(job: _Job, passes, settings, background, functions, resume, plan) -> None:
+    """Pass 1 for every group, then pass 2 for every group, then the LoadData CSV."""
+    out_dir, device, workers, scheduler = job.out_dir, job.device, job.workers, job.scheduler
+    if resume:
+        from gpuillum.io.atomic import remove_stale_temporaries
+
+        remove_stale_temporaries(out_dir)
+    groups = job.prepare_groups(plan)
+    job.say(f"device: {device} ({'GPU' if device.is_gpu else 'CPU'}), {len(groups)} plate x channel group(s), "
+            f"{sum(len(g.records) for g in groups)} images, workers: {scheduler or workers}")
+    with open_client(workers=workers, scheduler=scheduler, gpu=device.is_gpu) as client:
+        job.client = client
+        calculating = "calc" in passes and settings is not None and aggregates(settings)
+        if calculating:
+            for group in groups:
+                job.calculate(group)
+        elif passes == ("apply",) and not (functions is None and background is not None):
+            _functions_for(groups, functions, out_dir)
+        if "apply" in passes:
+            for group in groups:
+                if calculating and group.function is None:
+                    continue  # every image of the group was skipped
+                job.apply(group)
+    if "apply" in passes:
+        job.result.loaddata = job.write_loaddata(groups)
+
+
+def calc_plate(input_dir, out_dir, **options) -> RunResult:
+    """Pass 1 only: the illumination functions under OUT/illum."""
+    return run_plate(input_dir, out_dir, passes=("calc",), **options)
+
+
+def apply_plate(input_dir, out_dir, *, functions=None, **options) -> RunResult:
+    """Pass 2 only: correct INPUT with existing functions (default OUT/illum; CellProfiler .npy/.mat work)."""
+    return run_plate(input_dir, out_dir, passes=("apply",), functions=functions, **options)

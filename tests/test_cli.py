@@ -1,0 +1,155 @@
+"""The command line end to end on small synthetic plates: every layout, plan, calc + apply,
+CellProfiler-made functions, background subtraction, demo, and one real subprocess."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from gpuillum.cli import main
+from gpuillum.correct import apply as apply_function
+from gpuillum.illumination.cellprofiler import calculate, preset
+
+from test_engine import PATTERN, UUID, write_plate
+
+FAST_ARGS = ["--preset", "jump", "--resize-factor", "0.5", "--filter-size", "6", "--device", "cpu", "-q"]
+FAST = preset("jump").replace(resize_factor=0.5, manual_size=6)
+# the options that give test_engine.FAST, without -q (for the resume tests)
+ARGS_RESUME = ["--preset", "jump", "--resize-factor", "0.5", "--filter-size", "6", "--device", "cpu", "--quiet"]
+
+
+def corrected_files(out):
+    return sorted(p.relative_to(out / "corrected").as_posix() for p in (out / "corrected").rglob("*.tif*"))
+
+
+def read_all(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("layout", ["gpuillum", "imagexpress", "operetta", "pattern"])
+def test_run_every_layout(tmp_path, layout):
+    images = write_plate(tmp_path / "in", layout=layout, plates=("P1", "P2"), sites=1)
+    naming = ["--pattern", PATTERN] if layout == "pattern" else ["--layout", layout]
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *naming, *FAST_ARGS]) == 0
+    assert corrected_files(tmp_path / "out") == sorted(images)
+    functions = sorted(p.name for p in (tmp_path / "out" / "illum").glob("*.npy"))
+    channels = ("DNA", "Actin") if layout in ("gpuillum", "pattern") else ("1", "2")
+    assert functions == sorted(f"{plate}_Illum{channel}.npy" for plate in ("P1", "P2") for channel in channels)
+    # the function of one plate and channel is the library's, from that plate's images only
+    key = "DNA" if channels[0] == "DNA" else "1"
+    members = [image for relpath, image in images.items() if relpath.startswith("P2/") and
+               (relpath.endswith(f"_{key}.tif") or relpath.endswith(f"-{key}.tif") or f"_w{key}{UUID}" in relpath
+                or f"-ch{key}sk" in relpath)]
+    assert len(members) == 4
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "illum" / f"P2_Illum{key}.npy"), calculate(members, FAST))
+
+
+def test_loaddata_input(tmp_path):
+    images = write_plate(tmp_path / "in", sites=1)
+    csv = tmp_path / "in.csv"
+    lines = ["FileName_DNA,PathName_DNA,FileName_Actin,PathName_Actin,Metadata_Plate,Metadata_Well,Metadata_Site"]
+    for well in ("B02", "B03", "C02", "C03"):
+        folder = tmp_path / "in" / "P1"
+        lines.append(f"{well}_s1_DNA.tif,{folder},{well}_s1_Actin.tif,{folder},P1,{well},1")
+    csv.write_text("\n".join(lines) + "\n")
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--loaddata", str(csv), *FAST_ARGS]) == 0
+    assert corrected_files(tmp_path / "out") == sorted(images)
+    assert sorted(p.name for p in (tmp_path / "out" / "illum").glob("*.npy")) == ["P1_IllumActin.npy", "P1_IllumDNA.npy"]
+
+
+def test_plan_lists_plates_channels_counts_shape_and_problems(tmp_path, capsys):
+    write_plate(tmp_path / "in", plates=("P1", "P2"))
+    assert main(["plan", str(tmp_path / "in")]) == 0
+    text = capsys.readouterr().out
+    assert "2 plates" in text and "Actin, DNA" in text and "64x80 uint16" in text and "8 images" in text
+    assert not any(p.name != "in" for p in tmp_path.iterdir())  # nothing written
+    tifffile.imwrite(tmp_path / "in" / "P1" / "B02_s1_DNA.tif", np.zeros((64, 80), np.uint8))
+    assert main(["plan", str(tmp_path / "in")]) == 2
+    text = capsys.readouterr().out
+    assert "P1/B02_s1_DNA.tif" in text and "uint8" in text
+
+
+def test_calc_then_apply_equals_run(tmp_path):
+    write_plate(tmp_path / "in")
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "whole"), *FAST_ARGS]) == 0
+    assert main(["calc", str(tmp_path / "in"), "-o", str(tmp_path / "split"), *FAST_ARGS]) == 0
+    assert not (tmp_path / "split" / "corrected").exists()
+    assert main(["apply", str(tmp_path / "in"), "-o", str(tmp_path / "split"), "--device", "cpu", "-q"]) == 0
+    whole, split = read_all(tmp_path / "whole"), read_all(tmp_path / "split")
+    for name in whole:
+        if name.endswith((".tif", ".npy")):
+            assert whole[name] == split[name], name
+
+
+def test_apply_with_a_cellprofiler_function(tmp_path):
+    """A function made elsewhere (CellProfiler saves float32 .npy or MATLAB .mat) applied per channel."""
+    import scipy.io
+
+    images = write_plate(tmp_path / "in", wells=("B02",), sites=2)
+    y, x = np.mgrid[:64, :80]
+    dna = (1.0 + 0.5 * np.exp(-((y - 30) ** 2 + (x - 45) ** 2) / 800.0)).astype(np.float32)
+    actin = np.flipud(dna).copy()
+    np.save(tmp_path / "P1_IllumDNA.npy", dna)
+    scipy.io.savemat(tmp_path / "actin.mat", {"Image": actin.astype(np.float64)})
+    assert main(["apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--function", f"DNA={tmp_path / 'P1_IllumDNA.npy'}",
+                 "--function", f"Actin={tmp_path / 'actin.mat'}", "--device", "cpu", "-q"]) == 0
+    for relpath, image in images.items():
+        function = dna if relpath.endswith("_DNA.tif") else actin
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "corrected" / relpath), apply_function(image, function))
+    # a folder of CellProfiler-named functions works the same way
+    np.save(tmp_path / "P1_IllumActin.npy", actin)
+    assert main(["apply", str(tmp_path / "in"), "-o", str(tmp_path / "out2"), "--functions", str(tmp_path), "--device", "cpu", "-q"]) == 0
+    assert read_all(tmp_path / "out" / "corrected").keys() == read_all(tmp_path / "out2" / "corrected").keys()
+
+
+def test_cellprofiler_options_and_background(tmp_path):
+    images = write_plate(tmp_path / "in", wells=("B02", "B03"), sites=2)
+    argv = ["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--aggregation", "All", "--smoothing", "gaussian",
+            "--filter-size", "8", "--rescale", "No", "--background", "tophat", "--background-radius", "4", "--device", "cpu", "-q"]
+    assert main(argv) == 0
+    from gpuillum.engine.background import BackgroundSettings, subtract_background
+    from gpuillum.illumination.cellprofiler import CalculateSettings
+
+    settings = CalculateSettings(aggregation="All: Across cycles", smoothing="Gaussian Filter", filter_size_method="Manually",
+                                 manual_size=8, rescale="No")
+    names = sorted(r for r in images if r.endswith("_DNA.tif"))
+    function = calculate([images[r] for r in names], settings)
+    for relpath in names:
+        expected = subtract_background(apply_function(images[relpath], function), BackgroundSettings("tophat", 4))
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "corrected" / relpath), expected)
+
+
+def test_cppipe_settings(tmp_path, data_dir):
+    write_plate(tmp_path / "in", wells=("B02",), sites=2)
+    pipeline = data_dir / "bbbc013_plate" / "ExampleSBSIllumination.cppipe"
+    assert main(["calc", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--cppipe", str(pipeline), "--filter-size-method",
+                 "Manually", "--filter-size", "6", "--device", "cpu", "-q"]) == 0
+    import json
+
+    settings = json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]["method"]
+    assert settings["rescale"] == "Yes" and settings["smoothing"] == "Median Filter" and settings["manual_size"] == 6
+
+
+def test_demo_small(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "demo"), "--shape", "96x96", "--wells", "2", "--sites", "2", "--device", "cpu", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "r = " in text and "flat-field CV" in text and "before_after.png" in text
+    assert (tmp_path / "demo" / "before_after.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(list((tmp_path / "demo" / "results" / "corrected").rglob("*.tif"))) == 8
+
+
+def test_python_dash_m_and_console_script(tmp_path):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    env = dict(os.environ, GPUILLUM_DISABLE_GPU="1")
+    done = subprocess.run([sys.executable, "-m", "gpuillum", "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *FAST_ARGS],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert corrected_files(tmp_path / "out") == ["P1/B02_s1_Actin.tif", "P1/B02_s1_DNA.tif"]
+    script = Path(sys.executable).with_name("gpuillum")
+    done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("gpuillum ")

@@ -1,0 +1,75 @@
+"""The plate job on the real plates of GPUILLUM_DATA, end to end through the CLI.
+
+BBBC016 (strong shading, 24 wells, uint8) and the NF1 Cell Painting plate (uint16 deflate) are
+found with a --pattern; BBBC013 ships as one multi-page TIFF, so its pages are written to single
+TIFFs named from the sidecar and corrected with the settings of its own CellProfiler pipeline,
+and the function is compared with CellProfiler's (a tolerance: the reference is CP 2014's).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.io
+import tifffile
+
+from gpuillum.cli import main
+from gpuillum.qc.metrics import compare_to_truth, correction_report
+
+pytestmark = pytest.mark.data
+
+BBBC016_PATTERN = r"AS_\d+_(?P<plate>\d+)_(?P<well>[A-P]\d\d)f(?P<site>\d\d)d(?P<channel>\d)\.TIF"
+NF1_PATTERN = r"(?P<well>[A-H]\d+)_01_\d_\d_(?P<channel>[A-Z]+)_001\.tif"
+BBBC013_PATTERN = r"Channel(?P<channel>\d)-\d+-(?P<row>[A-H])-(?P<col>\d\d)\.tif"
+
+
+def _pairs(source, out):
+    for path in sorted(source.rglob("*.[tT][iI][fF]")):
+        yield tifffile.imread(path), tifffile.imread(out / "corrected" / path.relative_to(source))
+
+
+def test_bbbc016_shading_falls(tmp_path, data_dir):
+    source = data_dir / "bbbc016_gfp_f00_24wells"
+    out = tmp_path / "out"
+    assert main(["run", str(source), "-o", str(out), "--pattern", BBBC016_PATTERN, "--preset", "jump", "--device", "cpu", "-q"]) == 0
+    assert [p.name for p in (out / "illum").glob("*.npy")] == ["050428030001_Illum2.npy"]
+    before, after = zip(*_pairs(source, out))
+    assert len(before) == 24 and all(a.dtype == np.uint8 for a in after)
+    report = correction_report(list(before), list(after))
+    assert report["cv_after"] < 0.6 * report["cv_before"], report
+    assert report["after"]["centre_corner"] < report["before"]["centre_corner"]
+
+
+def test_nf1_cellpainting_uint16_three_channels(tmp_path, data_dir):
+    source = data_dir / "nf1_cellpainting_plate2"
+    out = tmp_path / "out"
+    assert main(["run", str(source), "-o", str(out), "--pattern", NF1_PATTERN, "--preset", "jump", "--background", "median",
+                 "--background-radius", "40", "--device", "cpu", "-q"]) == 0
+    assert sorted(p.name for p in (out / "illum").glob("*.npy")) == ["plate_IllumDAPI.npy", "plate_IllumGFP.npy", "plate_IllumRFP.npy"]
+    pairs = list(_pairs(source, out))
+    assert len(pairs) == 15
+    for before, after in pairs:
+        assert after.dtype == np.uint16 and after.shape == (904, 1224)
+        # the function's minimum is 1 and the background is subtracted: nothing brightens, nothing wraps
+        assert (after.astype(np.int64) <= before.astype(np.int64)).all()
+        assert after.max() > 0
+
+
+def test_bbbc013_with_its_cellprofiler_pipeline(tmp_path, data_dir):
+    folder = data_dir / "bbbc013_plate"
+    stack = tifffile.imread(folder / "Channel1_GFP_96wells.tif")
+    names = (folder / "Channel1_GFP_96wells.tif.files.txt").read_text().split()
+    assert stack.shape[0] == len(names) == 96
+    source = tmp_path / "bbbc013"
+    source.mkdir()
+    for page, name in zip(stack, names):
+        tifffile.imwrite(source / name, page, compression="zlib")
+    out = tmp_path / "out"
+    assert main(["run", str(source), "-o", str(out), "--pattern", BBBC013_PATTERN, "--cppipe", str(folder / "ExampleSBSIllumination.cppipe"),
+                 "--cppipe-module", "IllumGreen", "--device", "cpu", "-q"]) == 0
+    function = np.load(out / "illum" / "plate_Illum1.npy")
+    reference = scipy.io.loadmat(folder / "Channel1ILLUM.mat")["Image"]
+    assert function.min() == pytest.approx(1.0)
+    assert compare_to_truth(function, reference)["pearson_r"] > 0.9
+    before, after = zip(*_pairs(source, out))
+    report = correction_report(list(before), list(after))
+    assert report["cv_after"] < report["cv_before"], report

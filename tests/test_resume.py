@@ -1,0 +1,98 @@
+"""--resume: a crashed or interrupted run completes to the same bytes as an uninterrupted one,
+redoing only what is missing or damaged."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gpuillum.cli import main
+from gpuillum.engine.job import run_plate
+
+from test_cli import ARGS_RESUME, read_all
+from test_engine import FAST, write_plate
+
+
+def outputs(folder):
+    """Every output's bytes except the manifest and the LoadData CSV (which name OUT itself)."""
+    return {name: data for name, data in read_all(folder).items() if name.endswith((".tif", ".npy", ".png"))}
+
+
+@pytest.fixture
+def plate(tmp_path):
+    write_plate(tmp_path / "in", plates=("P1", "P2"))
+    run_plate(tmp_path / "in", tmp_path / "reference", settings=FAST, device="cpu")
+    return tmp_path / "in", outputs(tmp_path / "reference")
+
+
+def test_crash_after_k_files_then_resume_gives_identical_outputs(tmp_path, plate, monkeypatch):
+    source, reference = plate
+    import gpuillum.engine.apply as apply_module
+
+    real, count = apply_module.write_corrected, []
+
+    def crashing(*args, **kwargs):
+        if len(count) == 7:
+            raise KeyboardInterrupt  # the process dies after 7 corrected files
+        count.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(apply_module, "write_corrected", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        run_plate(source, tmp_path / "out", settings=FAST, device="cpu", threads=1)
+    monkeypatch.setattr(apply_module, "write_corrected", real)
+    partial = outputs(tmp_path / "out")
+    assert 0 < sum(name.startswith("corrected/") for name in partial) < sum(name.startswith("corrected/") for name in reference)
+    result = run_plate(source, tmp_path / "out", settings=FAST, device="cpu", resume=True)
+    assert len(result.reused) == 7 and len(result.written) == 32 - 7
+    assert not result.functions  # all four functions were intact and reused
+    assert outputs(tmp_path / "out") == reference
+
+
+def test_resume_redoes_damaged_outputs_and_functions(tmp_path, plate):
+    source, reference = plate
+    run_plate(source, tmp_path / "out", settings=FAST, device="cpu")
+    damaged = tmp_path / "out" / "corrected" / "P1" / "B02_s1_DNA.tif"
+    damaged.write_bytes(damaged.read_bytes()[:-10] + b"0123456789")
+    (tmp_path / "out" / "corrected" / "P2" / "C03_s2_Actin.tif").unlink()
+    (tmp_path / "out" / "illum" / "P2_IllumDNA.npy").write_bytes(b"garbage")
+    result = run_plate(source, tmp_path / "out", settings=FAST, device="cpu", resume=True)
+    assert sorted(w.relpath for w in result.written) == ["P1/B02_s1_DNA.tif", "P2/C03_s2_Actin.tif"]
+    assert list(result.functions) == [("P2", "DNA")]
+    assert outputs(tmp_path / "out") == reference
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, plate, capsys):
+    source, _ = plate
+    run_plate(source, tmp_path / "out", settings=FAST, device="cpu")
+    code = main(["run", str(source), "-o", str(tmp_path / "out"), "--resume", "--preset", "jump", "--device", "cpu", "-q"])
+    assert code == 2 and "different settings" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume(tmp_path, plate):
+    source, reference = plate
+    out = tmp_path / "out"
+    env = dict(os.environ, GPUILLUM_DISABLE_GPU="1")
+    command = [sys.executable, "-m", "gpuillum", "run", str(source), "-o", str(out), *ARGS_RESUME, "--threads", "1"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            files = json.loads((out / "manifest.json").read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            files = {}
+        if any(name.startswith("corrected/") for name in files):
+            break
+        time.sleep(0.02)
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert main(["run", str(source), "-o", str(out), *ARGS_RESUME, "--resume"]) == 0
+    assert outputs(out) == reference
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
