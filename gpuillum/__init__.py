@@ -29,6 +29,28 @@ _EXPORTS = {
     "upsample": "gpuillum.filters.resample",
     "fit_polynomial": "gpuillum.filters.polynomial",
     "gaussian_filter": "gpuillum.filters.smoothing",
+    "resize_bilinear": "gpuillum.filters.resample",
+    # illumination functions (CellProfiler semantics) and applying them
+    "CalculateSettings": "gpuillum.illumination.cellprofiler",
+    "IlluminationAccumulator": "gpuillum.illumination.cellprofiler",
+    "calculate": "gpuillum.illumination.cellprofiler",
+    "preset": "gpuillum.illumination.cellprofiler",
+    "apply": "gpuillum.correct",
+    "save_function": "gpuillum.illumination.functions_io",
+    "load_function": "gpuillum.illumination.functions_io",
+    "spline_background": "gpuillum.illumination.splines",
+    "convex_hull_smooth": "gpuillum.illumination.convex_hull",
+    # the plate job
+    "run_plate": "gpuillum.engine.job",
+    "calc_plate": "gpuillum.engine.job",
+    "apply_plate": "gpuillum.engine.job",
+    "plan_plate": "gpuillum.engine.job",
+    "make_synthetic_plate": "gpuillum.synthetic",
+    # quality control
+    "flatfield_cv": "gpuillum.qc.metrics",
+    "compare_to_truth": "gpuillum.qc.metrics",
+    "correction_report": "gpuillum.qc.metrics",
+    "write_png": "gpuillum.qc.png",
     # backend
     "gpu_available": "gpuillum.backend",
     "resolve_device": "gpuillum.backend",

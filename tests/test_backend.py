@@ -45,3 +45,18 @@ def test_square_footprint():
 def test_every_cuda_source_is_found():
     for path in backend.all_cuda_sources():
         assert backend.cuda_source(path.name)
+
+
+def test_every_public_name_resolves():
+    import gpuillum
+
+    for name in gpuillum.__all__:
+        assert getattr(gpuillum, name) is not None, name
+
+
+def test_cellprofiler_alias_module():
+    from gpuillum import cellprofiler
+    from gpuillum.illumination import cellprofiler as impl
+
+    assert cellprofiler.calculate is impl.calculate
+    assert set(cellprofiler.__all__) == set(impl.__all__)

@@ -1,0 +1,12 @@
+"""CellProfiler-compatible illumination functions: ``gpuillum.cellprofiler``.
+
+The implementation lives in :mod:`gpuillum.illumination.cellprofiler`; this module is the short,
+documented import path::
+
+    from gpuillum import cellprofiler as cp
+    settings = cp.preset("jump")
+    function = cp.calculate(images, settings)
+    corrected = cp.apply(image, function)
+"""
+from .illumination.cellprofiler import *  # noqa: F401,F403
+from .illumination.cellprofiler import __all__  # noqa: F401
