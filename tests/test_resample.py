@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from gpuillum.filters.blocks import block_reduce
-from gpuillum.filters.resample import cellprofiler_resize_shape, resize_bilinear, upsample
+from gpuillum.filters.resample import cellprofiler_resize_shape, resize_bilinear, resize_operator, upsample
 
 skimage_transform = pytest.importorskip("skimage.transform")
 
@@ -39,6 +39,72 @@ def test_resize_by_factor_matches_cellprofiler(rng, shape, factor):
 def test_resize_to_shape_matches_cellprofiler(rng, shape, new_shape):
     image = rng.random(shape).astype(np.float32)
     np.testing.assert_allclose(resize_bilinear(image, new_shape), cellprofiler_resize(image, new_shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("factor_or_shape", [0.2, 0.125, 0.1, 5.0, (13, 300), (150, 31), (100, 256), (7, 7)])
+def test_resize_odd_shapes_match_cellprofiler(rng, factor_or_shape):
+    image = rng.random((101, 257)).astype(np.float32)
+    out = resize_bilinear(image, factor_or_shape)
+    if isinstance(factor_or_shape, float):
+        new_shape = np.round(np.array(image.shape, dtype=float) * factor_or_shape)
+    else:
+        new_shape = factor_or_shape
+    expected = cellprofiler_resize(image, new_shape)
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "in_len, out_len",
+    [(1, 3), (3, 1), (9, 1), (7, 2), (2, 7), (10, 10), (13, 12), (101, 20), (257, 32), (20, 101), (64, 3)],
+)
+def test_resize_operator_is_skimage_resize_of_the_identity(in_len, out_len):
+    # Resizing the identity along axis 0 only gives the 1-D operator column by column; the
+    # cases include Gaussian radii larger than the line (repeated reflection) and length 1.
+    expected = skimage_transform.resize(np.eye(in_len), (out_len, in_len), order=1, mode="symmetric")
+    matrix = resize_operator(in_len, out_len)
+    assert matrix.shape == (out_len, in_len) and matrix.dtype == np.float32
+    np.testing.assert_allclose(matrix.toarray(), expected, rtol=0, atol=1e-7)
+
+
+def test_resize_operator_is_sparse_and_cached():
+    shrink = resize_operator(1080, 216)  # JUMP's 0.2: sigma 2, Gaussian radius 8
+    assert np.diff(shrink.indptr).max() <= 2 * 8 + 2
+    assert np.diff(resize_operator(216, 1080).indptr).max() <= 2
+    assert resize_operator(1080, 216) is shrink
+    assert not shrink.data.flags.writeable  # shared through the cache, so it must not be edited
+
+
+def test_resize_reuses_cached_operators(rng):
+    image = rng.random((123, 45)).astype(np.float32)
+    resize_bilinear(image, (37, 19))
+    before = resize_operator.cache_info()
+    resize_bilinear(image + 1, (37, 19))
+    after = resize_operator.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 2
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+@pytest.mark.parametrize("factor", [0.2, 3.0])
+def test_resize_dtypes_give_float32_matching_cellprofiler(rng, dtype, factor):
+    if np.dtype(dtype).kind == "u":
+        image = rng.integers(0, np.iinfo(dtype).max, (90, 70), endpoint=True).astype(dtype)
+    else:
+        image = (rng.random((90, 70)) * 1000 - 300).astype(dtype)
+    original = image.copy()
+    out = resize_bilinear(image, factor)
+    expected = cellprofiler_resize(image.astype(np.float64), out.shape)
+    assert out.dtype == np.float32 and np.array_equal(image, original)
+    scale = np.abs(image.astype(np.float64)).max()
+    np.testing.assert_allclose(out / scale, expected / scale, rtol=0, atol=1e-6)
+    assert out.min() >= np.float32(image.min()) and out.max() <= np.float32(image.max())  # clipped
+
+
+def test_resize_keeps_constant_images_constant():
+    image = np.full((40, 60), 777, dtype=np.uint16)
+    for arg in (0.2, 5.0, (13, 101)):
+        out = resize_bilinear(image, arg)
+        assert np.array_equal(out, np.full(out.shape, 777, dtype=np.float32))
 
 
 def test_jump_round_trip_is_smooth_and_keeps_shape(rng):
@@ -111,3 +177,18 @@ def test_resample_gpu_matches_cpu(cupy, rng):
         np.testing.assert_allclose(out.get(), resize_bilinear(image, arg), rtol=1e-6, atol=1e-7)
     grid = rng.random((9, 11)).astype(np.float32)
     np.testing.assert_allclose(upsample(cupy.asarray(grid), (100, 80)).get(), upsample(grid, (100, 80)), rtol=1e-6)
+
+
+@pytest.mark.gpu
+def test_resize_gpu_matches_cpu_for_integer_images_and_caches_per_device(cupy, rng):
+    from gpuillum.filters.resample import _device_resize_operator
+
+    image = rng.integers(0, 65535, (101, 257), endpoint=True).astype(np.uint16)
+    for arg in (0.2, 5.0, (150, 31)):
+        out = resize_bilinear(cupy.asarray(image), arg)
+        assert isinstance(out, cupy.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous
+        np.testing.assert_allclose(out.get() / 65535, resize_bilinear(image, arg) / 65535, rtol=0, atol=1e-6)
+    before = _device_resize_operator.cache_info()
+    resize_bilinear(cupy.asarray(image), 0.2)
+    after = _device_resize_operator.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 2

@@ -1,17 +1,21 @@
 """Bilinear resampling: the edge-anchored upsample of block grids, and CellProfiler's Resize.
 
-Both are separable linear maps: every output row (column) is a weighted sum of two input rows
-(columns). The source positions and weights are O(H + W) float64 vectors computed on the host and
-moved to the image's device; the image itself never leaves it.
+Both are separable linear maps. ``upsample`` weights two input rows (columns) per output row
+(column) from O(H + W) host vectors. ``resize_bilinear`` folds the anti-aliasing Gaussian and the
+interpolation of each axis into one sparse (out_len x in_len) matrix, built once per length pair
+on the host and cached (and cached per CUDA device), so a resize is two sparse-dense products
+instead of a full-image Gaussian. The image itself never leaves its device.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
+import scipy.sparse
 
 from .._checks import check_image
-from ..backend import get_array_module, get_ndimage
+from ..backend import get_array_module, is_cupy_array
 
 RESAMPLE_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
@@ -89,6 +93,75 @@ def cellprofiler_resize_shape(shape, factor: float) -> tuple[int, int]:
     return out
 
 
+GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default, which skimage.transform.resize uses
+
+
+def _reflect_index(index: np.ndarray, length: int) -> np.ndarray:
+    """Map indices outside [0, length) back in by half-sample symmetric reflection (d c b a | a b c d)."""
+    folded = np.mod(index, 2 * length)
+    return np.where(folded < length, folded, 2 * length - 1 - folded)
+
+
+def _anti_aliasing_kernel(in_len: int, out_len: int) -> np.ndarray:
+    """skimage's anti-aliasing Gaussian for one axis: sigma (s - 1) / 2 when shrinking by s, else none.
+
+    The taps follow scipy.ndimage.gaussian_filter1d: radius int(4 * sigma + 0.5), weights
+    exp(-x^2 / (2 sigma^2)) normalised to sum 1.
+    """
+    if out_len >= in_len:
+        return np.ones(1)
+    sigma = (in_len / out_len - 1) / 2
+    radius = int(GAUSSIAN_TRUNCATE * sigma + 0.5)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 * offsets**2 / sigma**2)
+    return weights / weights.sum()
+
+
+@functools.lru_cache(maxsize=64)
+def resize_operator(in_len: int, out_len: int) -> scipy.sparse.csr_array:
+    """The (out_len x in_len) float32 CSR matrix of skimage's 1-D resize along one axis (cached).
+
+    Row k holds the anti-aliasing Gaussian (reflect boundary, only when shrinking) composed with
+    linear interpolation at the pixel-centre position (k + 0.5) * in_len / out_len - 0.5
+    (half-sample symmetric boundary): about 8 sigma + 2 non-zeros per row, 2 when enlarging.
+    The weights are computed in float64; the returned matrix is read-only because it is shared.
+    """
+    kernel = _anti_aliasing_kernel(in_len, out_len)
+    radius = kernel.size // 2
+    positions = (np.arange(out_len, dtype=np.float64) + 0.5) * (in_len / out_len) - 0.5
+    lower, upper, upper_weight = _linear_taps(positions, in_len)
+    taps = np.arange(-radius, radius + 1)
+    rows = np.repeat(np.arange(out_len), 2 * kernel.size)
+    cols = _reflect_index(np.concatenate([lower[:, None] + taps, upper[:, None] + taps], axis=1), in_len)
+    data = np.concatenate(
+        [(1.0 - upper_weight)[:, None] * kernel, upper_weight[:, None] * kernel], axis=1
+    )
+    matrix = scipy.sparse.csr_array((data.ravel(), (rows, cols.ravel())), shape=(out_len, in_len))
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    matrix = matrix.astype(np.float32)
+    for part in (matrix.data, matrix.indices, matrix.indptr):
+        part.flags.writeable = False
+    return matrix
+
+
+@functools.lru_cache(maxsize=64)
+def _device_resize_operator(in_len: int, out_len: int, device_id: int):
+    """``resize_operator`` copied once onto CUDA device ``device_id`` (cached; ~100 KiB for 2160 -> 432)."""
+    import cupy
+    import cupyx.scipy.sparse
+
+    with cupy.cuda.Device(device_id):
+        return cupyx.scipy.sparse.csr_matrix(resize_operator(in_len, out_len))
+
+
+def _resize_operator_like(image, in_len: int, out_len: int):
+    """``resize_operator`` on the backend and device of ``image``."""
+    if is_cupy_array(image):
+        return _device_resize_operator(in_len, out_len, image.device.id)
+    return resize_operator(in_len, out_len)
+
+
 def resize_bilinear(image, factor_or_shape):
     """CellProfiler's Resize module with "Bilinear" interpolation, as float32.
 
@@ -106,8 +179,10 @@ def resize_bilinear(image, factor_or_shape):
        (``ndimage.zoom(grid_mode=True)``), half-sample symmetric edges;
     3. clipping to [min, max] of the input.
 
-    The division by and multiplication with max|pixels| only rescale (the steps are linear), so
-    they are left out: results agree with CellProfiler to float32 rounding (~1e-7 relative).
+    Steps 1 and 2 are linear per axis, so they run as ``A_rows @ image @ A_cols.T`` with the
+    cached sparse matrices of ``resize_operator`` (float32, ~17 terms per sum for a 0.2 shrink).
+    The division by and multiplication with max|pixels| only rescale, so they are left out:
+    results agree with CellProfiler to float32 rounding (~2e-7 of the image's range).
     """
     image = check_image(image, dtypes=RESAMPLE_DTYPES)
     if isinstance(factor_or_shape, numbers.Real) and not isinstance(factor_or_shape, bool):
@@ -118,13 +193,15 @@ def resize_bilinear(image, factor_or_shape):
     else:
         out_shape = _check_shape(factor_or_shape, "factor_or_shape")
     xp = get_array_module(image)
-    ndi = get_ndimage(xp)
-    image = image.astype(xp.float32, copy=False)
-    scales = [in_len / out_len for in_len, out_len in zip(image.shape, out_shape)]
-    filtered = image
-    if any(out_len < in_len for in_len, out_len in zip(image.shape, out_shape)):
-        sigma = [max(0.0, (s - 1) / 2) for s in scales]
-        filtered = ndi.gaussian_filter(image, sigma, mode="reflect", cval=0)
-    positions = [(np.arange(n, dtype=np.float64) + 0.5) * s - 0.5 for n, s in zip(out_shape, scales)]
-    out = _separable(filtered, positions[0], positions[1], xp).astype(xp.float32)
-    return xp.clip(out, image.min(), image.max())
+    pixels = image.astype(xp.float32, copy=False)
+    (in_rows, in_cols), (out_rows, out_cols) = pixels.shape, out_shape
+    rows_op = _resize_operator_like(pixels, in_rows, out_rows)
+    cols_op = _resize_operator_like(pixels, in_cols, out_cols)
+    # Both orders give the same result; each makes the sparse product copy its transposed operand
+    # to contiguous memory, so shrink rows first, and enlarge them last.
+    if out_rows <= in_rows:
+        resized = (cols_op @ (rows_op @ pixels).T).T
+    else:
+        resized = rows_op @ (cols_op @ pixels.T).T
+    out = xp.ascontiguousarray(resized)  # a fresh product: clipping it in place is safe
+    return xp.clip(out, image.min(), image.max(), out=out)  # the input dtype's min/max: a cheaper pass
