@@ -28,8 +28,8 @@ $PY -m pytest -q -x tests 2>&1 | tail -n 30 | tee "$LOG/all-tests.log" || status
 echo "== kernel benchmarks (GPU)"
 $PY benchmarks/bench_kernels.py --device gpu $QUICK || status=1
 echo "== CellProfiler benchmarks"
-$PY benchmarks/bench_cellprofiler.py --device gpu $QUICK || status=1
+$PY benchmarks/bench_cellprofiler.py $QUICK || status=1
 echo "== plate benchmark"
-$PY benchmarks/bench_plate.py --device gpu $QUICK || status=1
+$PY benchmarks/bench_plate.py $QUICK || status=1
 [ -n "${OUT:-}" ] && cp benchmarks/results/*.json "$OUT"/ 2>/dev/null
 exit $status
