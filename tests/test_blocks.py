@@ -137,6 +137,62 @@ def test_block_reduce_matches_brute_force(rng, height, width, block_size, stat, 
     np.testing.assert_allclose(out, expected, rtol=1e-6, equal_nan=True)
 
 
+SEPARABLE_SHAPES = [(1, 1, 3), (1, 37, 4), (29, 1, 6), (2, 2, 1), (3, 50, 2), (31, 17, 3), (45, 61, 7), (13, 9, 40)]
+
+
+@pytest.mark.parametrize("height, width, block_size", SEPARABLE_SHAPES)
+@pytest.mark.parametrize("stat", ["min", "max", "mean"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+@pytest.mark.parametrize("keep", [None, 0.6, 0.05])
+def test_separable_stats_match_brute_force(rng, height, width, block_size, stat, dtype, keep):
+    # odd shapes, single rows/columns, blocks larger than the image, sparse masks (empty blocks);
+    # integer images span the whole dtype so the fill values of masked pixels are real values too
+    if np.dtype(dtype).kind == "u":
+        image = rng.integers(0, np.iinfo(dtype).max, (height, width), endpoint=True).astype(dtype)
+        image.flat[:: 3] = np.iinfo(dtype).max
+        image.flat[1:: 5] = 0
+    else:
+        image = (rng.standard_normal((height, width)) * 1e4).astype(dtype)
+    mask = None if keep is None else rng.random(image.shape) < keep
+    out = block_reduce(image, block_size, stat=stat, mask=mask)
+    expected = brute_force_reduce(image, block_size, stat, mask=mask)
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(expected))
+    if stat == "mean":
+        np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6 * float(np.abs(image).max()), equal_nan=True)
+    else:
+        np.testing.assert_array_equal(out, expected)  # exact: the input values, rounded once
+
+
+def test_separable_stats_keep_infinities_and_ignore_masked_ones():
+    image = np.arange(60, dtype=np.float32).reshape(6, 10)
+    image[0, 0], image[5, 9] = np.inf, -np.inf
+    for stat in ("min", "max", "mean"):
+        expected = brute_force_reduce(image, 4, stat)
+        np.testing.assert_array_equal(block_reduce(image, 4, stat=stat), expected)
+    mask = np.isfinite(image)
+    for stat in ("min", "max", "mean"):
+        out = block_reduce(image, 4, stat=stat, mask=mask)
+        assert np.isfinite(out).all()
+        np.testing.assert_allclose(out, brute_force_reduce(image, 4, stat, mask=mask), rtol=1e-6)
+
+
+def test_fully_masked_image_gives_all_nan(rng):
+    image = rng.integers(0, 100, (20, 30)).astype(np.uint16)
+    for stat in ("min", "max", "mean"):
+        assert np.isnan(block_reduce(image, 5, stat=stat, mask=np.zeros(image.shape, np.uint8))).all()
+
+
+def test_sums_switch_to_float64_before_uint32_could_overflow():
+    from gpuillum.filters.blocks import _sum_dtype
+
+    assert _sum_dtype(np.dtype(np.uint16), 65537) == np.uint32  # 65537 * 65535 < 2**32
+    assert _sum_dtype(np.dtype(np.uint16), 65538) == np.float64
+    assert _sum_dtype(np.dtype(np.uint32), 2) == np.float64
+    assert _sum_dtype(np.dtype(np.float32), 1) == np.float64
+    assert _sum_dtype(np.dtype(bool), 1000) == np.uint32
+
+
 def test_block_reduce_layout_counts_and_half_border_blocks():
     # L=101, B=10: 11 samples 10 px apart; the first/last block hold 6 pixels, the others 10.
     image = np.ones((101, 1), np.float32)
@@ -180,10 +236,24 @@ def test_block_minimum_gpu_matches_cpu(cupy, rng, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("stat, q", [("min", None), ("mean", None), ("median", None), ("percentile", 20)])
+@pytest.mark.parametrize("stat, q", [("min", None), ("max", None), ("mean", None), ("median", None), ("percentile", 20)])
 def test_block_reduce_gpu_matches_cpu(cupy, rng, stat, q):
     image = (rng.random((203, 157)) * 4000).astype(np.uint16)
     mask = rng.random(image.shape) < 0.5
     expected = block_reduce(image, 16, stat=stat, q=q, mask=mask)
     out = block_reduce(cupy.asarray(image), 16, stat=stat, q=q, mask=cupy.asarray(mask))
     np.testing.assert_allclose(out.get(), expected, rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+@pytest.mark.parametrize("stat", ["min", "max", "mean"])
+def test_separable_stats_gpu_match_cpu(cupy, rng, dtype, stat):
+    image = (rng.random((1, 97)) * 250).astype(dtype), (rng.random((161, 203)) * 250).astype(dtype)
+    for picture in image:
+        mask = rng.random(picture.shape) < 0.3
+        for m, block_size in ((None, 3), (mask, 8), (mask, 500)):
+            expected = block_reduce(picture, block_size, stat=stat, mask=m)
+            out = block_reduce(cupy.asarray(picture), block_size, stat=stat, mask=None if m is None else cupy.asarray(m))
+            assert isinstance(out, cupy.ndarray) and out.dtype == np.float32
+            np.testing.assert_allclose(out.get(), expected, rtol=1e-6, equal_nan=True)

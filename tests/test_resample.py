@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from gpuillum.filters.blocks import block_reduce
-from gpuillum.filters.resample import cellprofiler_resize_shape, resize_bilinear, resize_operator, upsample
+from gpuillum.filters.resample import (
+    cellprofiler_resize_shape,
+    resize_bilinear,
+    resize_operator,
+    upsample,
+    upsample_operator,
+)
 
 skimage_transform = pytest.importorskip("skimage.transform")
 
@@ -168,6 +174,57 @@ def test_upsample_single_sample_axes():
         upsample(grid, (0, 3))
 
 
+def interp_upsample(grid, shape):
+    """Reference: numpy.interp along columns, then along rows, in float64, samples at k*(L-1)/(n-1)."""
+    grid = np.asarray(grid, dtype=np.float64)
+
+    def along(values, length, axis):
+        n = values.shape[axis]
+        if n == 1 or length == 1:  # a single sample, or a single pixel taking the first sample
+            return np.repeat(np.take(values, [0], axis=axis), length, axis=axis)
+        samples = np.arange(n) * (length - 1) / (n - 1)
+        pixels = np.arange(length, dtype=np.float64)
+        return np.apply_along_axis(lambda v: np.interp(pixels, samples, v), axis, values)
+
+    return along(along(grid, shape[1], 1), shape[0], 0)
+
+
+@pytest.mark.parametrize(
+    "grid_shape, shape",
+    [((36, 37), (108, 108)), ((5, 7), (9, 13)), ((1, 6), (3, 41)), ((6, 1), (41, 3)), ((2, 2), (2, 2)),
+     ((9, 11), (4, 30)), ((3, 4), (1, 1)), ((13, 17), (200, 7))],
+)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64])
+def test_upsample_matches_numpy_interp(rng, grid_shape, shape, dtype):
+    grid = (rng.random(grid_shape) * 250).astype(dtype)
+    out = upsample(grid, shape)
+    assert out.dtype == np.float32 and out.shape == shape and out.flags.c_contiguous
+    np.testing.assert_allclose(out, interp_upsample(grid, shape), rtol=2e-7, atol=250 * 1e-7)
+
+
+@pytest.mark.parametrize("value", [321, 0.1, 65535, 1e-30])
+def test_upsample_keeps_constant_grids_constant(value):
+    for grid_shape, shape in (((361, 361), (1080, 1080)), ((7, 3), (101, 257)), ((1, 1), (5, 5))):
+        grid = np.full(grid_shape, value, np.float32)
+        assert np.array_equal(upsample(grid, shape), np.full(shape, np.float32(value)))
+
+
+def test_upsample_nan_spreads_only_within_one_spacing():
+    grid = np.zeros((5, 5), np.float32)
+    grid[2, 2] = np.nan
+    out = upsample(grid, (9, 9))  # samples every 2 pixels: the NaN sample sits at pixel (4, 4)
+    expected = np.zeros((9, 9), bool)
+    expected[3:6, 3:6] = True  # strictly less than one spacing away; neighbour samples stay finite
+    np.testing.assert_array_equal(np.isnan(out), expected)
+
+
+def test_upsample_operator_is_sparse_cached_and_read_only():
+    matrix = upsample_operator(361, 1080)
+    assert matrix.shape == (1080, 361) and np.diff(matrix.indptr).max() == 2
+    np.testing.assert_allclose(matrix.sum(axis=1), 1, rtol=1e-15)
+    assert upsample_operator(361, 1080) is matrix and not matrix.data.flags.writeable
+
+
 @pytest.mark.gpu
 def test_resample_gpu_matches_cpu(cupy, rng):
     image = rng.random((250, 190)).astype(np.float32)
@@ -176,19 +233,22 @@ def test_resample_gpu_matches_cpu(cupy, rng):
         assert isinstance(out, cupy.ndarray)
         np.testing.assert_allclose(out.get(), resize_bilinear(image, arg), rtol=1e-6, atol=1e-7)
     grid = rng.random((9, 11)).astype(np.float32)
-    np.testing.assert_allclose(upsample(cupy.asarray(grid), (100, 80)).get(), upsample(grid, (100, 80)), rtol=1e-6)
+    for shape in ((100, 80), (5, 200), (1, 1)):
+        out = upsample(cupy.asarray(grid), shape)
+        assert isinstance(out, cupy.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous
+        np.testing.assert_allclose(out.get(), upsample(grid, shape), rtol=1e-6)
 
 
 @pytest.mark.gpu
 def test_resize_gpu_matches_cpu_for_integer_images_and_caches_per_device(cupy, rng):
-    from gpuillum.filters.resample import _device_resize_operator
+    from gpuillum.filters.resample import _device_operator, resize_operator
 
     image = rng.integers(0, 65535, (101, 257), endpoint=True).astype(np.uint16)
     for arg in (0.2, 5.0, (150, 31)):
         out = resize_bilinear(cupy.asarray(image), arg)
         assert isinstance(out, cupy.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous
         np.testing.assert_allclose(out.get() / 65535, resize_bilinear(image, arg) / 65535, rtol=0, atol=1e-6)
-    before = _device_resize_operator.cache_info()
+    before = _device_operator.cache_info()
     resize_bilinear(cupy.asarray(image), 0.2)
-    after = _device_resize_operator.cache_info()
+    after = _device_operator.cache_info()
     assert after.misses == before.misses and after.hits == before.hits + 2

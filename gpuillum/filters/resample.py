@@ -1,10 +1,11 @@
 """Bilinear resampling: the edge-anchored upsample of block grids, and CellProfiler's Resize.
 
-Both are separable linear maps. ``upsample`` weights two input rows (columns) per output row
-(column) from O(H + W) host vectors. ``resize_bilinear`` folds the anti-aliasing Gaussian and the
-interpolation of each axis into one sparse (out_len x in_len) matrix, built once per length pair
-on the host and cached (and cached per CUDA device), so a resize is two sparse-dense products
-instead of a full-image Gaussian. The image itself never leaves its device.
+Both are separable linear maps, applied as ``A_rows @ image @ A_cols.T`` with one sparse
+(out_len x in_len) matrix per axis, built once per length pair on the host and cached (and cached
+per CUDA device). ``upsample``'s matrices hold the two interpolation weights of each output pixel
+(float64); ``resize_bilinear``'s fold the anti-aliasing Gaussian into the interpolation (float32),
+so a resize is two sparse-dense products instead of a full-image Gaussian. The image never leaves
+its device.
 """
 from __future__ import annotations
 
@@ -32,22 +33,6 @@ def _linear_taps(positions: np.ndarray, length: int):
     return lower, upper, positions - lower
 
 
-def _resample_axis(x, positions: np.ndarray, axis: int, xp):
-    """Linear interpolation of ``x`` (float64) along ``axis`` at ``positions``."""
-    lower, upper, weight = _linear_taps(positions, x.shape[axis])
-    shape = (-1, 1) if axis == 0 else (1, -1)
-    weight = xp.asarray(weight).reshape(shape)
-    low = xp.take(x, xp.asarray(lower), axis=axis)
-    high = xp.take(x, xp.asarray(upper), axis=axis)
-    return low + (high - low) * weight
-
-
-def _separable(x, row_positions: np.ndarray, col_positions: np.ndarray, xp):
-    x = x.astype(xp.float64)
-    x = _resample_axis(x, row_positions, 0, xp)
-    return _resample_axis(x, col_positions, 1, xp)
-
-
 def _check_shape(shape, name: str = "shape") -> tuple[int, int]:
     if (
         not isinstance(shape, (tuple, list))
@@ -71,18 +56,13 @@ def upsample(grid, shape):
     Grid sample k of n along an axis of L pixels sits at pixel ``k * (L - 1) / (n - 1)`` (the
     align_corners convention, the layout of ``blocks.block_reduce``), so corner samples land on
     corner pixels and a field that is linear in the grid index is reproduced exactly. A grid axis
-    of length 1 is constant along that axis. NaN in the grid spreads to its neighbourhood.
+    of length 1 is constant along that axis. A NaN grid sample makes every pixel it weights NaN:
+    those less than one grid spacing from it along both axes (not its neighbours' pixels). Computed
+    in float64 with the cached ``upsample_operator`` matrices and rounded once to float32.
     """
     grid = check_image(grid, "grid", dtypes=RESAMPLE_DTYPES, allow_nan=True)
     rows, cols = _check_shape(shape)
-    xp = get_array_module(grid)
-    out = _separable(
-        grid,
-        edge_anchored_positions(grid.shape[0], rows),
-        edge_anchored_positions(grid.shape[1], cols),
-        xp,
-    )
-    return out.astype(xp.float32)
+    return _apply_separable(grid, upsample_operator, (rows, cols))
 
 
 def cellprofiler_resize_shape(shape, factor: float) -> tuple[int, int]:
@@ -117,6 +97,33 @@ def _anti_aliasing_kernel(in_len: int, out_len: int) -> np.ndarray:
     return weights / weights.sum()
 
 
+def _shared_operator(rows, cols, data, shape, dtype) -> scipy.sparse.csr_array:
+    """A ``dtype`` CSR matrix from float64 (row, col, weight) triplets (repeats summed, zeros dropped),
+    read-only because the caches below share it."""
+    matrix = scipy.sparse.csr_array((data, (rows, cols)), shape=shape)
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    matrix = matrix.astype(dtype)
+    for part in (matrix.data, matrix.indices, matrix.indptr):
+        part.flags.writeable = False
+    return matrix
+
+
+@functools.lru_cache(maxsize=64)
+def upsample_operator(in_len: int, out_len: int) -> scipy.sparse.csr_array:
+    """The (out_len x in_len) float64 CSR matrix of ``upsample`` along one axis (cached).
+
+    Row k interpolates linearly at grid coordinate ``edge_anchored_positions(in_len, out_len)[k]``:
+    two non-zeros, one where the pixel sits exactly on a grid sample. float64, because float32
+    weights of a row do not sum to exactly 1: a constant grid would come out a few ulp off.
+    """
+    lower, upper, upper_weight = _linear_taps(edge_anchored_positions(in_len, out_len), in_len)
+    rows = np.repeat(np.arange(out_len), 2)
+    cols = np.stack([lower, upper], axis=1).ravel()
+    data = np.stack([1.0 - upper_weight, upper_weight], axis=1).ravel()
+    return _shared_operator(rows, cols, data, (out_len, in_len), np.float64)
+
+
 @functools.lru_cache(maxsize=64)
 def resize_operator(in_len: int, out_len: int) -> scipy.sparse.csr_array:
     """The (out_len x in_len) float32 CSR matrix of skimage's 1-D resize along one axis (cached).
@@ -136,30 +143,46 @@ def resize_operator(in_len: int, out_len: int) -> scipy.sparse.csr_array:
     data = np.concatenate(
         [(1.0 - upper_weight)[:, None] * kernel, upper_weight[:, None] * kernel], axis=1
     )
-    matrix = scipy.sparse.csr_array((data.ravel(), (rows, cols.ravel())), shape=(out_len, in_len))
-    matrix.sum_duplicates()
-    matrix.eliminate_zeros()
-    matrix = matrix.astype(np.float32)
-    for part in (matrix.data, matrix.indices, matrix.indptr):
-        part.flags.writeable = False
-    return matrix
+    return _shared_operator(rows, cols.ravel(), data.ravel(), (out_len, in_len), np.float32)
 
 
 @functools.lru_cache(maxsize=64)
-def _device_resize_operator(in_len: int, out_len: int, device_id: int):
-    """``resize_operator`` copied once onto CUDA device ``device_id`` (cached; ~100 KiB for 2160 -> 432)."""
+def _device_operator(host_operator, in_len: int, out_len: int, device_id: int):
+    """``host_operator(in_len, out_len)`` copied once onto CUDA device ``device_id`` (cached; ~100 KiB
+    for a 2160 -> 432 resize)."""
     import cupy
     import cupyx.scipy.sparse
 
     with cupy.cuda.Device(device_id):
-        return cupyx.scipy.sparse.csr_matrix(resize_operator(in_len, out_len))
+        return cupyx.scipy.sparse.csr_matrix(host_operator(in_len, out_len))
 
 
-def _resize_operator_like(image, in_len: int, out_len: int):
-    """``resize_operator`` on the backend and device of ``image``."""
+def _operator_like(host_operator, image, in_len: int, out_len: int):
+    """``host_operator(in_len, out_len)`` on the backend and device of ``image``."""
     if is_cupy_array(image):
-        return _device_resize_operator(in_len, out_len, image.device.id)
-    return resize_operator(in_len, out_len)
+        return _device_operator(host_operator, in_len, out_len, image.device.id)
+    return host_operator(in_len, out_len)
+
+
+def _apply_separable(image, host_operator, out_shape):
+    """``A_rows @ image @ A_cols.T`` with the per-axis matrices of ``host_operator``, as float32.
+
+    The products run in the matrices' dtype. Both orders give the same result; each makes the
+    sparse product copy its transposed operand to contiguous memory, so shrink rows first, and
+    enlarge them last. Returns a fresh C-contiguous array.
+    """
+    xp = get_array_module(image)
+    (in_rows, in_cols), (out_rows, out_cols) = image.shape, out_shape
+    rows_op = _operator_like(host_operator, image, in_rows, out_rows)
+    cols_op = _operator_like(host_operator, image, in_cols, out_cols)
+    pixels = image.astype(rows_op.dtype, copy=False)
+    if out_rows <= in_rows:
+        resized = (cols_op @ (rows_op @ pixels).T).T
+    else:
+        resized = rows_op @ (cols_op @ pixels.T).T
+    if resized.dtype != xp.float32:
+        return resized.astype(xp.float32, order="C")
+    return xp.ascontiguousarray(resized)
 
 
 def resize_bilinear(image, factor_or_shape):
@@ -192,16 +215,6 @@ def resize_bilinear(image, factor_or_shape):
         out_shape = cellprofiler_resize_shape(image.shape, factor)
     else:
         out_shape = _check_shape(factor_or_shape, "factor_or_shape")
-    xp = get_array_module(image)
-    pixels = image.astype(xp.float32, copy=False)
-    (in_rows, in_cols), (out_rows, out_cols) = pixels.shape, out_shape
-    rows_op = _resize_operator_like(pixels, in_rows, out_rows)
-    cols_op = _resize_operator_like(pixels, in_cols, out_cols)
-    # Both orders give the same result; each makes the sparse product copy its transposed operand
-    # to contiguous memory, so shrink rows first, and enlarge them last.
-    if out_rows <= in_rows:
-        resized = (cols_op @ (rows_op @ pixels).T).T
-    else:
-        resized = rows_op @ (cols_op @ pixels.T).T
-    out = xp.ascontiguousarray(resized)  # a fresh product: clipping it in place is safe
+    out = _apply_separable(image, resize_operator, out_shape)  # fresh: clipping it in place is safe
+    xp = get_array_module(out)
     return xp.clip(out, image.min(), image.max(), out=out)  # the input dtype's min/max: a cheaper pass
