@@ -53,6 +53,9 @@ COVERAGE = (0.10, 0.20)  # target fraction of the field inside cell bodies, befo
 CLUSTER_FRACTION = 0.4
 CLUSTER_SPREAD = 45.0
 
+# Standard plate formats (rows, columns), smallest first: requested wells use the first that holds them.
+PLATE_FORMATS = ((8, 12), (16, 24), (32, 48))
+
 # Random-stream purposes (the second entropy word of every generator).
 _FLAT, _DARK, _SITE, _IMAGE = 1, 2, 3, 4
 
@@ -252,6 +255,64 @@ def add_camera_noise(electrons: np.ndarray, rng: np.random.Generator, *, read_no
     return noisy
 
 
+def _row_index(letters: str) -> int:
+    """0-based row of well-row letters: "A" -> 0, "Z" -> 25, "AA" -> 26."""
+    index = 0
+    for letter in letters.upper():
+        if not "A" <= letter <= "Z":
+            raise ValueError(f"rows: expected well-row letters such as 'B' or 'AA', got {letters!r}")
+        index = index * 26 + ord(letter) - ord("A") + 1
+    return index - 1
+
+
+def _row_letters(index: int) -> str:
+    letters, number = "", index + 1
+    while number:
+        number, remainder = divmod(number - 1, 26)
+        letters = chr(ord("A") + remainder) + letters
+    return letters
+
+
+def _place_wells(positions: list[tuple[int, int]], height: int, width: int) -> list[int] | None:
+    """Plate positions (row * width + col) for the requested (row, 0-based col) pairs on a height x width
+    plate, or None if they do not fit. Pairs inside the plate keep their place; a column past the
+    last wraps onto the following rows, to the first place no other well takes."""
+    if len(positions) > height * width or any(row >= height for row, _ in positions):
+        return None
+    taken = {row * width + col for row, col in positions if col < width}
+    placed = []
+    for row, col in positions:
+        place = row * width + col
+        if col >= width:
+            while place in taken:
+                place += 1
+            taken.add(place)
+        if place >= height * width:
+            return None
+        placed.append(place)
+    return placed
+
+
+def well_names(rows: Sequence[str], cols: Sequence[int]) -> tuple[str, ...]:
+    """Names of the wells rows x cols ("B03"), all valid on the smallest standard plate (96, 384,
+    1536 wells) that holds them, in plate order.
+
+    A requested well that exists on that plate keeps its name; one past the last column wraps onto
+    the next row (B13 on a 96-well plate becomes C01, or the next free well), so any number of wells
+    up to 1536 gets real, unique names. The same rows and cols always give the same names.
+    """
+    if any(int(col) < 1 for col in cols):
+        raise ValueError(f"cols: expected column numbers >= 1, got {tuple(cols)}")
+    positions = [(_row_index(row), int(col) - 1) for row in rows for col in cols]
+    for height, width in PLATE_FORMATS:
+        placed = _place_wells(positions, height, width)
+        if placed is not None:
+            digits = max(2, len(str(width)))
+            return tuple(f"{_row_letters(p // width)}{p % width + 1:0{digits}d}" for p in sorted(placed))
+    largest = PLATE_FORMATS[-1][0] * PLATE_FORMATS[-1][1]
+    raise ValueError(f"rows, cols: {len(positions)} wells from rows {''.join(rows)} do not fit a {largest}-well plate")
+
+
 @dataclass
 class SyntheticModel:
     """Everything that defines a synthetic plate; renders any image of it on demand."""
@@ -294,7 +355,7 @@ class SyntheticModel:
 
     @property
     def wells(self) -> tuple[str, ...]:
-        return tuple(f"{r}{c:02d}" for r in self.rows for c in self.cols)
+        return well_names(self.rows, self.cols)
 
     def _channel_index(self, channel: str) -> int:
         return self.channels.index(channel)
@@ -393,7 +454,8 @@ class SyntheticModel:
             }
         return {
             "model": "image = dark + flat * (background + cells), Poisson shot noise + Gaussian read noise",
-            "plate": self.plate, "rows": list(self.rows), "cols": list(self.cols), "sites": self.sites,
+            "plate": self.plate, "rows": list(self.rows), "cols": list(self.cols), "wells": list(self.wells),
+            "sites": self.sites,
             "shape": list(self.shape), "seed": self.seed, "bit_depth": self.bit_depth, "dtype": self.dtype.name,
             "gain_counts_per_electron": GAIN * self.scale, "read_noise_electrons": READ_NOISE_ELECTRONS,
             "exact_poisson_below_electrons": EXACT_POISSON_BELOW, "pixel_size_um": PIXEL_SIZE_UM,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -131,8 +132,9 @@ def test_from_cppipe_on_the_bbbc013_pipeline(data_dir):
     )
     assert first == expected and second == expected
     assert median_radius(first, (640, 640)) == 29
-    with pytest.raises(ValueError, match=r"available: #5 -> 'IllumBlue', #6 -> 'IllumGreen'"):
+    with pytest.raises(ValueError, match=r"CorrectIlluminationCalculate modules are module 5 \(IllumBlue\), module 6 \(IllumGreen\)$"):
         CalculateSettings.from_cppipe(path, 7)
+    assert CalculateSettings.from_cppipe(path) == CalculateSettings.from_cppipe(path, "IllumBlue")
     assert CalculateSettings.from_cppipe(path, 6, resize_factor=0.5).resize_factor == 0.5
 
 
@@ -171,6 +173,30 @@ def test_from_cppipe_revision_2_manual_values(tmp_path):
     assert (s.smoothing, s.filter_size_method, s.object_width, s.manual_size) == ("Gaussian Filter", "Manually", 10, 33)
     assert (s.spline_automatic, s.spline_mode, s.spline_points, s.spline_threshold) == (False, "dark", 6, 3.0)
     assert (s.spline_rescale, s.spline_max_iterations, s.spline_convergence, s.compat) == (4.0, 20, 0.01, "4.2")
+
+
+def test_from_cppipe_module_defaults_to_the_first_and_errors_list_the_modules(tmp_path):
+    first_values = [v.format(agg="Each") for v in V2_VALUES]
+    first_values[1], first_values[5] = "IllumFirst", "30"
+    first_module = cppipe_text(2, first_values).split("\n\n", 1)[1].replace("module_num:4", "module_num:3")
+    values = [v.format(agg="All: Across cycles") for v in V2_VALUES]
+    path = write(tmp_path, cppipe_text(2, values, extra_modules=first_module))
+    default = CalculateSettings.from_cppipe(path)
+    assert default == CalculateSettings.from_cppipe(path, 3) == CalculateSettings.from_cppipe(path, "IllumFirst")
+    assert default != CalculateSettings.from_cppipe(path, 4) and default.block_size == 30
+    listing = "its CorrectIlluminationCalculate modules are module 3 (IllumFirst), module 4 (IllumDNA)"
+    with pytest.raises(ValueError, match=re.escape(listing)):
+        CalculateSettings.from_cppipe(path, "IllumRed")
+    with pytest.raises(TypeError, match=re.escape("modules of " + str(path) + " are module 3 (IllumFirst)")):
+        CalculateSettings.from_cppipe(path, 2.5)
+
+
+def test_calculate_without_images_says_so(rng):
+    for aggregation in ("All: Across cycles", "Each"):
+        with pytest.raises(ValueError, match=r"^images: no images given$"):
+            cp.calculate([], CalculateSettings(aggregation=aggregation))
+        with pytest.raises(ValueError, match=r"^images: no images given$"):
+            cp.calculate(iter([]), CalculateSettings(aggregation=aggregation), masks=[])
 
 
 def test_from_cppipe_revision_1_gets_spline_defaults(tmp_path):
@@ -323,10 +349,10 @@ def test_accumulator_merge_and_pickle_are_exact(rng):
 
 def test_accumulator_errors(rng):
     image = rng.random((20, 20)).astype(np.float32)
-    with pytest.raises(ValueError, match=r"^finalize: no images were added"):
+    with pytest.raises(ValueError, match=r"^finalize: no images were added to this accumulator"):
         IlluminationAccumulator(CalculateSettings(aggregation="All: Across cycles")).finalize()
     acc = IlluminationAccumulator(CalculateSettings(aggregation="All: Across cycles")).add(image)
-    with pytest.raises(ValueError, match=r"^image: shape \(10, 20\) differs from the group's image shape \(20, 20\)"):
+    with pytest.raises(ValueError, match=r"^image: shape \(10, 20\) differs from the shape \(20, 20\) of the images already added$"):
         acc.add(image[:10])
     with pytest.raises(ValueError, match=r"^image: contains NaN or infinite"):
         acc.add(np.full((20, 20), np.inf, np.float32))
@@ -338,7 +364,7 @@ def test_accumulator_errors(rng):
     with pytest.raises(ValueError, match=r"^other: accumulators with different settings"):
         acc.merge(each)
     masked = IlluminationAccumulator(CalculateSettings(aggregation="All: Across cycles"))
-    with pytest.raises(ValueError, match=r"^finalize: every pixel is masked"):
+    with pytest.raises(ValueError, match=r"^masks: every pixel is masked"):
         masked.add(image, np.zeros((20, 20), bool)).finalize()
 
 

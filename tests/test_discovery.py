@@ -75,10 +75,10 @@ def test_only_thumbnails_is_a_problem(tmp_path):
     assert plan.problems == [f"no TIFF files (*.tif, *.tiff) under {tmp_path.absolute()} (1 thumbnails skipped)"]
 
 
-def test_imagexpress_files_directly_in_input(tmp_path):
-    _tiff(tmp_path, "TimePoint_1/Screen_C05_s1_w1.tif")
-    plan = discover(tmp_path, layout="imagexpress", check_headers=False)
-    assert [_fields(r) for r in plan.records] == [("plate", "C05", "1", "1", None, "1")]
+def test_imagexpress_files_directly_in_input_take_input_folder_name(tmp_path):
+    _tiff(tmp_path / "Screen7", "TimePoint_1/Screen_C05_s1_w1.tif")
+    plan = discover(tmp_path / "Screen7", layout="imagexpress", check_headers=False)
+    assert [_fields(r) for r in plan.records] == [("Screen7", "C05", "1", "1", None, "1")]
 
 
 @pytest.mark.parametrize("name", ["operetta", "opera", "phenix", "Phenix"])
@@ -99,9 +99,9 @@ def test_harmony_layout_and_aliases(tmp_path, name):
 
 
 def test_harmony_images_folder_is_not_a_plate(tmp_path):
-    _tiff(tmp_path, "Images/r01c01f01p01-ch1sk1fk1fl1.tiff")
-    plan = discover(tmp_path, layout="operetta", check_headers=False)
-    assert [_fields(r) for r in plan.records] == [("plate", "A01", "1", "1", "1", "1")]
+    _tiff(tmp_path / "Run_3", "Images/r01c01f01p01-ch1sk1fk1fl1.tiff")
+    plan = discover(tmp_path / "Run_3", layout="operetta", check_headers=False)
+    assert [_fields(r) for r in plan.records] == [("Run_3", "A01", "1", "1", "1", "1")]
 
 
 def test_layout_examples_match_their_own_regex():
@@ -159,14 +159,22 @@ def test_pattern_full_relpath_with_all_groups(tmp_path):
     assert plan.layout is None and plan.source == f"pattern {pattern}"
 
 
-def test_pattern_defaults_plate_from_first_folder_and_site_one(tmp_path):
-    _tiff(tmp_path, "PlateA/sub/B03_DNA.tif")
-    _tiff(tmp_path, "B04_DNA.tif")
-    plan = discover(tmp_path, pattern=r"(?P<well>[A-P]\d{2})_(?P<channel>\w+)\.tif")
+def test_pattern_defaults_plate_from_first_folder_or_input_name_and_site_one(tmp_path):
+    root = tmp_path / "Exp2024"
+    _tiff(root, "PlateA/sub/B03_DNA.tif")
+    _tiff(root, "B04_DNA.tif")
+    plan = discover(root, pattern=r"(?P<well>[A-P]\d{2})_(?P<channel>\w+)\.tif")
     assert _by_relpath(plan) == {
         "PlateA/sub/B03_DNA.tif": ("PlateA", "B03", "1", "DNA", None, None),
-        "B04_DNA.tif": ("plate", "B04", "1", "DNA", None, None),
+        "B04_DNA.tif": ("Exp2024", "B04", "1", "DNA", None, None),
     }
+
+
+@pytest.mark.parametrize("folder, plate", [("My Plate #3", "My_Plate_3"), ("run.2-b", "run.2-b"), (".hidden plate!", "hidden_plate"), ("###", "plate")])
+def test_input_folder_name_is_sanitised_into_the_plate_name(tmp_path, folder, plate):
+    _tiff(tmp_path / folder, "B04_DNA.tif")
+    plan = discover(tmp_path / folder, pattern=r"(?P<well>[A-P]\d{2})_(?P<channel>\w+)\.tif", check_headers=False)
+    assert [r.plate for r in plan.records] == [plate]
 
 
 def test_pattern_must_match_whole_path_or_whole_name(tmp_path):
@@ -177,15 +185,15 @@ def test_pattern_must_match_whole_path_or_whole_name(tmp_path):
 
 
 def test_pattern_with_row_and_col_groups(tmp_path):
-    _tiff(tmp_path, "r3c7_ch2.tif")
-    plan = discover(tmp_path, pattern=r"r(?P<row>\d+)c(?P<col>\d+)_ch(?P<channel>\d)\.tif")
-    assert [_fields(r) for r in plan.records] == [("plate", "C07", "1", "2", None, None)]
+    _tiff(tmp_path / "P9", "r3c7_ch2.tif")
+    plan = discover(tmp_path / "P9", pattern=r"r(?P<row>\d+)c(?P<col>\d+)_ch(?P<channel>\d)\.tif")
+    assert [_fields(r) for r in plan.records] == [("P9", "C07", "1", "2", None, None)]
 
 
-def test_optional_plate_group_not_taking_part_gives_plate(tmp_path):
-    _tiff(tmp_path, "X/B03_DNA.tif")
-    plan = discover(tmp_path, pattern=r"(?:(?P<plate>P\d)/)?.*?(?P<well>[A-P]\d{2})_(?P<channel>\w+)\.tif")
-    assert [_fields(r) for r in plan.records] == [("plate", "B03", "1", "DNA", None, None)]
+def test_optional_plate_group_not_taking_part_gives_input_folder_name(tmp_path):
+    _tiff(tmp_path / "Batch1", "X/B03_DNA.tif")
+    plan = discover(tmp_path / "Batch1", pattern=r"(?:(?P<plate>P\d)/)?.*?(?P<well>[A-P]\d{2})_(?P<channel>\w+)\.tif")
+    assert [_fields(r) for r in plan.records] == [("Batch1", "B03", "1", "DNA", None, None)]
 
 
 def test_site_numbers_lose_leading_zeros_and_duplicates_are_reported(tmp_path):
@@ -277,12 +285,46 @@ def test_summary_names_plates_channels_counts_shapes_and_problems(tmp_path):
     text = plan.summary()
     assert "layout gpuillum" in text
     assert "4 images, 1 plate, 2 channels: Actin, DNA" in text
-    assert "plate DEMO, channel DNA: 2 images, 2 wells, 2 sites, 12x10 uint16" in text
+    assert "plate DEMO, channel DNA: 2 images, 2 wells x 1 site, 12x10 uint16" in text
     assert "2 problems:" in text
     for problem in plan.problems:
         assert problem in text
     short = plan.summary(max_problems=1)
-    assert plan.problems[0] in short and plan.problems[1] not in short and "... and 1 more" in short
+    assert plan.problems[0] in short and plan.problems[1] not in short and "... and 1 more problem lines" in short
+
+
+def test_summary_counts_uneven_sites_per_well(tmp_path):
+    for well, sites in (("B03", 3), ("B04", 1)):
+        for site in range(1, sites + 1):
+            _tiff(tmp_path, f"DEMO/{well}_s{site}_DNA.tif")
+    text = discover(tmp_path, check_headers=False).summary()
+    assert "plate DEMO, channel DNA: 4 images, 4 sites in 2 wells" in text
+
+
+def test_summary_groups_repeated_problems_but_plan_keeps_one_per_file(tmp_path):
+    names = [f"stray{i:02d}.tif" for i in range(12)]
+    for name in names:
+        _tiff(tmp_path, f"P/{name}")
+    _tiff(tmp_path, "P/B03_DNA.tif")
+    plan = discover(tmp_path, pattern=r"(?P<well>[A-P]\d{2})_(?P<channel>\w+)\.tif", check_headers=False)
+    assert plan.problems == [f"P/{name}: not matched by the pattern; left out" for name in names]
+    text = plan.summary()
+    assert text.count("not matched") == 1
+    first = ", ".join(f"P/{name}" for name in names[:5])
+    assert f"12 problems:\n  - 12 files: not matched by the pattern (first 5: {first}); left out" in text
+    assert "P/stray05.tif" not in text
+
+
+def test_summary_groups_duplicates_and_missing_channels(tmp_path):
+    for site in (1, 2, 3):
+        _tiff(tmp_path, f"P/B03_s{site}_DNA.tif")
+        _tiff(tmp_path, f"P/B03_s0{site}_DNA.tif")
+    _tiff(tmp_path, "P/B03_s1_Actin.tif")
+    plan = discover(tmp_path, layout="gpuillum", check_headers=False)
+    assert len(plan.problems) == 5
+    lines = plan.summary().splitlines()
+    assert "  - 3 files: duplicates of other files (same plate, well, site, channel) (first 3: P/B03_s1_DNA.tif, P/B03_s2_DNA.tif, P/B03_s3_DNA.tif); left out" in lines
+    assert "  - 2 sites: missing channel Actin (first 2: plate P, well B03, site 2; plate P, well B03, site 3)" in lines
 
 
 def test_natural_key_orders_numbers_by_value():
@@ -299,7 +341,7 @@ def test_real_nf1_plate_with_a_pattern(data_dir):
     assert plan.channels == ["DAPI", "GFP", "RFP"]
     groups = plan.groups()
     assert all(len(records) == 5 for records in groups.values())
-    assert [r.well for r in groups[("plate", "DAPI")]] == ["B7", "D6", "D7", "F7", "H12"]
+    assert [r.well for r in groups[("nf1_cellpainting_plate2", "DAPI")]] == ["B7", "D6", "D7", "F7", "H12"]
     assert set(plan.shapes.values()) == {((904, 1224), "uint16")}
 
 

@@ -44,7 +44,7 @@ def test_nf1_cellpainting_uint16_three_channels(tmp_path, data_dir):
     out = tmp_path / "out"
     assert main(["run", str(source), "-o", str(out), "--pattern", NF1_PATTERN, "--preset", "jump", "--background", "median",
                  "--background-radius", "40", "--device", "cpu", "-q"]) == 0
-    assert sorted(p.name for p in (out / "illum").glob("*.npy")) == ["plate_IllumDAPI.npy", "plate_IllumGFP.npy", "plate_IllumRFP.npy"]
+    assert sorted(p.name for p in (out / "illum").glob("*.npy")) == [f"{source.name}_Illum{ch}.npy" for ch in ("DAPI", "GFP", "RFP")]
     pairs = list(_pairs(source, out))
     assert len(pairs) == 15
     for before, after in pairs:
@@ -66,7 +66,7 @@ def test_bbbc013_with_its_cellprofiler_pipeline(tmp_path, data_dir):
     out = tmp_path / "out"
     assert main(["run", str(source), "-o", str(out), "--pattern", BBBC013_PATTERN, "--cppipe", str(folder / "ExampleSBSIllumination.cppipe"),
                  "--cppipe-module", "IllumGreen", "--device", "cpu", "-q"]) == 0
-    function = np.load(out / "illum" / "plate_Illum1.npy")
+    function = np.load(out / "illum" / "bbbc013_Illum1.npy")  # plate = INPUT folder name
     reference = scipy.io.loadmat(folder / "Channel1ILLUM.mat")["Image"]
     assert function.min() == pytest.approx(1.0)
     assert compare_to_truth(function, reference)["pearson_r"] > 0.9

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from gpuillum.synthetic import (
     add_camera_noise,
     make_plate_images,
     make_synthetic_plate,
+    well_names,
 )
+from gpuillum.io.layouts import GPUILLUM
 
 SMALL = dict(rows="B", cols=(2, 11), sites=2, channels=("DNA", "Actin"), shape=(64, 96))
 
@@ -163,3 +166,44 @@ def test_bad_arguments_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message) as error:
         SyntheticModel(**kwargs)
     assert "\n" not in str(error.value)
+
+
+WELL_96 = r"[A-H](0[1-9]|1[0-2])"
+WELL_384 = r"[A-P](0[1-9]|1[0-9]|2[0-4])"
+
+
+def test_default_and_in_plate_well_names_are_kept():
+    assert SyntheticModel().wells == tuple(f"{r}{c:02d}" for r in "BC" for c in (3, 4, 5))
+    assert well_names("B", (2, 11)) == ("B02", "B11")
+
+
+@pytest.mark.parametrize("rows, cols, pattern", [
+    ("B", range(2, 14), WELL_96),      # 12 columns from 2: B13 does not exist on a 96-well plate
+    ("BC", range(1, 14), WELL_96),     # B13 must not collide with the requested C01
+    ("H", range(1, 13), WELL_96),
+    ("BCDEFGH", range(1, 21), WELL_384),  # 140 wells: a 384-well plate, columns up to 24 exist
+    ("B", range(1, 300), WELL_384),
+])
+def test_any_number_of_wells_gets_valid_unique_names(rows, cols, pattern):
+    names = well_names(rows, cols)
+    assert len(names) == len(set(names)) == len(rows) * len(cols)
+    assert all(re.fullmatch(pattern, name) for name in names), names
+    assert all(GPUILLUM.regex.fullmatch(f"P/{name}_s1_DNA.tif") for name in names)
+    assert names == well_names(rows, cols)
+    kept = {f"{r}{c:02d}" for r in rows for c in cols if re.fullmatch(pattern, f"{r}{c:02d}")}
+    assert kept <= set(names)  # wells that exist keep their names
+
+
+def test_demo_sized_plate_wraps_past_column_12(tmp_path):
+    plate = make_synthetic_plate(tmp_path, rows="B", cols=range(2, 14), sites=1, channels=("DNA",), shape=(16, 16))
+    wells = sorted(p.name.split("_")[0] for p in plate.images)
+    assert "B13" not in wells and wells[-1] == "C01" and len(wells) == 12
+
+
+def test_wells_beyond_the_largest_plate_or_bad_rows_raise():
+    with pytest.raises(ValueError, match="do not fit a 1536-well plate"):
+        well_names("A", range(1, 1600))
+    with pytest.raises(ValueError, match="rows: expected well-row letters"):
+        well_names(["B2"], (1,))
+    with pytest.raises(ValueError, match="cols: expected column numbers >= 1"):
+        well_names("B", (0, 1))

@@ -159,10 +159,11 @@ class CalculateSettings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_cppipe(cls, path, module, **overrides) -> "CalculateSettings":
+    def from_cppipe(cls, path, module=None, **overrides) -> "CalculateSettings":
         """Settings of one CorrectIlluminationCalculate module of a ``.cppipe`` file.
 
-        ``module`` is the module number (int) or the name of the module's output image (str).
+        ``module`` is the module number (int) or the name of the module's output image (str);
+        None (default) takes the pipeline's first CorrectIlluminationCalculate module.
         Revision 1 modules get the spline defaults appended, revision 2 legacy "All" becomes
         "All: First cycle" when the input comes straight from an input module and "All: Across
         cycles" otherwise, revision 3 (CellProfiler 5) "All" becomes "All: Across cycles" with
@@ -175,15 +176,25 @@ class CalculateSettings:
         calculators = [m for m in modules if m.name == "CorrectIlluminationCalculate"]
         if not calculators:
             raise ValueError(f"{path}: no CorrectIlluminationCalculate module in the pipeline")
-        available = ", ".join(f"#{m.number} -> {m.values[1]!r}" for m in calculators if len(m.values) > 1)
-        if isinstance(module, numbers.Integral) and not isinstance(module, bool):
+        available = ", ".join(
+            f"module {m.number}" + (f" ({m.values[1]})" if len(m.values) > 1 else "") for m in calculators
+        )
+        if module is None:
+            chosen = calculators[:1]
+        elif isinstance(module, numbers.Integral) and not isinstance(module, bool):
             chosen = [m for m in calculators if m.number == module]
         elif isinstance(module, str):
             chosen = [m for m in calculators if len(m.values) > 1 and m.values[1] == module]
         else:
-            raise TypeError(f"module: expected a module number or an output image name, got {module!r}")
+            raise TypeError(
+                f"module: expected a module number, an output image name or None (the first), got {module!r}; "
+                f"the CorrectIlluminationCalculate modules of {path} are {available}"
+            )
         if not chosen:
-            raise ValueError(f"module: no CorrectIlluminationCalculate module {module!r} in {path} (available: {available})")
+            raise ValueError(
+                f"module: {path} has no CorrectIlluminationCalculate module {module!r}; "
+                f"its CorrectIlluminationCalculate modules are {available}"
+            )
         settings = _settings_from_module(chosen[0], modules, str(path))
         return settings.replace(**overrides) if overrides else settings
 
@@ -513,9 +524,9 @@ class IlluminationAccumulator:
         shape = tuple(image.shape)
         if self.shape is not None:
             if shape != self.shape:
-                raise ValueError(f"image: shape {shape} differs from the group's image shape {self.shape}")
+                raise ValueError(f"image: shape {shape} differs from the shape {self.shape} of the images already added")
             if is_cupy_array(image) != is_cupy_array(self._sum):
-                raise TypeError("image: must live on the same backend as the images already added")
+                raise TypeError("image: mixes NumPy and CuPy arrays; give every image as the same kind of array as the first")
         if image.dtype.kind == "f" and not bool(xp.isfinite(image).all()):
             raise ValueError("image: contains NaN or infinite values; replace or mask those pixels first")
         factor = self.settings.resize_factor
@@ -677,7 +688,7 @@ class IlluminationAccumulator:
         """The averaged image (float32, 0 where no image contributed) and the valid mask (count > 0,
         None when every pixel has a contribution). The division is float64, as CellProfiler's."""
         if self.count == 0:
-            raise ValueError("finalize: no images were added")
+            raise ValueError("finalize: no images were added to this accumulator; add() at least one first")
         xp = get_array_module(self._sum)
         total = self._float_sum()
         if self._deferred:  # unmasked images only
@@ -704,7 +715,7 @@ class IlluminationAccumulator:
             average, valid = self.average()  # valid None: every pixel (same results as an all-True mask)
             xp = get_array_module(average)
             if valid is not None and not bool(valid.any()):
-                raise ValueError("finalize: every pixel is masked in every image; nothing to average")
+                raise ValueError("masks: every pixel is masked in every image; nothing to average")
             keep_mask = settings.compat == "5" or not settings.is_all
             pixels = average
             if settings.dilate:
@@ -735,8 +746,10 @@ def calculate(images, settings: CalculateSettings | None = None, masks=None):
         accumulator = IlluminationAccumulator(settings)
         for image, mask in pairs:
             accumulator.add(image, mask)
+        if accumulator.count == 0:
+            raise ValueError("images: no images given")
         return accumulator.finalize()
     functions = [IlluminationAccumulator(settings).add(image, mask).finalize() for image, mask in pairs]
     if not functions:
-        raise ValueError("images: expected at least one image")
+        raise ValueError("images: no images given")
     return get_array_module(functions[0]).stack(functions)

@@ -24,6 +24,7 @@ from .layouts import LAYOUTS, Layout  # noqa: F401  (LAYOUTS is part of this mod
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _HEADER_THREADS = 8
 _SUMMARY_PROBLEMS = 50
+_EXAMPLES = 5  # files named per grouped problem line in Plan.summary
 
 
 def natural_key(value):
@@ -101,18 +102,18 @@ class Plan:
     def summary(self, max_problems: int | None = _SUMMARY_PROBLEMS) -> str:
         """Human-readable report: source, plates, channels, image counts, shape/dtype, problems.
 
-        At most ``max_problems`` problem lines are shown (None: all), then a count of the rest.
+        Problems with the same reason are grouped into one line (a count and the first
+        ``_EXAMPLES`` files), so a wrong pattern on a big plate gives one line, not thousands;
+        at most ``max_problems`` such lines are shown (None: all), then a count of the rest.
         """
         plates, channels = self.plates, self.channels
         lines = [f"INPUT {self.input_dir}" + (f" ({self.source})" if self.source else "")]
         lines.append(
-            f"{len(self.records)} images, {len(plates)} plate{'s' * (len(plates) != 1)}, "
-            f"{len(channels)} channel{'s' * (len(channels) != 1)}: {', '.join(channels) or '-'}"
+            f"{_count(len(self.records), 'image')}, {_count(len(plates), 'plate')}, "
+            f"{_count(len(channels), 'channel')}: {', '.join(channels) or '-'}"
         )
         for (plate, channel), records in self.groups().items():
-            wells = {record.well for record in records}
-            sites = {(record.well, record.site) for record in records}
-            text = f"  plate {plate}, channel {channel}: {len(records)} images, {len(wells)} wells, {len(sites)} sites"
+            text = f"  plate {plate}, channel {channel}: {_count(len(records), 'image')}, {_layout_text(records)}"
             if (plate, channel) in self.shapes:
                 shape, dtype = self.shapes[(plate, channel)]
                 text += f", {'x'.join(str(n) for n in shape)} {dtype}"
@@ -120,14 +121,74 @@ class Plan:
         if self.skipped:
             lines.append(f"{len(self.skipped)} files skipped on purpose (e.g. thumbnails), such as {self.skipped[0]}")
         if self.problems:
-            lines.append(f"{len(self.problems)} problem{'s' * (len(self.problems) != 1)}:")
-            shown = self.problems if max_problems is None else self.problems[:max_problems]
-            lines.extend(f"  - {problem}" for problem in shown)
-            if len(shown) < len(self.problems):
-                lines.append(f"  ... and {len(self.problems) - len(shown)} more")
+            grouped = _group_problems(self.problems)
+            lines.append(f"{_count(len(self.problems), 'problem')}:")
+            shown = grouped if max_problems is None else grouped[:max_problems]
+            lines.extend(f"  - {line}" for line in shown)
+            if len(shown) < len(grouped):
+                lines.append(f"  ... and {len(grouped) - len(shown)} more problem lines")
         else:
             lines.append("no problems found")
         return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    """ "1 well", "2 wells"."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
+def _layout_text(records: list[ImageRecord]) -> str:
+    """ "4 wells x 2 sites" when every well has as many sites, else "7 sites in 4 wells"."""
+    sites_per_well: dict[str, set] = collections.defaultdict(set)
+    for record in records:
+        sites_per_well[record.well].add(record.site)
+    counts = {len(sites) for sites in sites_per_well.values()}
+    if len(counts) == 1:
+        return f"{_count(len(sites_per_well), 'well')} x {_count(counts.pop(), 'site')}"
+    return f"{_count(sum(len(s) for s in sites_per_well.values()), 'site')} in {_count(len(sites_per_well), 'well')}"
+
+
+_LEFT_OUT = "; left out"
+_REASON_KINDS = (  # reasons that name a detail of each file, and the shared wording used when grouping them
+    (re.compile(r"duplicate of .*"), "duplicates of other files (same plate, well, site, channel)"),
+    (re.compile(r"unreadable \(.*\)"), "unreadable"),
+    (re.compile(r"\S+ \S+ differs from the \d+ other images of (plate .*) \((.*)\)"), r"shape or dtype differs from the other images of \1 (\2)"),
+)
+
+
+def _group_problems(problems: list[str]) -> list[str]:
+    """One line per distinct reason, in order of first appearance: a reason shared by several
+    files becomes "N files: reason (first 5: a, b, ...); left out"; a reason seen once stays as is."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for problem in problems:
+        head, sep, reason = problem.partition(": ")
+        if not sep:
+            groups.setdefault(problem, []).append((problem, ""))
+            continue
+        left_out = reason.endswith(_LEFT_OUT)
+        reason = reason.removesuffix(_LEFT_OUT)
+        for pattern, wording in _REASON_KINDS:
+            if pattern.fullmatch(reason):
+                reason = pattern.sub(wording, reason)
+                break
+        groups.setdefault(reason + _LEFT_OUT * left_out, []).append((problem, head))
+    lines = []
+    for reason, members in groups.items():
+        if len(members) == 1:
+            lines.append(members[0][0])
+            continue
+        heads = [head for _, head in members]
+        if all(head.lower().endswith(_TIFF_SUFFIXES) for head in heads):
+            noun = "files"
+        else:
+            noun = "sites" if all(", site " in head for head in heads) else "plates"
+        left_out = reason.endswith(_LEFT_OUT)
+        first = ("; " if any(", " in head for head in heads) else ", ").join(heads[:_EXAMPLES])
+        lines.append(
+            f"{len(members)} {noun}: {reason.removesuffix(_LEFT_OUT)} "
+            f"(first {min(_EXAMPLES, len(members))}: {first}){_LEFT_OUT if left_out else ''}"
+        )
+    return lines
 
 
 def _tiff_relpaths(input_dir: Path, exclude: list[Path]) -> list[str]:
@@ -146,12 +207,13 @@ def _tiff_relpaths(input_dir: Path, exclude: list[Path]) -> list[str]:
 
 def _records_from_names(input_dir: Path, relpaths: list[str], regex: re.Pattern, also_basename: bool):
     """Match each relative path; return (records, unmatched relpaths)."""
+    input_plate = _layouts.plate_from_folder(input_dir)
     records, unmatched = [], []
     for relpath in relpaths:
         match = regex.fullmatch(relpath)
         if match is None and also_basename:
             match = regex.fullmatch(relpath.rsplit("/", 1)[-1])
-        fields = _layouts.fields_from_match(match, relpath) if match is not None else None
+        fields = _layouts.fields_from_match(match, relpath, input_plate) if match is not None else None
         if fields is None:
             unmatched.append(relpath)
         else:
@@ -284,6 +346,9 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
       ``input_dir``, and every listed file must lie under it;
     * none: every built-in layout is tried and the one that names the most TIFF files is used
       (``plan.layout``, ``plan.source`` say which).
+
+    Files whose name gives no plate belong to the plate named after their first folder, or, when
+    they sit directly in INPUT, after INPUT's folder name (``layouts.plate_from_folder``).
 
     TIFF files are ``*.tif``/``*.tiff`` in any case; hidden files and folders (names starting with
     ".") are ignored, as are folders in ``exclude`` (e.g. an output folder inside INPUT). With

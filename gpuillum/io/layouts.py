@@ -3,9 +3,11 @@
 Every layout (and every user ``--pattern``) is a regular expression with named groups, matched in
 full (``re.fullmatch``) against a file's path relative to INPUT, written with ``/``:
 
-* ``plate``: the plate. Without this group the plate is the first folder of the relative path (or
-  ``"plate"`` for files directly in INPUT); an optional plate group that takes no part in a
-  match also gives ``"plate"``, so a plate name never depends on where INPUT lives.
+* ``plate``: the plate. Without this group the plate is the first folder of the relative path, or,
+  for files directly in INPUT, INPUT's own folder name (:func:`plate_from_folder`: ``/data/My
+  Plate 3`` -> ``My_Plate_3``). An optional plate group that takes no part in a match (a built-in
+  layout's files directly in INPUT, or under a ``TimePoint_1`` or ``Images`` folder) also gives
+  INPUT's folder name: those files are INPUT's own plate.
 * ``well``, or ``row`` and ``col``: the well. ``row`` may be a number (1 -> A, 27 -> AA) or
   letters, ``col`` a number; together they give e.g. ``"B03"``. A ``well`` group is kept as written.
 * ``site`` (default ``"1"``), ``channel`` (required), optional ``z`` and ``t``. Numbers in site, z and
@@ -28,10 +30,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import PurePath
 
 _TIFF = r"(?i:\.tiff?)"
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
-DEFAULT_PLATE = "plate"
+DEFAULT_PLATE = "plate"  # when a folder name has no usable character (e.g. INPUT is "/")
 DEFAULT_SITE = "1"
 
 
@@ -132,6 +135,13 @@ def row_name(row: str) -> str:
     return letters or row
 
 
+def plate_from_folder(folder) -> str:
+    """A plate name from a folder's name: runs of characters outside [A-Za-z0-9._-] become "_",
+    leading/trailing "." "_" "-" are dropped (no hidden or odd output names); ``"plate"`` if nothing is left."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", PurePath(str(folder)).name).strip("._-")
+    return name or DEFAULT_PLATE
+
+
 def _number(text: str | None) -> str | None:
     """Strip leading zeros from a purely numeric field so "01" and "1" compare equal."""
     if text is None or not text.isdigit():
@@ -139,8 +149,12 @@ def _number(text: str | None) -> str | None:
     return str(int(text))
 
 
-def fields_from_match(match: re.Match, relpath: str) -> dict | None:
-    """plate, well, site, channel, z, t of a match on ``relpath``; None if well or channel is empty."""
+def fields_from_match(match: re.Match, relpath: str, input_plate: str = DEFAULT_PLATE) -> dict | None:
+    """plate, well, site, channel, z, t of a match on ``relpath``; None if well or channel is empty.
+
+    ``input_plate`` is the plate of files that name none (see the module docstring), normally
+    ``plate_from_folder(INPUT)``.
+    """
     groups = match.re.groupindex
     values = match.groupdict()
     if values.get("well"):
@@ -157,7 +171,7 @@ def fields_from_match(match: re.Match, relpath: str) -> dict | None:
     elif "plate" not in groups and "/" in relpath:
         plate = relpath.split("/", 1)[0]
     else:
-        plate = DEFAULT_PLATE
+        plate = input_plate
     return {
         "plate": plate,
         "well": well,
