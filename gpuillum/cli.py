@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+DEFAULT_PRESET = "jump"
+SHOWN_SKIPPED = 5  # skipped inputs listed in the run summary; the manifest has them all
 
 SMOOTHING_ALIASES = {
     "none": "No smoothing", "convex-hull": "Convex Hull", "polynomial": "Fit Polynomial", "median": "Median Filter",
@@ -34,10 +36,29 @@ def _choice(aliases: dict, choices):
     def convert(text: str) -> str:
         value = by_lower.get(text.strip().lower())
         if value is None:
-            raise argparse.ArgumentTypeError(f"expected one of {', '.join(repr(c) for c in choices)} (or {', '.join(aliases)}), got {text!r}")
+            also = f" (or {', '.join(aliases)})" if aliases else ""
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(repr(c) for c in choices)}{also}, got {text!r}")
         return value
 
     return convert
+
+
+COMPRESSIONS = ("same", "none", "zlib", "deflate", "lzw", "zstd", "packbits")
+
+
+def _compression(text: str) -> str:
+    """argparse type of --compression: checked before any work is done."""
+    if text.strip().lower() not in COMPRESSIONS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(COMPRESSIONS)}, got {text!r}")
+    return text.strip().lower()
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``gpuillum run: error: ... (see gpuillum run --help)``, exit 2."""
+
+    def error(self, message):
+        message = " ".join(str(message).split())
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -79,28 +100,31 @@ def _method_options(parser):
     from gpuillum.illumination import cellprofiler as cp
 
     group = parser.add_argument_group(
-        "illumination function (CellProfiler CorrectIlluminationCalculate; without --preset/--cppipe the options "
-        "start from CellProfiler's defaults, and with no option at all the jump preset is used)")
-    group.add_argument("--preset", choices=sorted(cp.PRESETS), help="a production configuration, e.g. jump (JUMP Cell Painting)")
+        "illumination function (CellProfiler CorrectIlluminationCalculate)",
+        "The options below modify a base configuration: --preset NAME, --cppipe FILE, or by default the jump preset "
+        "(Regular, All: Across cycles, Median Filter size 20, rescale Yes, resize x0.2). The run summary and the "
+        "manifest show the effective method.")
+    group.add_argument("--preset", choices=sorted(cp.PRESETS), help="base configuration (default: jump, JUMP Cell Painting)")
     group.add_argument("--cppipe", metavar="FILE", help="take the settings from a CellProfiler pipeline")
     group.add_argument("--cppipe-module", metavar="N|NAME", help="which CorrectIlluminationCalculate module of --cppipe "
                        "(module number or output image name; default: the first)")
-    group.add_argument("--intensity", type=_choice({}, cp.INTENSITY_CHOICES), help="Regular or Background")
+    group.add_argument("--intensity", type=_choice({}, cp.INTENSITY_CHOICES), help="Regular or Background (default: Regular)")
     group.add_argument("--smoothing", type=_choice(SMOOTHING_ALIASES, cp.SMOOTHING_CHOICES),
-                       help="No smoothing, Convex Hull, Fit Polynomial, Median Filter, Gaussian Filter, Smooth to Average, Splines")
+                       help="No smoothing, Convex Hull, Fit Polynomial, Median Filter, Gaussian Filter, Smooth to Average, Splines "
+                       "(or none, convex-hull, polynomial, median, gaussian, average, splines; default: Median Filter)")
     group.add_argument("--filter-size-method", type=_choice(FILTER_SIZE_ALIASES, cp.FILTER_SIZE_CHOICES),
-                       help="Automatic, Object size or Manually")
-    group.add_argument("--filter-size", type=float, metavar="N", help="smoothing filter size (implies Manually)")
-    group.add_argument("--object-width", type=float, metavar="N", help="approximate object diameter (implies Object size)")
-    group.add_argument("--rescale", type=_choice({}, cp.RESCALE_CHOICES), help="Yes, No or Median")
+                       help="Automatic, Object size or Manually (default: Manually)")
+    group.add_argument("--filter-size", type=float, metavar="N", help="smoothing filter size in pixels of the resized image (implies Manually; default: 20)")
+    group.add_argument("--object-width", type=float, metavar="N", help="approximate object diameter (implies Object size; default: 10)")
+    group.add_argument("--rescale", type=_choice({}, cp.RESCALE_CHOICES), help="Yes, No or Median (default: Yes; Subtract needs No)")
     group.add_argument("--aggregation", type=_choice(AGGREGATION_ALIASES, cp.AGGREGATION_CHOICES),
-                       help="Each (a function per image) or All (one per plate and channel)")
+                       help="Each (a function per image) or All (one per plate and channel; also all-first, all-across; default: All: Across cycles)")
     group.add_argument("--dilate", action="store_true", default=None, help="dilate objects in the averaged image")
-    group.add_argument("--dilation-radius", type=int, metavar="R", help="dilation radius (implies --dilate)")
-    group.add_argument("--block-size", type=int, metavar="N", help="block size of the Background method")
+    group.add_argument("--dilation-radius", type=int, metavar="R", help="dilation radius (implies --dilate; default: 1)")
+    group.add_argument("--block-size", type=int, metavar="N", help="block size of the Background method (default: 60)")
     group.add_argument("--resize-factor", type=float, metavar="F", help="shrink images by F (0 < F <= 1) before the module, "
-                       "enlarge the function back after it (JUMP uses 0.2)")
-    group.add_argument("--compat", choices=cp.COMPAT_CHOICES, help="CellProfiler 4.2 or 5 semantics")
+                       "enlarge the function back after it (default: 0.2, as JUMP)")
+    group.add_argument("--compat", choices=cp.COMPAT_CHOICES, help="CellProfiler 4.2 or 5 semantics (default: 4.2)")
 
 
 def _apply_options(parser):
@@ -109,8 +133,8 @@ def _apply_options(parser):
                        help="Divide or Subtract the function (default: Divide for Regular, Subtract for Background)")
     group.add_argument("--background", choices=("median", "tophat"), help="also subtract a per-image background "
                        "(median: gpuillum.median_background; tophat: white top-hat); alone, it is the whole method")
-    group.add_argument("--background-radius", type=_positive_int, metavar="R", help="radius of --background in pixels")
-    group.add_argument("--compression", default="same", metavar="NAME",
+    group.add_argument("--background-radius", type=_positive_int, metavar="R", help="radius of --background in pixels (required with --background)")
+    group.add_argument("--compression", default="same", metavar="NAME", type=_compression,
                        help="TIFF compression of corrected images: same (as each input, default), none, zlib/deflate, lzw, zstd, packbits")
 
 
@@ -123,7 +147,12 @@ def _execution_options(parser, *, resume=True):
     exclusive.add_argument("--scheduler", metavar="ADDRESS", help="use a running Dask cluster, e.g. tcp://host:8786")
     group.add_argument("--threads", type=_positive_int, metavar="N", help="decode/write threads per process (default: CPU count, 2..16)")
     if resume:
-        group.add_argument("--resume", action="store_true", help="complete a partial run in OUT, skipping intact outputs")
+        again = group.add_mutually_exclusive_group()
+        again.add_argument("--resume", action="store_true", help="complete a partial run in OUT (same settings), skipping intact outputs")
+        again.add_argument("--overwrite", action="store_true",
+                           help="OUT holds a different run: remove the files its manifest lists, illum/, corrected/ and "
+                           "manifest.json (nothing else) and start again. Without it such an OUT is refused; an OUT with "
+                           "unrelated files but no manifest is used as is")
     group.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                        help="bad input files: stop with an error (default) or skip them and list them in the manifest")
     progress = group.add_mutually_exclusive_group()
@@ -132,35 +161,48 @@ def _execution_options(parser, *, resume=True):
     group.add_argument("-q", "--quiet", action="store_true", help="print only errors")
 
 
+INPUT_HELP = "folder with the plate's TIFF files (read only, never written to)"
+OUT_HELP = ("output folder, not inside INPUT; may hold unrelated files, but one holding another run's manifest.json "
+            "is refused (see --resume, --overwrite)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuillum", description="GPU-accelerated illumination correction for microscopy plates.")
+    from gpuillum.engine.demo import DEMO_SHAPE, DEMO_SITES, DEMO_WELLS
+
+    parser = OneLineParser(prog="gpuillum", description="GPU-accelerated illumination correction for microscopy plates.")
     from gpuillum import __version__
 
     parser.add_argument("--version", action="version", version=f"gpuillum {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="estimate the functions and correct every image (both passes)")
-    run.add_argument("input", metavar="INPUT", help="folder with the plate's TIFF files")
-    run.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder (never inside INPUT)")
+    run = commands.add_parser("run", help="estimate the functions and correct every image (both passes)",
+                              description="Estimate one illumination function per plate x channel and correct every image. "
+                              "Method: --preset NAME, --cppipe FILE, or by default the jump preset; CellProfiler options "
+                              "(--smoothing, --aggregation, ...) modify that base. The summary and OUT/manifest.json show the "
+                              "effective method.")
+    run.add_argument("input", metavar="INPUT", help=INPUT_HELP)
+    run.add_argument("-o", "--out", required=True, metavar="OUT", help=OUT_HELP)
     _discovery_options(run)
     _method_options(run)
     _apply_options(run)
     _execution_options(run)
 
     plan = commands.add_parser("plan", help="show what would be processed and every problem found; computes nothing")
-    plan.add_argument("input", metavar="INPUT")
+    plan.add_argument("input", metavar="INPUT", help=INPUT_HELP)
     _discovery_options(plan)
 
-    calc = commands.add_parser("calc", help="pass 1 only: the illumination functions under OUT/illum")
-    calc.add_argument("input", metavar="INPUT")
-    calc.add_argument("-o", "--out", required=True, metavar="OUT")
+    calc = commands.add_parser("calc", help="pass 1 only: the illumination functions under OUT/illum",
+                               description="Pass 1 only: the illumination functions under OUT/illum. Method: --preset, "
+                               "--cppipe, or by default the jump preset, modified by any CellProfiler option.")
+    calc.add_argument("input", metavar="INPUT", help=INPUT_HELP)
+    calc.add_argument("-o", "--out", required=True, metavar="OUT", help=OUT_HELP + "; functions go to OUT/illum")
     _discovery_options(calc)
     _method_options(calc)
     _execution_options(calc)
 
     apply = commands.add_parser("apply", help="pass 2 only: correct with existing functions (gpuillum's or CellProfiler's .npy/.mat)")
-    apply.add_argument("input", metavar="INPUT")
-    apply.add_argument("-o", "--out", required=True, metavar="OUT")
+    apply.add_argument("input", metavar="INPUT", help=INPUT_HELP)
+    apply.add_argument("-o", "--out", required=True, metavar="OUT", help=OUT_HELP + "; corrected images go to OUT/corrected")
     source = apply.add_mutually_exclusive_group()
     source.add_argument("--functions", metavar="DIR", help="folder of <plate>_Illum<channel>.npy (or .mat) files (default: OUT/illum)")
     source.add_argument("--function", action="append", metavar="CHANNEL=FILE",
@@ -171,10 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="make a synthetic plate, correct it, and report how close the result is to the truth")
     demo.add_argument("out", nargs="?", default="gpuillum-demo", metavar="OUT", help="output folder (default: ./gpuillum-demo)")
-    demo.add_argument("--shape", type=_shape, default=(512, 512), metavar="HxW", help="image size (default 512x512)")
-    demo.add_argument("--wells", type=_positive_int, default=12, metavar="N", help="number of wells, in rows of up to 12 (default 12)")
-    demo.add_argument("--sites", type=_positive_int, default=4, metavar="N", help="sites per well (default 4)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic plate")
+    demo.add_argument("--shape", type=_shape, default=DEMO_SHAPE, metavar="HxW",
+                      help=f"image size (default {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]})")
+    demo.add_argument("--wells", type=_positive_int, default=DEMO_WELLS, metavar="N",
+                      help=f"number of wells, in rows of up to 12 (default {DEMO_WELLS})")
+    demo.add_argument("--sites", type=_positive_int, default=DEMO_SITES, metavar="N",
+                      help=f"sites per well (default {DEMO_SITES}; an All-mode function wants 20+ images per channel)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic plate (default 0)")
     _execution_options(demo, resume=False)
     return parser
 
@@ -217,12 +262,12 @@ def settings_from_args(args):
                 module = int(module)
             base = cp.CalculateSettings.from_cppipe(args.cppipe, module)
         elif changes:
-            base = cp.CalculateSettings()
+            base = cp.preset(DEFAULT_PRESET)  # options modify the jump preset, never CellProfiler's bare defaults
         else:
             return None
         return base.replace(**changes) if changes else base
     except (ValueError, TypeError, KeyError, OSError) as error:
-        raise UsageError(_one_line(error)) from None
+        raise UsageError(_option_names(_one_line(error))) from None
 
 
 def background_from_args(args):
@@ -249,6 +294,22 @@ def _functions_from_args(args):
     return args.functions
 
 
+# internal setting names that can reach a message -> the options the user typed
+OPTION_NAMES = {
+    "resize_factor": "--resize-factor", "manual_size": "--filter-size", "object_width": "--object-width",
+    "filter_size_method": "--filter-size-method", "dilation_radius": "--dilation-radius", "block_size": "--block-size",
+    "intensity": "--intensity", "smoothing": "--smoothing", "rescale": "--rescale", "aggregation": "--aggregation",
+    "compat": "--compat", "apply_method": "--apply-method",
+}
+
+
+def _option_names(text: str) -> str:
+    """``text`` with internal setting names (resize_factor, manual_size, ...) replaced by their options."""
+    import re
+
+    return re.sub(r"(?<![-\w])(" + "|".join(OPTION_NAMES) + r")(?!\w)", lambda m: OPTION_NAMES[m.group(1)], text)
+
+
 def _one_line(error: BaseException) -> str:
     text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
     text = str(text).strip()
@@ -270,6 +331,8 @@ def _common(args) -> dict:
 def _report(result, args) -> None:
     if args.quiet:
         return
+    if result.method:
+        print(f"method: {result.method}")
     for (plate, channel), path in sorted(result.functions.items()):
         print(f"function {plate}/{channel}: {path}")
     if result.written or result.reused:
@@ -278,9 +341,11 @@ def _report(result, args) -> None:
     if result.loaddata is not None:
         print(f"LoadData CSV: {result.loaddata}")
     if result.skipped:
-        print(f"skipped {len(result.skipped)} input(s) (listed in the manifest):")
-        for relpath, reason in result.skipped:
+        print(f"skipped {len(result.skipped)} input(s) (all listed in the manifest):")
+        for relpath, reason in result.skipped[:SHOWN_SKIPPED]:
             print(f"  - {reason}")
+        if len(result.skipped) > SHOWN_SKIPPED:
+            print(f"  ... and {len(result.skipped) - SHOWN_SKIPPED} more")
     print(f"manifest: {result.manifest}  ({result.timings.get('total', 0.0):.1f} s)")
 
 
@@ -299,8 +364,8 @@ def cmd_run(args, passes=("calc", "apply")) -> int:
     from gpuillum.engine.job import run_plate
 
     result = run_plate(args.input, args.out, settings=settings_from_args(args), background=background_from_args(args),
-                       apply_method=args.apply_method, compression=args.compression, resume=args.resume, passes=passes,
-                       **_common(args))
+                       apply_method=args.apply_method, compression=args.compression, resume=args.resume,
+                       overwrite=args.overwrite, passes=passes, **_common(args))
     _report(result, args)
     return EXIT_OK
 
@@ -308,7 +373,8 @@ def cmd_run(args, passes=("calc", "apply")) -> int:
 def cmd_calc(args) -> int:
     from gpuillum.engine.job import calc_plate
 
-    result = calc_plate(args.input, args.out, settings=settings_from_args(args), resume=args.resume, **_common(args))
+    result = calc_plate(args.input, args.out, settings=settings_from_args(args), resume=args.resume,
+                        overwrite=args.overwrite, **_common(args))
     _report(result, args)
     return EXIT_OK
 
@@ -317,7 +383,8 @@ def cmd_apply(args) -> int:
     from gpuillum.engine.job import apply_plate
 
     result = apply_plate(args.input, args.out, functions=_functions_from_args(args), background=background_from_args(args),
-                         apply_method=args.apply_method, compression=args.compression, resume=args.resume, **_common(args))
+                         apply_method=args.apply_method, compression=args.compression, resume=args.resume,
+                         overwrite=args.overwrite, **_common(args))
     _report(result, args)
     return EXIT_OK
 
@@ -338,7 +405,7 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "calc": cmd_calc, "apply": cmd_app
 def main(argv=None) -> int:
     """Entry point of ``gpuillum`` and ``python -m gpuillum``; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)  # usage errors: argparse prints one line and exits with 2
+    args = parser.parse_args(argv)  # usage errors: OneLineParser prints one line and exits with 2
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # bad files are reported once, by us
     try:
         return COMMANDS[args.command](args)

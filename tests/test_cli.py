@@ -113,10 +113,9 @@ def test_cellprofiler_options_and_background(tmp_path):
             "--filter-size", "8", "--rescale", "No", "--background", "tophat", "--background-radius", "4", "--device", "cpu", "-q"]
     assert main(argv) == 0
     from gpuillum.engine.background import BackgroundSettings, subtract_background
-    from gpuillum.illumination.cellprofiler import CalculateSettings
 
-    settings = CalculateSettings(aggregation="All: Across cycles", smoothing="Gaussian Filter", filter_size_method="Manually",
-                                 manual_size=8, rescale="No")
+    # without --preset/--cppipe the options modify the jump preset (resize x0.2 kept)
+    settings = preset("jump").replace(smoothing="Gaussian Filter", manual_size=8, rescale="No")
     names = sorted(r for r in images if r.endswith("_DNA.tif"))
     function = calculate([images[r] for r in names], settings)
     for relpath in names:
@@ -141,6 +140,29 @@ def test_demo_small(tmp_path, capsys):
     assert "r = " in text and "flat-field CV" in text and "before_after.png" in text
     assert (tmp_path / "demo" / "before_after.png").read_bytes()[:4] == b"\x89PNG"
     assert len(list((tmp_path / "demo" / "results" / "corrected").rglob("*.tif"))) == 8
+    # both comparisons, labelled; the divide-only one is against dark + flat * background (truth.json)
+    import json
+    import re
+
+    from gpuillum.qc.metrics import compare_to_truth
+
+    truth_dir = tmp_path / "demo" / "plate" / "truth"
+    truth = json.loads((truth_dir / "truth.json").read_text())["channels"]
+    function = np.load(tmp_path / "demo" / "results" / "illum" / "DEMO_IllumDNA.npy")
+    ideal = np.load(truth_dir / "DEMO_dark_DNA.npy") + np.load(truth_dir / "DEMO_flat_DNA.npy") * truth["DNA"]["background"]
+    expected = compare_to_truth(function, ideal)
+    line = next(row for row in text.splitlines() if row.strip().startswith("DNA: vs the best a divide-only function can do"))
+    assert "camera offset included" in line
+    assert float(re.search(r"r = ([-0-9.]+)", line).group(1)) == pytest.approx(expected["pearson_r"], abs=6e-4)
+    assert "DNA: vs true flat field: r = " in text and "method: Regular, All: Across cycles" in text
+
+
+def test_demo_defaults_use_enough_images():
+    from gpuillum.cli import build_parser
+    from gpuillum.engine.job import MIN_IMAGES_ALL
+
+    args = build_parser().parse_args(["demo"])
+    assert args.wells * args.sites >= 5 * MIN_IMAGES_ALL
 
 
 def test_python_dash_m_and_console_script(tmp_path):
@@ -153,3 +175,26 @@ def test_python_dash_m_and_console_script(tmp_path):
     script = Path(sys.executable).with_name("gpuillum")
     done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.startswith("gpuillum ")
+
+
+@pytest.mark.parametrize("command", ["run", "calc", "apply", "plan"])
+def test_help_documents_inputs_outputs_and_defaults(capsys, command):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "INPUT folder with the plate's TIFF files" in text
+    if command != "plan":
+        assert "-o OUT, --out OUT output folder" in text
+    if command in ("run", "calc"):
+        for needle in ("by default the jump preset", "Regular or Background (default: Regular)", "default: Median Filter",
+                       "(default: Yes", "default: All: Across cycles", "default: 20)", "(default: 60)", "(default: 0.2"):
+            assert needle in text, needle
+    if command in ("run", "apply"):
+        assert "(required with --background)" in text
+
+
+def test_demo_help_states_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 0)" in text and "(default 384x384)" in text and "(default 24)" in text and "(default 8;" in text

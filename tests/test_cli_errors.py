@@ -102,7 +102,8 @@ def test_bad_option_values_exit_2(tmp_path, capsys):
     write_plate(tmp_path / "in", wells=("B02",), sites=1)
     code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--resize-factor", "3", "--device", "cpu", "-q")
     assert code == 2
-    assert_one_line_error(err, "resize_factor")
+    assert_one_line_error(err, "--resize-factor")
+    assert "resize_factor" not in err
     code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--background", "median", *ARGS)
     assert code == 2
     assert_one_line_error(err, "--background-radius")
@@ -122,6 +123,16 @@ def test_on_error_skip_lists_skipped_files(tmp_path, capsys):
     assert {"P1/B02_s1_DNA.tif", "P1/C03_s2_Actin.tif"} <= skipped
     written = {p.relative_to(tmp_path / "out" / "corrected").as_posix() for p in (tmp_path / "out" / "corrected").rglob("*.tif")}
     assert written == set(images) - {"P1/B02_s1_DNA.tif", "P1/C03_s2_Actin.tif"}
+    # no empty path; the sites that lost a channel are left out of load_data.csv and listed with why
+    assert "" not in skipped and {"P1/B02_s1_Actin.tif", "P1/C03_s2_DNA.tif"} <= skipped
+    reasons = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
+    assert "load_data.csv" in reasons["P1/B02_s1_Actin.tif"] and "DNA" in reasons["P1/B02_s1_Actin.tif"]
+    import csv
+
+    with open(tmp_path / "out" / "corrected" / "load_data.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(images) // 2 - 2
+    assert all(row[key] for row in rows for key in row if key.startswith("FileName_"))
 
 
 def test_decode_failure_after_discovery_is_named(tmp_path, capsys, monkeypatch):
@@ -143,7 +154,8 @@ def test_decode_failure_after_discovery_is_named(tmp_path, capsys, monkeypatch):
     code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out2"), "--on-error", "skip", *ARGS)
     assert code == 0
     manifest = json.loads((tmp_path / "out2" / "manifest.json").read_text())
-    assert [entry["path"] for entry in manifest["skipped"]] == ["P1/B03_s1_DNA.tif"]
+    # the unreadable file, then its site's other channel (left out of load_data.csv)
+    assert [entry["path"] for entry in manifest["skipped"]] == ["P1/B03_s1_DNA.tif", "P1/B03_s1_Actin.tif"]
 
 
 def test_ctrl_c_exits_130_without_partial_files(tmp_path, capsys, monkeypatch):
@@ -167,3 +179,179 @@ def test_ctrl_c_exits_130_without_partial_files(tmp_path, capsys, monkeypatch):
     assert leftovers == []
     for path in (tmp_path / "out" / "corrected").rglob("*.tif"):
         tifffile.imread(path)  # every file present is complete
+
+
+# ----------------------------------------------------------------------------- QA findings
+
+
+def test_one_cellprofiler_option_modifies_the_jump_preset(tmp_path, capsys):
+    from gpuillum.illumination.cellprofiler import preset
+
+    write_plate(tmp_path / "in", wells=("B02",), sites=2)
+    code = main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--smoothing", "Fit Polynomial", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    expected = preset("jump").replace(smoothing="Fit Polynomial")
+    assert manifest["settings"]["method"]["aggregation"] == expected.aggregation
+    assert manifest["settings"]["method"]["resize_factor"] == expected.resize_factor
+    line = "method: Regular, All: Across cycles, Fit Polynomial, rescale Yes, resize x0.2"
+    assert line in out and manifest["method"] == line.removeprefix("method: ")
+
+
+def test_each_without_smoothing_is_refused(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--aggregation", "Each",
+                        "--smoothing", "none", "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, "divides each image by itself", "--aggregation All")
+    assert not (tmp_path / "out" / "corrected").exists()
+
+
+@pytest.mark.parametrize("rescale", ["Yes", "Median"])
+def test_subtract_with_rescale_is_refused(tmp_path, capsys, rescale):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--intensity", "Background",
+                        "--apply-method", "Subtract", "--rescale", rescale, "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, "Subtract", f"rescale {rescale}", "--rescale No")
+
+
+def test_subtract_with_rescale_no_runs(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--intensity", "Background",
+                        "--rescale", "No", "--device", "cpu", "-q")
+    assert code == 0, err
+
+
+def test_out_with_a_different_run_is_refused_unless_overwrite(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    write_plate(tmp_path / "other", wells=("B03",), sites=1, seed=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # unrelated file, no manifest: allowed
+    assert main(["run", str(tmp_path / "in"), "-o", str(out), *ARGS]) == 0
+    assert main(["run", str(tmp_path / "in"), "-o", str(out), *ARGS]) == 0  # the same run again: allowed
+    # correcting again with the functions this run left in OUT/illum: allowed
+    assert main(["apply", str(tmp_path / "in"), "-o", str(out), "--compression", "none", "--device", "cpu", "-q"]) == 0
+    (out / "corrected" / "extra.txt").write_text("x")
+    code, err = run_cli(capsys, "run", str(tmp_path / "other"), "-o", str(out), *ARGS)
+    assert code == 2
+    assert_one_line_error(err, "different run", "--overwrite")
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(out), *ARGS, "--rescale", "No")
+    assert code == 2 and "different run" in err
+    assert main(["run", str(tmp_path / "other"), "-o", str(out), *ARGS, "--overwrite"]) == 0
+    assert sorted(p.relative_to(out / "corrected").as_posix() for p in (out / "corrected").rglob("*.tif")) == \
+        ["P1/B03_s1_Actin.tif", "P1/B03_s1_DNA.tif"]
+    assert not (out / "corrected" / "extra.txt").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_bad_compression_is_refused_at_parsing(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--compression", "jpeg"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "zlib" in err and "jpeg" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "IN", "-o", "OUT", "--intensity", "nope"], "'Background', got 'nope'"),
+    (["run", "IN", "-o", "OUT", "--rescale", "maybe"], "'Median', got 'maybe'"),
+    (["run", "IN"], "-o/--out"),
+])
+def test_argparse_errors_are_one_line(capsys, argv, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()], err
+    assert err.startswith(f"gpuillum {argv[0]}: error: ") and needle in err and "(see gpuillum run --help)" in err
+    assert "(or )" not in err
+
+
+def test_option_names_in_messages_and_single_preset_prefix(tmp_path, capsys):
+    from gpuillum.engine.job import JobError, run_plate
+
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--filter-size", "-3", "--device", "cpu")
+    assert code == 2 and "manual_size" not in err and "--filter-size" in err
+    with pytest.raises(JobError) as info:
+        run_plate(tmp_path / "in", tmp_path / "out2", preset="nosuch")
+    assert str(info.value).count("preset:") == 1
+
+
+def test_manifest_status_running_failed_complete_and_resume(tmp_path, capsys):
+    images = write_plate(tmp_path / "in", wells=("B02", "B03"), sites=1)
+    bad = tmp_path / "in" / "P1" / "B03_s1_DNA.tif"
+    original = bad.read_bytes()
+    corrupt(bad)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *ARGS)
+    assert code == 2
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "B03_s1_DNA.tif" in manifest["error"]
+    assert manifest["error"] == err.strip().removeprefix("gpuillum: error: ")
+    bad.write_bytes(original)
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *ARGS, "--resume"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["error"] is None
+    assert sum(entry["role"] == "corrected" for entry in manifest["files"].values()) == len(images)
+
+
+@pytest.mark.parametrize("failure", ["short-write", "enospc", "permission"])
+def test_write_errors_name_the_file_and_leave_no_temporary(tmp_path, capsys, monkeypatch, failure):
+    import errno
+
+    import gpuillum.io.tiff as tiff_module
+
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    real_imwrite = tiff_module.tifffile.imwrite
+
+    def failing_imwrite(path, *args, **kwargs):
+        real_imwrite(path, *args, **kwargs)  # a partial file exists when the disk fills up
+        if failure == "short-write":
+            raise OSError("262144 requested and 75744 written")
+        if failure == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(tiff_module.tifffile, "imwrite", failing_imwrite)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *ARGS)
+    assert code == 2
+    expected = "Permission denied" if failure == "permission" else "no space left on device"
+    assert_one_line_error(err, "corrected/P1/B02_s1_", expected)
+    assert "requested and" not in err
+    leftovers = [p.name for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix not in (".npy", ".png", ".json")]
+    assert leftovers == []
+
+
+def test_all_mode_from_few_images_warns_without_failing(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02", "B03"), sites=2)
+    argv = ["--preset", "jump", "--resize-factor", "0.5", "--filter-size", "6", "--device", "cpu", "--no-progress"]
+    code = main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err
+    assert code == 0
+    warnings = json.loads((tmp_path / "out" / "manifest.json").read_text())["warnings"]
+    assert len(warnings) == 2 and "plate P1, channel DNA: only 4 images" in " ".join(warnings)
+    assert all(f"warning: {text}" in err for text in warnings)
+    wells = tuple(f"{row}{col:02d}" for row in "BC" for col in range(2, 12))  # 20 sites: enough
+    write_plate(tmp_path / "many", wells=wells, sites=1, channels=("DNA",), shape=(32, 32))
+    assert main(["run", str(tmp_path / "many"), "-o", str(tmp_path / "out2"), *argv]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "out2" / "manifest.json").read_text())["warnings"] == []
+
+
+def test_unmatched_files_are_summarised_with_a_suggestion(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02", "B03"), sites=1)
+    source = (tmp_path / "in" / "P1" / "B02_s1_DNA.tif").read_bytes()
+    for index in range(8):
+        (tmp_path / "in" / "P1" / f"junk{index}.tif").write_bytes(source)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *ARGS)
+    assert code == 2
+    assert_one_line_error(err, "P1/junk0.tif", "and 7 more problems", "gpuillum plan", "--on-error skip")
+    argv = [a for a in ARGS if a != "-q"] + ["--no-progress"]
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--on-error", "skip", *argv]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 8 input(s)" in out and "... and 3 more" in out and "junk4.tif" in out and "junk5.tif" not in out

@@ -31,6 +31,17 @@ class OutputProblem(Exception):
         return (type(self), (self.path, self.reason))
 
 
+def os_error_text(error: OSError) -> str:
+    """A write error in a few words: "no space left on device" for a full disk (also NumPy's
+    errno-less "N requested and M written" short write), else the OS's text."""
+    import errno
+
+    text = str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) or (error.errno is None and "requested and" in text and "written" in text):
+        return "no space left on device"
+    return error.strerror or text
+
+
 @dataclass(frozen=True)
 class ApplyOptions:
     """How pass 2 turns an input image into its corrected copy.
@@ -90,7 +101,7 @@ def write_corrected(out_dir, record, image, info, compression: str) -> WrittenFi
         size = path.stat().st_size
         digest = file_sha256(path)
     except OSError as error:
-        raise OutputProblem(path, error.strerror or str(error)) from None
+        raise OutputProblem(path, os_error_text(error)) from None
     return WrittenFile(record.relpath, path.relative_to(out_dir).as_posix(), digest, size)
 
 

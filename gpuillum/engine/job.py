@@ -38,8 +38,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpuillum.io.manifest import Manifest
+
 from .accumulate import OrderedMerge, accumulate_records, fixed_batches
-from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records
+from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records, os_error_text
 from .background import BackgroundSettings
 from .cluster import map_in_order, open_client
 from .progress import Progress
@@ -50,10 +52,23 @@ PASSES = ("calc", "apply")
 MANIFEST_NAME = "manifest.json"
 LOADDATA_NAME = "load_data.csv"
 MANIFEST_SAVE_SECONDS = 2.0
+MIN_IMAGES_ALL = 20  # fewer images in an All-mode average: cells, not the illumination, shape the function
 
 
 class JobError(ValueError):
     """A problem the user must fix, as one line naming the file or option (CLI: exit code 2)."""
+
+
+
+@dataclass
+class JobManifest(Manifest):
+    """The io Manifest plus the job's state: ``status`` (running | complete | failed), ``error``
+    (the one-line message of a failed run), ``method`` (the effective method) and ``warnings``."""
+
+    status: str = "running"
+    error: str | None = None
+    method: str | None = None
+    warnings: list = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +85,8 @@ class RunResult:
     manifest: Path | None = None
     loaddata: Path | None = None
     timings: dict = field(default_factory=dict)
+    method: str = ""  # the effective method (describe_method)
+    warnings: list = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- options
@@ -102,8 +119,46 @@ def resolve_settings(settings=None, preset: str | None = None):
         try:
             return cellprofiler.preset(preset)
         except (KeyError, ValueError) as error:
-            raise JobError(f"preset: {_message(error)}") from None
+            message = _message(error)
+            raise JobError(message if message.startswith("preset:") else f"preset: {message}") from None
     return settings
+
+
+def describe_method(settings) -> str:
+    """The settings that shape the function, in one line (run summary and manifest)."""
+    if settings is None:
+        return "no illumination function"
+    parts = [settings.intensity]
+    if settings.intensity == "Background":
+        parts.append(f"block size {settings.block_size:g}")
+    parts.append(settings.aggregation)
+    smoothing = settings.smoothing
+    if smoothing in ("Median Filter", "Gaussian Filter"):
+        if settings.filter_size_method == "Manually":
+            smoothing += f" size {settings.manual_size:g}"
+        elif settings.filter_size_method == "Object size":
+            smoothing += f" (object width {settings.object_width:g})"
+        else:
+            smoothing += " (automatic size)"
+    parts.append(smoothing)
+    if settings.dilate:
+        parts.append(f"dilation radius {settings.dilation_radius}")
+    parts.append(f"rescale {settings.rescale}")
+    if settings.resize_factor != 1:
+        parts.append(f"resize x{settings.resize_factor:g}")
+    return ", ".join(parts)
+
+
+def check_method(settings, apply_method: str, passes) -> None:
+    """Refuse combinations that destroy the images (one line naming the fix)."""
+    if settings is None or "calc" not in passes:
+        return
+    if not settings.is_all and settings.smoothing == "No smoothing" and settings.intensity == "Regular":
+        raise JobError("aggregation Each with smoothing 'No smoothing' divides each image by itself (every image "
+                       "becomes flat); use --aggregation All or a --smoothing method (e.g. Median Filter)")
+    if apply_method == "Subtract" and settings.rescale != "No":
+        raise JobError(f"apply method Subtract with rescale {settings.rescale}: the rescaled function (>= 1) is subtracted "
+                       "in 0..1 units and blackens every image; use --rescale No")
 
 
 def aggregates(settings) -> bool:
@@ -178,6 +233,19 @@ def _apply_task(records, function, options, out_dir, reader, device_spec, thread
 # ----------------------------------------------------------------------------- the job
 
 
+def _same_run(earlier: dict, current: dict) -> bool:
+    """True when a manifest's settings belong to the same run as ``current``: same INPUT and discovery,
+    and the same method and apply settings (whichever passes), or an apply pass that corrects with the
+    functions an earlier calc (or run) left in OUT/illum."""
+    def without(settings, *keys):
+        return {k: v for k, v in settings.items() if k not in keys}
+
+    if without(earlier, "passes") == without(current, "passes"):
+        return True
+    same_input = without(earlier, "passes", "method", "apply", "functions") == without(current, "passes", "method", "apply", "functions")
+    return same_input and "calc" in (earlier.get("passes") or []) and current.get("passes") == ["apply"]
+
+
 @dataclass
 class _Group:
     plate: str
@@ -192,8 +260,9 @@ class _Job:
     """State of one run: options, manifest, client, result; the passes are its methods."""
 
     def __init__(self, input_dir, out_dir, *, settings, apply_options, device, workers, scheduler, threads,
-                 resume, on_error, progress, log):
+                 resume, on_error, progress, log, overwrite=False):
         self.input_dir, self.out_dir = input_dir, out_dir
+        self.overwrite = overwrite
         self.settings, self.apply_options = settings, apply_options
         self.device, self.workers, self.scheduler = device, workers, scheduler
         self.threads, self.resume, self.on_error = threads, resume, on_error
@@ -215,7 +284,7 @@ class _Job:
             return
         self._skipped.add(relpath)
         self.result.skipped.append((relpath, reason))
-        self.manifest.add_skipped(relpath or "", reason)
+        self.manifest.add_skipped(relpath or reason.split(": ", 1)[0], reason)  # never an empty path
 
     def problem(self, relpath, reason: str) -> None:
         """A bad input: fatal with on_error="fail", listed with "skip"."""
@@ -229,30 +298,69 @@ class _Job:
             try:
                 self.manifest.save(self.out_dir / MANIFEST_NAME)
             except OSError as error:
-                raise JobError(f"{self.out_dir / MANIFEST_NAME}: cannot write ({error.strerror or error})") from None
+                raise JobError(f"{self.out_dir / MANIFEST_NAME}: {os_error_text(error)}") from None
             self._last_save = now
 
-    def open_manifest(self, manifest_settings: dict) -> None:
-        from gpuillum.io.manifest import Manifest, collect_versions
+    def open_manifest(self, manifest_settings: dict, method: str) -> None:
+        """Start this run's manifest: resume the earlier one, replace it (overwrite), or refuse to mix runs."""
+        from gpuillum.io.manifest import collect_versions
 
         path = self.out_dir / MANIFEST_NAME
         earlier = None
         if path.is_file():
             try:
-                earlier = Manifest.load(path)
+                earlier = JobManifest.load(path)
             except (ValueError, OSError) as error:
                 if self.resume:
                     raise JobError(f"{path}: cannot resume from this manifest ({_message(error)}); remove it or drop --resume") from None
         manifest_settings = json.loads(json.dumps(manifest_settings, default=str))  # as it reads back from JSON
         if self.resume and earlier is not None and earlier.settings != manifest_settings:
             raise JobError(f"{path}: --resume with different settings than the earlier run; use the same options or another -o OUT")
-        self.manifest = earlier if earlier is not None else Manifest()
+        if earlier is not None and self.overwrite:
+            self.remove_earlier_outputs(earlier)
+            earlier = None
+        elif earlier is not None and not self.resume and not _same_run(earlier.settings, manifest_settings):
+            raise JobError(f"{self.out_dir}: holds the outputs of a different run (its {MANIFEST_NAME} has another INPUT or "
+                           "other settings); use --overwrite to replace them, --resume with the same options, or another -o OUT")
+        self.manifest = earlier if earlier is not None else JobManifest()
         self.manifest.settings = manifest_settings
+        self.manifest.method = method
+        self.manifest.status, self.manifest.error, self.manifest.warnings = "running", None, []
         self.manifest.versions = collect_versions()
         self.manifest.devices = [str(self.device)]
         self.manifest.skipped = []
         self.manifest.timings["workers"] = self.scheduler or self.workers
         self.save_manifest(force=True)
+
+    def remove_earlier_outputs(self, earlier) -> None:
+        """--overwrite: delete the files the earlier manifest lists (inside OUT only), illum/, corrected/
+        and the manifest itself; nothing else in OUT is touched."""
+        import shutil
+
+        root = self.out_dir.resolve()
+        try:
+            for relpath in earlier.files:
+                target = (self.out_dir / relpath).resolve()
+                if root in target.parents and target.is_file():
+                    target.unlink()
+            for folder in ("illum", "corrected"):
+                if (self.out_dir / folder).is_dir() and not (self.out_dir / folder).is_symlink():
+                    shutil.rmtree(self.out_dir / folder)
+            (self.out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        except OSError as error:
+            raise JobError(f"{error.filename or self.out_dir}: cannot remove the earlier run's output ({error.strerror or error})") from None
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        """Record the run's final status (complete or failed, with the one-line error) in the manifest."""
+        self.manifest.status, self.manifest.error = status, error
+        self.save_manifest(force=True)
+
+    def warn(self, text: str) -> None:
+        """A problem that does not stop the run: printed (unless quiet) and listed in the manifest."""
+        self.result.warnings.append(text)
+        self.manifest.warnings.append(text)
+        if self.log is not None:
+            self.log(f"warning: {text}")
 
     def intact(self, relpath: str, path: Path) -> bool:
         return self.resume and self.manifest.is_complete(relpath, path)
@@ -261,6 +369,10 @@ class _Job:
 
     def prepare_groups(self, plan) -> list[_Group]:
         """Groups of usable records; discovery problems are fatal, or listed as skipped with on_error="skip"."""
+        if plan.problems and self.on_error != "skip":
+            more = len(plan.problems) - 1
+            raise JobError(plan.problems[0].removesuffix("; left out") + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+                           + f"; see them all with: gpuillum plan {self.input_dir}, or leave those files out with --on-error skip")
         for problem in plan.problems:
             self.problem(_problem_relpath(problem), problem)
         groups = []
@@ -294,12 +406,18 @@ class _Job:
         if total is None:
             self.problem(None, f"{group.plate}/{group.channel}: empty channel, every image was skipped")
             return
+        if total.count < MIN_IMAGES_ALL:
+            self.warn(f"plate {group.plate}, channel {group.channel}: only {total.count} images; an illumination function "
+                      f"from so few images follows the cells, not the illumination (use {MIN_IMAGES_ALL} or more)")
         if self.client is not None and self.device.is_gpu:
             total.to(self.device)  # Dask partials arrive as NumPy: finalize on this job's device
         with self.device.activate():
             function = to_numpy(total.finalize(group.reader.shape))
-        save_function(path, function)
-        self.preview(group, function)
+        try:
+            save_function(path, function)
+            self.preview(group, function)
+        except OSError as error:
+            raise JobError(f"{error.filename or path}: {os_error_text(error)}") from None
         group.function = function
         self.manifest.record_file(f"illum/{name}", path, "illum")
         self.manifest.timings[f"calc {group.plate}/{group.channel}"] = time.perf_counter() - started
@@ -371,8 +489,11 @@ class _Job:
                     done(written)
                     bar.update()
 
-                _written, skipped = apply_records(todo, group.function, self.apply_options, self.out_dir, group.reader,
-                                                  device=self.device, threads=self.threads, on_error=self.on_error, done=tick)
+                try:
+                    _written, skipped = apply_records(todo, group.function, self.apply_options, self.out_dir, group.reader,
+                                                      device=self.device, threads=self.threads, on_error=self.on_error, done=tick)
+                except OutputProblem as error:
+                    raise JobError(str(error)) from None
                 for relpath, reason in skipped:
                     self.skip(relpath, reason)
                     bar.update()
@@ -402,6 +523,7 @@ class _Job:
 
         skipped = {relpath for relpath, _ in self.result.skipped}
         records = [r for g in groups for r in g.records if r.relpath not in skipped]
+        records = self.complete_sites(records, groups)
         if not records:
             return None
         rows = loaddata_rows(records, path_of=lambda record: self.out_dir / "corrected" / record.relpath)
@@ -413,8 +535,30 @@ class _Job:
                     row[f"FileName_Illum{channel}"] = path.name
                     row[f"PathName_Illum{channel}"] = str(path.absolute().parent)
         path = self.out_dir / "corrected" / LOADDATA_NAME
-        write_loaddata_csv(path, rows)
+        try:
+            write_loaddata_csv(path, rows)
+        except OSError as error:
+            raise JobError(f"{path}: {os_error_text(error)}") from None
         return path
+
+    def complete_sites(self, records, groups) -> list:
+        """The records of image sets that have every channel of their plate; the others are listed as
+        skipped (a LoadData row with an empty FileName_ column breaks CellProfiler)."""
+        channels = {}
+        for group in groups:
+            channels.setdefault(group.plate, set()).add(group.channel)
+        sites = {}
+        for record in records:
+            sites.setdefault((record.plate, record.well, record.site, record.z, record.t), []).append(record)
+        incomplete = set()
+        for members in sites.values():
+            missing = channels[members[0].plate] - {r.channel for r in members}
+            if missing:
+                for record in members:
+                    incomplete.add(record.relpath)
+                    self.skip(record.relpath, f"{record.relpath}: left out of {LOADDATA_NAME}: its site has no usable "
+                                              f"{', '.join(sorted(missing))} image")
+        return [r for r in records if r.relpath not in incomplete]
 
     @property
     def worker_device(self) -> str:
@@ -449,8 +593,8 @@ def _functions_for(groups, functions, out_dir) -> None:
 def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, layout=None, loaddata=None,
               background: BackgroundSettings | None = None, apply_method: str | None = None, functions=None,
               passes=PASSES, device="auto", workers: int = 1, scheduler: str | None = None, threads: int | None = None,
-              resume: bool = False, on_error: str = "fail", compression: str = "same", progress: bool | None = False,
-              log=None) -> RunResult:
+              resume: bool = False, overwrite: bool = False, on_error: str = "fail", compression: str = "same",
+              progress: bool | None = False, log=None) -> RunResult:
     """Run the plate job on INPUT, writing under OUT; returns a RunResult. See the module docstring.
 
     Method: ``settings`` (a CalculateSettings) or ``preset`` ("jump", ...); with neither and no
@@ -460,8 +604,14 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     default OUT/illum, or a mapping {channel or (plate, channel): path}). Discovery: ``pattern``
     (regex with named groups), ``layout`` (a built-in name) or ``loaddata`` (a CSV).
     ``device``: auto|cpu|gpu|cuda:N; ``workers``/``scheduler``: see engine.cluster.
+    OUT may hold unrelated files; if it holds the manifest of a different run (another INPUT or
+    other settings) the job refuses unless ``resume`` (same settings) or ``overwrite`` (removes the
+    files that manifest lists, illum/, corrected/ and manifest.json, nothing else).
+    The manifest's ``status`` is running, then complete or failed (with ``error``).
     Raises JobError (one line) for any problem the user must fix.
     """
+    if resume and overwrite:
+        raise JobError("resume and overwrite: give one of them")
     from gpuillum.backend import resolve_device
 
     if on_error not in ON_ERROR:
@@ -485,6 +635,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         apply_method = default_apply_method(settings)
     if apply_method not in ("Divide", "Subtract"):
         raise JobError(f"apply_method: expected Divide or Subtract, got {apply_method!r}")
+    check_method(settings, apply_method, passes)
     per_image = settings if (settings is not None and not aggregates(settings) and "calc" in passes) else None
     options = ApplyOptions(method=apply_method, background=background, per_image_settings=per_image, compression=compression)
     threads = threads or default_threads()
@@ -493,7 +644,13 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     plan = plan_plate(input_dir, pattern=pattern, layout=layout, loaddata=loaddata)
     discovery = {"pattern": pattern, "layout": layout, "loaddata": None if loaddata is None else str(loaddata)}
     job = _Job(input_dir, out_dir, settings=settings, apply_options=options, device=device, workers=workers,
-               scheduler=scheduler, threads=threads, resume=resume, on_error=on_error, progress=progress, log=log)
+               scheduler=scheduler, threads=threads, resume=resume, on_error=on_error, progress=progress, log=log,
+               overwrite=overwrite)
+    method = describe_method(settings) if "calc" in passes else "existing illumination functions" if functions is not None or background is None else ""
+    if background is not None:
+        method = "; ".join(filter(None, [method if settings is not None or "calc" not in passes else "",
+                                         f"{background.method} background subtraction, radius {background.radius}"]))
+    job.result.method = method
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -509,15 +666,16 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         "input": str(input_dir.resolve()),
         "discovery": discovery,
     }
-    job.open_manifest(manifest_settings)
+    job.open_manifest(manifest_settings, method)
     try:
         _run_passes(job, passes, settings, background, functions, resume, plan)
-    except BaseException:  # Ctrl-C or an error: keep the record of every file finished so far, for --resume
+    except BaseException as error:  # Ctrl-C or an error: keep the record of every file finished so far, for --resume
+        message = "interrupted" if isinstance(error, KeyboardInterrupt) else _message(error)
         with contextlib.suppress(Exception):
-            job.save_manifest(force=True)
+            job.finish("failed", message)
         raise
     job.manifest.timings["total"] = time.perf_counter() - started
-    job.save_manifest(force=True)
+    job.finish("complete")
     job.result.manifest = out_dir / MANIFEST_NAME
     job.result.timings = {"total": time.perf_counter() - started}
     return job.result
