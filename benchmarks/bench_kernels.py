@@ -153,7 +153,14 @@ def cpu_peers():
         return {"centrosome.smooth.fit_polynomial (CellProfiler)": lambda im: cps.fit_polynomial(im, np.ones(im.shape, bool))}
 
     def gaussian(sigma):
-        return {"scipy.ndimage.gaussian_filter": lambda im: ndi.gaussian_filter(im, sigma, mode="constant")}
+        out = {"scipy.ndimage.gaussian_filter (one pass, not normalised)": lambda im: ndi.gaussian_filter(im, sigma, mode="constant")}
+        if cps is not None:
+            def cp_gaussian(im):
+                image = im.astype(np.float32)
+                return cps.smooth_with_function_and_mask(image, lambda x: ndi.gaussian_filter(x, sigma, mode="constant", cval=0),
+                                                         np.ones(im.shape, bool))
+            out["centrosome smooth_with_function_and_mask (CellProfiler Gaussian)"] = cp_gaussian
+        return out
 
     peers.update(median=median, opening=opening, tophat=tophat, block_minimum=block_minimum, fit=fit, gaussian=gaussian)
     return peers
@@ -275,7 +282,8 @@ def main(argv=None) -> int:
             try:
                 entry["peers"][name] = timed(fn, image, args.peer_budget, args.repeats)
             except Exception as exc:  # a peer that cannot run this case (size limits, dtype) is reported, not fatal
-                entry["peers"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+                first_line = (str(exc).splitlines() or [""])[0][:200]
+                entry["peers"][name] = {"error": f"{type(exc).__name__}: {first_line}"}
         timed_peers = {k: v for k, v in entry["peers"].items() if "median_s" in v}
         if timed_peers:
             best = min(timed_peers, key=lambda k: timed_peers[k]["median_s"])
