@@ -1,0 +1,96 @@
+"""Markdown tables of the benchmark results in benchmarks/results/ (for the README).
+
+Usage: ``python benchmarks/summarize.py [RESULTS_DIR]``. Reads every kernels-*.json, cellprofiler-*.json
+and plate-*.json file and prints one table per benchmark with the machine each ran on.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+CELLPROFILER_PEERS = ("CellProfiler", "centrosome")
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.1f}" if seconds < 10 else f"{seconds:,.1f} s"
+
+
+def _machine(machine: dict) -> str:
+    gpu = machine.get("gpu")
+    where = f"{gpu['name']} GPU" if gpu else f"{machine.get('cpu_count')}-core {machine.get('processor', 'CPU')}, no GPU"
+    return f"{where}; numpy {machine.get('numpy')}, scipy {machine.get('scipy')}, scikit-image {machine.get('skimage', '-')}; {machine.get('date', '')[:10]}"
+
+
+def _params(params: dict) -> str:
+    skip = {"size"}
+    return ", ".join(f"{k} {v}" for k, v in params.items() if k not in skip)
+
+
+def kernels_table(files: list[Path]) -> str:
+    """One row per (kernel, size, field level, parameters); a case measured twice keeps the newer file's row."""
+    rows, machines = {}, set()
+    for path in sorted(files, key=lambda p: p.stat().st_mtime):
+        data = json.loads(path.read_text())
+        machines.add(_machine(data["machine"]))
+        level = data["args"].get("background", 400.0)
+        for entry in data["results"]:
+            peers = {k: v for k, v in entry["peers"].items() if "median_s" in v}
+            cp = {k: v for k, v in peers.items() if any(tag in k for tag in CELLPROFILER_PEERS)}
+            best = entry.get("best_peer")
+            ours = entry["gpuillum"]["median_s"]
+            cp_name = min(cp, key=lambda k: cp[k]["median_s"]) if cp else None
+            key = (entry["kernel"], entry["params"]["size"], f"{level:.0f}", _params(entry["params"]))
+            rows[key] = key + (
+                _ms(ours),
+                f"{best}: {_ms(peers[best]['median_s'])}{'*' if 'extrapolated_from' in peers[best] else ''}" if best else "-",
+                f"{peers[best]['median_s'] / ours:.1f}x" if best else "-",
+                f"{cp[cp_name]['median_s'] / ours:.1f}x" if cp_name else "-",
+            )
+    rows = [rows[key] for key in sorted(rows)]
+    lines = ["| kernel | size | field level | parameters | gpuillum ms | fastest peer: ms | vs fastest | vs CellProfiler's path |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    notes = ("Field level: counts of the 12-bit test field above its 100-count offset (skimage's rank median slows "
+             "down as it rises). *: the peer was timed on a centred crop and scaled by the pixel ratio.\n")
+    return "\n".join(lines) + "\n\n" + notes + "".join(f"Machine: {m}.\n" for m in sorted(machines))
+
+
+def cellprofiler_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = [f"{data['results'][0]['images']} images of {data.get('size', '?')}² per setting" if data["results"] else "",
+             "", "| setting | timing | gpuillum CPU s | CellProfiler's path s | speed-up | GPU s |", "|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        gpu = f"{r['gpu_s']:.4f}" if "gpu_s" in r else "-"
+        lines.append(f"| {r['setting']} | {r['timing']} | {r['gpuillum_cpu_s']:.4f} | {r['cellprofiler_cpu_s']:.4f} | {r['speedup_cpu']:.1f}x | {gpu} |")
+    return "\n".join(lines) + f"\n\nMachine: {_machine(data['machine'])}.\n"
+
+
+def plate_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = [f"{data['images']} sites x 2 channels of {data['shape'][0]}x{data['shape'][1]} uint16, recipe {data['recipe']}", "",
+             "| variant | seconds | images/s |", "|---|---|---|"]
+    for r in data["results"]:
+        lines.append(f"| {r['variant']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} |")
+    s = data.get("summary", {})
+    if s:
+        lines += ["", f"Best gpuillum CPU variant: {s.get('best_cpu_variant')}; {s.get('speedup_vs_cellprofiler', float('nan')):.2f}x "
+                      f"CellProfiler's path; {s.get('vs_io_floor', float('nan')):.2f}x the I/O floor's time."]
+    return "\n".join(lines) + f"\n\nMachine: {_machine(data['machine'])}.\n"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    folder = Path(argv[0]) if argv else Path(__file__).resolve().parent / "results"
+    kernels = sorted(folder.glob("kernels-*.json"))
+    if kernels:
+        print("### Kernels\n\n" + kernels_table(kernels))
+    for path in sorted(folder.glob("cellprofiler-*.json")):
+        print(f"### CellProfiler settings ({path.name})\n\n" + cellprofiler_table(path))
+    for path in sorted(folder.glob("plate-*.json")):
+        print(f"### Plate job ({path.name})\n\n" + plate_table(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
