@@ -7,6 +7,7 @@ nothing here raises. No GPU API is touched at import time.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -77,6 +78,25 @@ def get_ndimage(xp: ModuleType) -> ModuleType:
     return ndi
 
 
+def device_of(array):
+    """Context manager making ``array``'s GPU current (a null context for NumPy arrays)."""
+    if is_cupy_array(array):
+        return _cupy().cuda.Device(array.device.id)
+    return contextlib.nullcontext()
+
+
+def on_input_device(function):
+    """Decorator for kernels: run with the first argument's GPU current, so an array on cuda:N is
+    computed on cuda:N whatever device the caller has current (NumPy inputs: no effect)."""
+
+    @functools.wraps(function)
+    def on_device(image, *args, **kwargs):
+        with device_of(image):
+            return function(image, *args, **kwargs)
+
+    return on_device
+
+
 def to_numpy(x) -> np.ndarray:
     """A NumPy array holding ``x`` (copies device arrays to the host)."""
     if is_cupy_array(x):
@@ -121,8 +141,6 @@ class Device:
 
     def activate(self):
         """Context manager making this device current (a null context on the CPU)."""
-        import contextlib
-
         if not self.is_gpu:
             return contextlib.nullcontext()
         return _cupy().cuda.Device(self.index)

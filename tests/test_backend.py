@@ -60,3 +60,29 @@ def test_cellprofiler_alias_module():
 
     assert cellprofiler.calculate is impl.calculate
     assert set(cellprofiler.__all__) == set(impl.__all__)
+
+
+def test_kernels_keep_their_names_and_docs_under_the_device_decorator():
+    import gpuillum
+
+    for name in ("grey_opening", "block_minimum", "upsample", "fit_polynomial", "gaussian_filter", "median_background"):
+        function = getattr(gpuillum, name)
+        assert function.__name__ == name and function.__doc__
+
+
+def test_device_of_numpy_is_a_null_context():
+    with backend.device_of(np.zeros(3)) as current:
+        assert current is None
+
+
+@pytest.mark.gpu
+def test_kernel_runs_on_the_device_of_its_input(cupy):
+    import gpuillum
+
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two GPUs")
+    with cupy.cuda.Device(1):
+        image = cupy.arange(64 * 64, dtype=cupy.uint16).reshape(64, 64)
+    with cupy.cuda.Device(0):
+        result = gpuillum.grey_opening(image, 3)
+    assert result.device.id == 1

@@ -161,10 +161,11 @@ def _apply_on_gpu(records, function, options, out_dir, reader, device, pool, thr
     cp = device.xp
     shape, dtype = reader.shape, reader.dtype
     with device.activate():
-        resident = None if function is None else cp.asarray(function)
         stream = cp.cuda.Stream(non_blocking=True)
+        with stream:  # the batches run on this stream: the function must be on the device before them
+            resident = None if function is None else cp.asarray(function)
         pinned_in = cupyx.empty_pinned((GPU_BATCH, *shape), dtype)
-        pinned_out = [cupyx.empty_pinned((GPU_BATCH, *shape), dtype) for _ in range(2)]
+        pinned_out = None  # allocated from the first corrected batch's dtype (float64 in -> float32 out)
         device_in = cp.empty((GPU_BATCH, *shape), dtype)
         writes: list[list] = [[], []]
         reads = ordered_map(reader.read_with_info, records, pool, depth=max(2 * GPU_BATCH, 2 * threads))
@@ -188,6 +189,8 @@ def _apply_on_gpu(records, function, options, out_dir, reader, device, pool, thr
             with stream:
                 device_in[:count].set(pinned_in[:count], stream=stream)
                 corrected = cp.stack([correct_image(device_in[i], resident, options) for i in range(count)])
+                if pinned_out is None:
+                    pinned_out = [cupyx.empty_pinned((GPU_BATCH, *shape), corrected.dtype) for _ in range(2)]
                 corrected.get(stream=stream, out=pinned_out[slot][:count])
             stream.synchronize()
             writes[slot] = [

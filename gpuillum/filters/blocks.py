@@ -24,7 +24,7 @@ import numbers
 import numpy as np
 
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_mask, check_radius
-from ..backend import get_array_module
+from ..backend import get_array_module, on_input_device
 
 STATS = ("min", "max", "mean", "median", "percentile")
 REDUCE_DTYPES = ORDER_DTYPES + (np.float64,)
@@ -128,6 +128,7 @@ def _reduce_blocks(x, op: str, row_labels, n_rows: int, col_labels, n_cols: int,
     return _reduce_runs(partial, col_labels, n_cols, 1, op, xp)  # (n_rows, n_cols)
 
 
+@on_input_device
 def block_minimum(image, block_size: int, *, mask=None):
     """Full-size image of per-block minima on CellProfiler's block layout, in the input dtype.
 
@@ -171,6 +172,7 @@ def _lerp(low, high, t, xp):
     return xp.where(t >= 0.5, high - diff * (1 - t), low + diff * t)
 
 
+@on_input_device
 def block_reduce(image, block_size: int, *, stat: str = "min", q=None, mask=None):
     """Small float32 grid of per-block statistics on the edge-anchored layout (see module doc).
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import numbers
 
 from .._checks import check_image, check_radius
-from ..backend import get_array_module
+from ..backend import get_array_module, on_input_device
 from .blocks import block_reduce
 from .median import median_filter
 from .resample import upsample
@@ -58,6 +58,7 @@ def auto_downsample(radius: int, shape) -> int:
     return max(1, min(radius // AUTO_RADIUS_PER_FACTOR, limit))
 
 
+@on_input_device
 def median_background(image, radius: int, *, downsample="auto", footprint: str = "disk"):
     """Median background of ``image`` with a ``radius`` disk (or square), as float32.
 

@@ -38,7 +38,7 @@ import numba
 import numpy as np
 
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_radius
-from ..backend import cuda_kernel, get_array_module
+from ..backend import cuda_kernel, get_array_module, on_input_device
 from .footprints import FOOTPRINTS, chord_half_widths
 
 __all__ = ["grey_erosion", "grey_dilation", "grey_opening", "grey_closing", "white_tophat", "black_tophat"]
@@ -54,30 +54,35 @@ _THREADS = 256
 # ----------------------------------------------------------------------------- public functions
 
 
+@on_input_device
 def grey_erosion(image, radius, *, footprint="disk"):
     """Minimum over the in-bounds pixels of a disk or square of ``radius``; input dtype out."""
     image, radius = _validated(image, radius, footprint)
     return _erode(image, radius, footprint)
 
 
+@on_input_device
 def grey_dilation(image, radius, *, footprint="disk"):
     """Maximum over the in-bounds pixels of a disk or square of ``radius``; input dtype out."""
     image, radius = _validated(image, radius, footprint)
     return _dilate(image, radius, footprint)
 
 
+@on_input_device
 def grey_opening(image, radius, *, footprint="disk"):
     """Dilation of the erosion (borders ignored in both): removes bright details smaller than the footprint."""
     image, radius = _validated(image, radius, footprint)
     return _dilate(_erode(image, radius, footprint), radius, footprint)
 
 
+@on_input_device
 def grey_closing(image, radius, *, footprint="disk"):
     """Erosion of the dilation (borders ignored in both): removes dark details smaller than the footprint."""
     image, radius = _validated(image, radius, footprint)
     return _erode(_dilate(image, radius, footprint), radius, footprint)
 
 
+@on_input_device
 def white_tophat(image, radius, *, footprint="disk"):
     """``image - grey_opening(image)``: the bright details smaller than the footprint, input dtype."""
     opened = grey_opening(image, radius, footprint=footprint)
@@ -85,6 +90,7 @@ def white_tophat(image, radius, *, footprint="disk"):
     return xp.subtract(image, opened, out=opened)
 
 
+@on_input_device
 def black_tophat(image, radius, *, footprint="disk"):
     """``grey_closing(image) - image``: the dark details smaller than the footprint, input dtype."""
     closed = grey_closing(image, radius, footprint=footprint)

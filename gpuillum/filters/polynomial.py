@@ -19,7 +19,7 @@ import numbers
 import numpy as np
 
 from .._checks import check_image, check_mask
-from ..backend import get_array_module, to_numpy
+from ..backend import get_array_module, on_input_device, to_numpy
 from .blocks import block_reduce
 
 MAX_DEGREE = 8
@@ -126,6 +126,7 @@ def _robust_coefficients(image, valid, degree: int) -> np.ndarray:
     return coefficients
 
 
+@on_input_device
 def fit_polynomial(image, degree: int = 2, *, mask=None, robust: bool = False, exclude_zeros: bool = True, clip=None):
     """Least-squares polynomial surface of total degree ``degree`` (0..8) fitted to ``image``, float32.
 

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse
 
 from .._checks import check_image
-from ..backend import get_array_module, is_cupy_array
+from ..backend import get_array_module, is_cupy_array, on_input_device
 
 RESAMPLE_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
@@ -50,6 +50,7 @@ def edge_anchored_positions(n: int, length: int) -> np.ndarray:
     return np.arange(length, dtype=np.float64) * (n - 1) / (length - 1)  # exact at every sample pixel
 
 
+@on_input_device
 def upsample(grid, shape):
     """Bilinear, edge-anchored enlargement of a grid to ``shape`` (float32).
 
@@ -154,7 +155,11 @@ def _device_operator(host_operator, in_len: int, out_len: int, device_id: int):
     import cupyx.scipy.sparse
 
     with cupy.cuda.Device(device_id):
-        return cupyx.scipy.sparse.csr_matrix(host_operator(in_len, out_len))
+        matrix = cupyx.scipy.sparse.csr_matrix(host_operator(in_len, out_len))
+        # canonical before it is shared: a first product would otherwise rebuild it in place
+        matrix.sum_duplicates()
+        cupy.cuda.get_current_stream().synchronize()
+        return matrix
 
 
 def _operator_like(host_operator, image, in_len: int, out_len: int):
@@ -185,6 +190,7 @@ def _apply_separable(image, host_operator, out_shape):
     return xp.ascontiguousarray(resized)
 
 
+@on_input_device
 def resize_bilinear(image, factor_or_shape):
     """CellProfiler's Resize module with "Bilinear" interpolation, as float32.
 

@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from .._checks import check_image, check_mask
-from ..backend import get_array_module, get_ndimage
+from ..backend import get_array_module, get_ndimage, on_input_device
 
 SMOOTH_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 TRUNCATE = 4.0
@@ -26,6 +26,16 @@ def _check_sigma(sigma) -> float:
     return float(sigma)
 
 
+def _gaussian_float32(pixels, sigma: float, xp, ndi):
+    """SciPy's separable Gaussian of a float32 image on either backend: each 1-D pass sums in
+    float64 and rounds to float32 (cupyx alone would sum a float32 input in float32)."""
+    for axis in range(pixels.ndim):
+        pixels = ndi.gaussian_filter1d(pixels.astype(xp.float64), sigma, axis=axis, mode="constant", cval=0,
+                                       truncate=TRUNCATE).astype(xp.float32)
+    return pixels
+
+
+@on_input_device
 def gaussian_filter(image, sigma: float, *, mask=None):
     """Mask-normalised Gaussian smoothing of ``image`` (as float32), returned as float32.
 
@@ -39,7 +49,7 @@ def gaussian_filter(image, sigma: float, *, mask=None):
     ndi = get_ndimage(xp)
     pixels = image.astype(xp.float32)
     if mask is None:
-        numerator = ndi.gaussian_filter(pixels, sigma, mode="constant", cval=0, truncate=TRUNCATE)
+        numerator = _gaussian_float32(pixels, sigma, xp, ndi)
         # the Gaussian of an all-ones image is the outer product of the two 1-D edge profiles
         profiles = [
             ndi.gaussian_filter1d(xp.ones(n, dtype=xp.float64), sigma, mode="constant", cval=0, truncate=TRUNCATE)
@@ -47,6 +57,6 @@ def gaussian_filter(image, sigma: float, *, mask=None):
         ]
         weight = profiles[0][:, None] * profiles[1][None, :]
     else:
-        numerator = ndi.gaussian_filter(xp.where(mask, pixels, np.float32(0)), sigma, mode="constant", cval=0, truncate=TRUNCATE)
+        numerator = _gaussian_float32(xp.where(mask, pixels, np.float32(0)), sigma, xp, ndi)
         weight = ndi.gaussian_filter(mask.astype(xp.float64), sigma, mode="constant", cval=0, truncate=TRUNCATE)
     return (numerator / (weight + np.finfo(np.float64).eps)).astype(xp.float32)

@@ -24,7 +24,6 @@ end). Here a group is always reduced first and smoothed once.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import numbers
@@ -33,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._checks import check_choice, check_image, check_mask
-from ..backend import get_array_module, get_ndimage, is_cupy_array, same_backend, to_numpy
+from ..backend import device_of, get_array_module, get_ndimage, is_cupy_array, same_backend, to_numpy
 from ..correct import apply  # re-exported: CorrectIlluminationApply
 from .functions_io import function_filename, load_function, save_function  # re-exported
 
@@ -377,7 +376,8 @@ def _normalised_convolution(pixels, mask, kernel, xp):
     weights = xp.asarray(kernel)
     weight_image = xp.ones(pixels.shape, xp.float64) if mask is None else mask.astype(xp.float64)
     masked = pixels if mask is None else xp.where(mask, pixels, xp.float32(0))
-    numerator = ndi.convolve(masked, weights, mode="constant", cval=0)
+    # in float64 then rounded once, as scipy does for a float32 image: cupyx would sum in float32
+    numerator = ndi.convolve(masked.astype(xp.float64), weights, mode="constant", cval=0).astype(xp.float32)
     denominator = ndi.convolve(weight_image, weights, mode="constant", cval=0)
     return (numerator / (denominator + np.finfo(np.float64).eps)).astype(xp.float32)
 
@@ -476,10 +476,6 @@ def rescale(pixels, mask, option: str):
 
 # ---------------------------------------------------------------------------------------------
 # Accumulator
-
-
-def _device_of(array):
-    return array.device if is_cupy_array(array) else contextlib.nullcontext()
 
 
 class IlluminationAccumulator:
@@ -601,7 +597,7 @@ class IlluminationAccumulator:
         """Add one 2-D image (uint8, uint16, float32 or float64; NumPy or CuPy) and its optional mask."""
         if not self.settings.is_all and self.count:
             raise ValueError("add: an 'Each' accumulator holds one image; use calculate() or one accumulator per image")
-        with _device_of(image):
+        with device_of(image):
             shape, pixels, mask, deferred = self._prepare(image, mask)
             self._deferred = deferred
             xp = get_array_module(pixels)
@@ -634,16 +630,17 @@ class IlluminationAccumulator:
         if self.count and other.shape != self.shape:
             raise ValueError(f"other: image shape {other.shape} differs from {self.shape}")
         like = other._sum if self._sum is None else self._sum
-        if self.count and self._deferred != other._deferred:
-            if self._deferred:
-                self._undefer()
-            self._add_sum(same_backend(other._working_sum(), like), None, other.count)
-        else:
-            self._deferred = other._deferred
-            self._add_sum(same_backend(other._sum, like), other._scale, other.count)
-        if other._masked_count is not None:
-            counts = same_backend(other._masked_count, like)
-            self._masked_count = counts.copy() if self._masked_count is None else self._masked_count + counts
+        with device_of(like):  # partials summed in worker threads may arrive with another device current
+            if self.count and self._deferred != other._deferred:
+                if self._deferred:
+                    self._undefer()
+                self._add_sum(same_backend(other._working_sum(), like), None, other.count)
+            else:
+                self._deferred = other._deferred
+                self._add_sum(same_backend(other._sum, like), other._scale, other.count)
+            if other._masked_count is not None:
+                counts = same_backend(other._masked_count, like)
+                self._masked_count = counts.copy() if self._masked_count is None else self._masked_count + counts
         self._unmasked += other._unmasked
         self.shape = other.shape
         self.count += other.count
@@ -711,7 +708,7 @@ class IlluminationAccumulator:
         at every stage; CellProfiler 4.2's All modes drop it after dilation or smoothing.
         """
         settings = self.settings
-        with _device_of(self._sum) if self._sum is not None else contextlib.nullcontext():
+        with device_of(self._sum):
             average, valid = self.average()  # valid None: every pixel (same results as an all-True mask)
             xp = get_array_module(average)
             if valid is not None and not bool(valid.any()):

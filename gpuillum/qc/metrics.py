@@ -95,7 +95,7 @@ def flatfield_cv(images, mask=None, *, dark="auto", return_field: bool = False) 
     if mask is not None:
         if tuple(mask.shape) != tuple(images[0].shape):
             raise ValueError(f"mask: shape {tuple(mask.shape)} does not match the image shape {tuple(images[0].shape)}")
-        mask = xp.asarray(mask, dtype=bool)
+        mask = same_backend(mask, images[0]).astype(bool)
         if not bool(mask.any()):
             raise ValueError("mask: selects no pixels")
     if isinstance(dark, str):
