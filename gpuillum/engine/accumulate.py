@@ -59,20 +59,43 @@ class _BatchSum:
     def __call__(self, batch):
         from gpuillum.illumination.cellprofiler import IlluminationAccumulator
 
-        partial, skipped = None, []
-        for record in batch:
-            try:
-                image = self.read(record)
-            except ValueError as error:
-                if self.on_error != "skip":
-                    raise
-                skipped.append((record.relpath, str(error)))
-                continue
+        skipped: list[tuple[str, str]] = []
+        images = self._read_batch(batch, skipped)
+        if self.device.is_gpu:  # the whole batch crosses to the device in one pinned transfer
+            images = _upload_batch(list(images), self.device)
+        partial = None
+        for image in images:
             if partial is None:
                 partial = IlluminationAccumulator(self.settings)
             with self.device.activate():
                 partial.add(self.device.asarray(image))
         return partial, skipped
+
+    def _read_batch(self, batch, skipped):
+        """The batch's decoded images, one at a time; a file that cannot be read raises, or with
+        on_error="skip" is appended to ``skipped`` as (relpath, reason) and left out."""
+        for record in batch:
+            try:
+                yield self.read(record)
+            except ValueError as error:
+                if self.on_error != "skip":
+                    raise
+                skipped.append((record.relpath, str(error)))
+
+
+def _upload_batch(images: list, device):
+    """Stack ``images`` (NumPy) into a pinned host buffer and copy it to ``device`` in one transfer."""
+    if not images:
+        return []
+    import cupyx
+
+    with device.activate():
+        pinned = cupyx.empty_pinned((len(images), *images[0].shape), images[0].dtype)
+        for index, image in enumerate(images):
+            pinned[index] = image
+        on_device = device.xp.empty(pinned.shape, pinned.dtype)
+        on_device.set(pinned)  # synchronous on the current stream: the pinned buffer can be dropped
+        return list(on_device)
 
 
 def accumulate_records(records, settings, device, read, *, threads: int = 1, on_error: str = "fail", tick=None):
@@ -82,7 +105,8 @@ def accumulate_records(records, settings, device, read, *, threads: int = 1, on_
     ``on_error="skip"`` such files are listed in ``skipped`` as (relpath, reason) and left out.
     Batches are summed in parallel in ``threads`` threads (each batch by one thread, in record
     order), at most ``threads`` batches ahead of the merge, so host memory holds about ``threads``
-    decoded images and partial sums. ``tick(n)`` is called as each batch of n records is merged.
+    decoded images and partial sums (on a GPU: ``threads`` pinned batches of BATCH_SIZE images,
+    each uploaded in one transfer). ``tick(n)`` is called as each batch of n records is merged.
     """
     threads = max(1, threads)
     merged = OrderedMerge()
