@@ -22,7 +22,7 @@ import numba
 import numpy as np
 
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_radius
-from ..backend import cuda_kernel, get_array_module
+from ..backend import cuda_kernel, get_array_module, on_input_device
 from .footprints import FOOTPRINTS, chord_half_widths
 
 MODES = ("ignore", "reflect", "nearest", "mirror", "constant")
@@ -30,6 +30,7 @@ MODES = ("ignore", "reflect", "nearest", "mirror", "constant")
 _NUMPY_PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge"}
 
 
+@on_input_device
 def median_filter(image, radius, *, footprint="disk", mode="ignore", cval=0):
     """Exact median over a disk (x^2 + y^2 <= r^2) or square ((2r+1)^2) window.
 
@@ -108,8 +109,15 @@ def _pad(image, radius, mode, cval, xp):
 # updates (`coarse`, and `top` for blocks of 4**shift levels), or, when the levels are dense
 # compared with the window (n_tiers = 1), from summing the block's fine bins on demand: the median
 # then moves a few levels per pixel and the cheaper updates win (~25 % faster on 12-bit data).
+# An absent tier is passed as None, so numba compiles each layout without its tier tests.
+# Update cost (measured on 12-bit fields, ~2x in all against a straightforward loop): the image is
+# read through a flat index plus per-row chord-end offsets, with unsigned indices (no negative-index
+# wraparound code) and unsigned below-counts (each comparison becomes one add-carry); window rows
+# go two at a time; the count n // 2 is hoisted out of the interior steps. Two bands interleaved
+# in one thread and int16 counts or int32 offsets were measured too: slower or no better.
 
 _THREADED_UPDATES = 1 << 20  # below ~this many window-row updates (a few ms) one thread is faster
+_BANDS_PER_THREAD = 4  # row bands per thread: load balance against a window rebuild per band
 _LAZY_LEVELS_PER_PIXEL = 64  # n_tiers = 1 while levels <= this x window area (measured crossover)
 _LAZY_SHIFT = 6
 
@@ -125,19 +133,19 @@ def _tiers(n_levels: int, window_area: int) -> tuple[int, int]:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _count(fine, coarse, top, shift, n_tiers, value, delta):
-    # two flat tests: nesting them made numba's loop 4x slower
+def _count(fine, coarse, top, shift, value, delta):
+    """Add ``delta`` to the count of level ``value`` in every tier present."""
     fine[value] += delta
-    if n_tiers > 1:
+    if coarse is not None:
         coarse[value >> shift] += delta
-    if n_tiers == 3:
+    if top is not None:
         top[value >> (2 * shift)] += delta
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _block_count(fine, coarse, shift, n_tiers, block):
+def _block_count(fine, coarse, shift, block):
     """Window count of the levels in block ``block`` (2**shift levels)."""
-    if n_tiers > 1:
+    if coarse is not None:
         return coarse[block]
     total = 0
     for level in range(block << shift, min((block + 1) << shift, fine.size)):
@@ -145,18 +153,26 @@ def _block_count(fine, coarse, shift, n_tiers, block):
     return total
 
 
-@numba.njit(cache=True, nogil=True)
-def _walk(fine, coarse, top, shift, n_tiers, med, below, k):
+@numba.njit(cache=True, nogil=True, inline="always")
+def _walk(fine, coarse, top, shift, med, below, k):
     """Move ``med`` to the level holding element k; ``below`` = window count of levels < med."""
+    # a branch-free move of one level first: it settles most pixels without the mispredicted
+    # branches of the loops below (fine[-1] is read when med == 0, then weighted by zero)
+    here = fine[med]
+    under = fine[med - 1]
+    up = np.int64(below + here <= k)
+    down = np.int64(below > k)
+    below += up * here - down * under
+    med += up - down
     block = 1 << shift
     big = block << shift
     while below + fine[med] <= k:  # upwards, whole blocks where aligned
-        if n_tiers == 3 and med & (big - 1) == 0 and below + top[med >> (2 * shift)] <= k:
+        if top is not None and med & (big - 1) == 0 and below + top[med >> (2 * shift)] <= k:
             below += top[med >> (2 * shift)]
             med += big
             continue
         if med & (block - 1) == 0:
-            count = _block_count(fine, coarse, shift, n_tiers, med >> shift)
+            count = _block_count(fine, coarse, shift, med >> shift)
             if below + count <= k:
                 below += count
                 med += block
@@ -164,12 +180,12 @@ def _walk(fine, coarse, top, shift, n_tiers, med, below, k):
         below += fine[med]
         med += 1
     while below > k:  # downwards
-        if n_tiers == 3 and med & (big - 1) == 0 and below - top[(med >> (2 * shift)) - 1] > k:
+        if top is not None and med & (big - 1) == 0 and below - top[(med >> (2 * shift)) - 1] > k:
             below -= top[(med >> (2 * shift)) - 1]
             med -= big
             continue
         if med & (block - 1) == 0:
-            count = _block_count(fine, coarse, shift, n_tiers, (med >> shift) - 1)
+            count = _block_count(fine, coarse, shift, (med >> shift) - 1)
             if below - count > k:
                 below -= count
                 med -= block
@@ -180,34 +196,67 @@ def _walk(fine, coarse, top, shift, n_tiers, med, below, k):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _slide_inside(src, half, cy, cx, dy_lo, dy_hi, step, med, fine, coarse, top, shift, n_tiers):
-    """Move the window centred at (cy, cx) one column by ``step`` when every chord end is inside
-    the image; returns the change of the count below ``med``."""
-    radius = (half.size - 1) // 2
-    change = 0
-    for dy in range(dy_lo, dy_hi + 1):
-        hw = half[dy + radius]
-        entering = np.int64(src[cy + dy, cx + step * (hw + 1)])
-        leaving = np.int64(src[cy + dy, cx - step * hw])
-        _count(fine, coarse, top, shift, n_tiers, entering, 1)
-        _count(fine, coarse, top, shift, n_tiers, leaving, -1)
-        change += (entering < med) - (leaving < med)
-    return change
+def _exchange(src, entering_at, leaving_at, threshold, fine, coarse, top, shift):
+    """Count src[entering_at] in and src[leaving_at] out; returns whether each is below threshold."""
+    entering = src[entering_at]
+    leaving = src[leaving_at]
+    _count(fine, coarse, top, shift, entering, 1)
+    _count(fine, coarse, top, shift, leaving, -1)
+    return np.uint64(np.uint64(entering) < threshold), np.uint64(np.uint64(leaving) < threshold)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _slide(src, base, plus, minus, j_lo, j_hi, med, fine, coarse, top, shift):
+    """Horizontal step with every chord end inside the image: on window rows [j_lo, j_hi) count
+    src[base + plus[j]] in and src[base + minus[j]] out; returns the change of the count below med."""
+    # unsigned indices and counts: no wraparound code, and each comparison compiles to an add-carry
+    entered_below = np.uint64(0)
+    left_below = np.uint64(0)
+    threshold = np.uint64(med)
+    j = np.uint64(j_lo)
+    stop = np.uint64(j_hi)
+    if (stop - j) & np.uint64(1):  # one row, then the rest two at a time (fewer loop branches)
+        entered, left = _exchange(src, np.uint64(base + plus[j]), np.uint64(base + minus[j]), threshold, fine, coarse, top, shift)
+        entered_below += entered
+        left_below += left
+        j += np.uint64(1)
+    while j < stop:
+        entered, left = _exchange(src, np.uint64(base + plus[j]), np.uint64(base + minus[j]), threshold, fine, coarse, top, shift)
+        entered_below += entered
+        left_below += left
+        j += np.uint64(1)
+        entered, left = _exchange(src, np.uint64(base + plus[j]), np.uint64(base + minus[j]), threshold, fine, coarse, top, shift)
+        entered_below += entered
+        left_below += left
+        j += np.uint64(1)
+    return np.int64(entered_below) - np.int64(left_below)
 
 
 @numba.njit(cache=True, nogil=True)
-def _median_band(src, half, oy0, ox0, width, y_start, y_stop, out, fine, coarse, top, shift, n_tiers):
-    """Output rows [y_start, y_stop) in a snake walk (right on even rows, left on odd ones)."""
-    src_h, src_w = src.shape
+def _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, fine, coarse, top, shift):
+    """Output rows [y_start, y_stop) in a snake walk (right on even rows, left on odd ones);
+    ``src`` is the flattened image, ``src_w`` its width."""
+    src_h = src.size // src_w
     radius = (half.size - 1) // 2
+    # flat offsets from the centre of the chord ends of a step to the right: the pixel entering
+    # (dx = hw + 1) and the one leaving (dx = -hw) on each window row; a step to the left from
+    # cx is the reverse of the step to the right from cx - 1
+    ahead = np.empty(half.size, np.int64)
+    behind = np.empty(half.size, np.int64)
+    for j in range(half.size):
+        ahead[j] = (j - radius) * src_w + half[j] + 1
+        behind[j] = (j - radius) * src_w - half[j]
+    x_inside_lo = max(0, radius + 1 - ox0)  # steps from x in [lo, hi) keep every chord end inside
+    x_inside_hi = min(width - 1, src_w - radius - 1 - ox0)
+
     n = 0
     cy = oy0 + y_start
     for dy in range(max(-radius, -cy), min(radius, src_h - 1 - cy) + 1):
         hw = half[dy + radius]
         for col in range(max(0, ox0 - hw), min(src_w - 1, ox0 + hw) + 1):
-            _count(fine, coarse, top, shift, n_tiers, np.int64(src[cy + dy, col]), 1)
+            _count(fine, coarse, top, shift, src[(cy + dy) * src_w + col], 1)
             n += 1
-    med, below = _walk(fine, coarse, top, shift, n_tiers, 0, 0, n // 2)
+    med, below = _walk(fine, coarse, top, shift, 0, 0, n // 2)
 
     x = 0
     for y in range(y_start, y_stop):
@@ -217,44 +266,49 @@ def _median_band(src, half, oy0, ox0, width, y_start, y_stop, out, fine, coarse,
             for dx in range(max(-radius, -cx), min(radius, src_w - 1 - cx) + 1):
                 vh = half[dx + radius]
                 if cy - 1 - vh >= 0:
-                    value = np.int64(src[cy - 1 - vh, cx + dx])
-                    _count(fine, coarse, top, shift, n_tiers, value, -1)
+                    value = src[(cy - 1 - vh) * src_w + cx + dx]
+                    _count(fine, coarse, top, shift, value, -1)
                     n -= 1
                     below -= value < med
                 if cy + vh < src_h:
-                    value = np.int64(src[cy + vh, cx + dx])
-                    _count(fine, coarse, top, shift, n_tiers, value, 1)
+                    value = src[(cy + vh) * src_w + cx + dx]
+                    _count(fine, coarse, top, shift, value, 1)
                     n += 1
                     below += value < med
-            med, below = _walk(fine, coarse, top, shift, n_tiers, med, below, n // 2)
+            med, below = _walk(fine, coarse, top, shift, med, below, n // 2)
         out[y, x] = med
-        step = 1 if (y - y_start) % 2 == 0 else -1
-        dy_lo = max(-radius, -cy)
-        dy_hi = min(radius, src_h - 1 - cy)
+        forward = (y - y_start) % 2 == 0
+        j_lo = max(-radius, -cy) + radius  # window rows inside the image
+        j_hi = min(radius, src_h - 1 - cy) + radius + 1
+        row = cy * src_w + ox0
+        k = n // 2  # window size changes only in the border steps
         for _ in range(width - 1):
-            cx = ox0 + x
-            if cx - radius - 1 >= 0 and cx + radius + 1 < src_w:  # every chord end inside: no checks
-                if step == 1:  # a literal step lets the compiler drop the multiplications
-                    below += _slide_inside(src, half, cy, cx, dy_lo, dy_hi, 1, med, fine, coarse, top, shift, n_tiers)
+            if x_inside_lo <= x < x_inside_hi:
+                if forward:
+                    below += _slide(src, row + x, ahead, behind, j_lo, j_hi, med, fine, coarse, top, shift)
+                    x += 1
                 else:
-                    below += _slide_inside(src, half, cy, cx, dy_lo, dy_hi, -1, med, fine, coarse, top, shift, n_tiers)
+                    below += _slide(src, row + x - 1, behind, ahead, j_lo, j_hi, med, fine, coarse, top, shift)
+                    x -= 1
             else:
-                for dy in range(dy_lo, dy_hi + 1):
-                    hw = half[dy + radius]
+                step = 1 if forward else -1
+                cx = ox0 + x
+                for j in range(j_lo, j_hi):  # branch-free: an end outside the image counts 0 times
+                    hw = half[j]
                     enter = cx + step * (hw + 1)
                     leave = cx - step * hw
-                    if 0 <= enter < src_w:
-                        value = np.int64(src[cy + dy, enter])
-                        _count(fine, coarse, top, shift, n_tiers, value, 1)
-                        n += 1
-                        below += value < med
-                    if 0 <= leave < src_w:
-                        value = np.int64(src[cy + dy, leave])
-                        _count(fine, coarse, top, shift, n_tiers, value, -1)
-                        n -= 1
-                        below -= value < med
-            x += step
-            med, below = _walk(fine, coarse, top, shift, n_tiers, med, below, n // 2)
+                    enter_inside = np.int64(np.uint64(enter) < np.uint64(src_w))
+                    leave_inside = np.int64(np.uint64(leave) < np.uint64(src_w))
+                    line = (cy + j - radius) * src_w  # an end outside reads column 0 instead
+                    entering = src[np.uint64(line + enter * enter_inside)]
+                    leaving = src[np.uint64(line + leave * leave_inside)]
+                    _count(fine, coarse, top, shift, entering, enter_inside)
+                    _count(fine, coarse, top, shift, leaving, -leave_inside)
+                    n += enter_inside - leave_inside
+                    below += enter_inside * np.int64(entering < med) - leave_inside * np.int64(leaving < med)
+                x += step
+                k = n // 2
+            med, below = _walk(fine, coarse, top, shift, med, below, k)
             out[y, x] = med
 
 
@@ -265,20 +319,20 @@ def _median_levels_cpu(levels, half, oy0, ox0, height, width, n_levels):
     numba prange, without its several seconds of extra compile time per dtype.
     """
     shift, n_tiers = _tiers(n_levels, int(np.sum(2 * half + 1)))
-    n_coarse = ((n_levels - 1) >> shift) + 1 if n_tiers > 1 else 1
-    n_top = ((n_levels - 1) >> (2 * shift)) + 1 if n_tiers == 3 else 1
     half = half.astype(np.int64)
+    src_w = levels.shape[1]
+    src = np.ascontiguousarray(levels).reshape(-1)
     out = np.empty((height, width), dtype=levels.dtype)
     n_threads = numba.get_num_threads()
     small = height * width * half.size < _THREADED_UPDATES  # a few ms of work: threads cost more
-    n_bands = 1 if small or n_threads == 1 else min(height, 4 * n_threads)
+    n_bands = 1 if small or n_threads == 1 else min(height, _BANDS_PER_THREAD * n_threads)
 
     def run_band(band):
         y_start, y_stop = band * height // n_bands, (band + 1) * height // n_bands
         fine = np.zeros(n_levels, dtype=np.int32)
-        coarse = np.zeros(n_coarse, dtype=np.int32)
-        top = np.zeros(n_top, dtype=np.int32)
-        _median_band(levels, half, oy0, ox0, width, y_start, y_stop, out, fine, coarse, top, shift, n_tiers)
+        coarse = np.zeros(((n_levels - 1) >> shift) + 1, dtype=np.int32) if n_tiers > 1 else None
+        top = np.zeros(((n_levels - 1) >> (2 * shift)) + 1, dtype=np.int32) if n_tiers == 3 else None
+        _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, fine, coarse, top, shift)
 
     if n_bands == 1:
         run_band(0)
