@@ -103,6 +103,43 @@ def timed(function, *args, **kwargs) -> float:
     return time.perf_counter() - start
 
 
+class GpuBusySampler:
+    """Fraction of time the GPU was busy while the block ran: NVML's utilisation (the share of each
+    sample period in which a kernel ran), sampled every 50 ms in a thread. ``fraction`` is None
+    when NVML (nvidia-ml-py) is not available."""
+
+    def __init__(self, index: int = 0, period: float = 0.05):
+        self.index, self.period, self.samples, self.fraction = index, period, [], None
+
+    def __enter__(self):
+        import threading
+
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle, self._nvml = pynvml.nvmlDeviceGetHandleByIndex(self.index), pynvml
+        except Exception:
+            self._handle = None
+            return self
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(self.period):
+            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+
+    def __exit__(self, *exc):
+        if self._handle is not None:
+            self._stop.set()
+            self._thread.join()
+            if self.samples:
+                self.fraction = sum(self.samples) / (100.0 * len(self.samples))
+        return False
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=384, help="sites per channel (default 384; 2 channels)")
@@ -146,8 +183,9 @@ def main(argv=None) -> int:
             shutil.rmtree(out)
         if gpu_available():
             out = scratch / "gpu"
-            seconds = timed(run_plate, source, out, preset="jump", layout="gpuillum", device="gpu", threads=threads)
-            record("gpuillum gpu", seconds, device="gpu", threads=threads)
+            with GpuBusySampler() as busy:
+                seconds = timed(run_plate, source, out, preset="jump", layout="gpuillum", device="gpu", threads=threads)
+            record("gpuillum gpu", seconds, device="gpu", threads=threads, gpu_busy_fraction=busy.fraction)
             shutil.rmtree(out)
         if not args.skip_cellprofiler:
             record("cellprofiler path", timed(cellprofiler_path, by_channel, scratch / "cp", source), processes=1)
@@ -161,6 +199,11 @@ def main(argv=None) -> int:
                "vs_io_floor": best_cpu["seconds"] / by_name["io-floor"]["seconds"]}
     if "cellprofiler path" in by_name:
         summary["speedup_vs_cellprofiler"] = by_name["cellprofiler path"]["seconds"] / best_cpu["seconds"]
+    if "gpuillum gpu" in by_name:
+        gpu = by_name["gpuillum gpu"]
+        summary["gpu_vs_io_floor"] = gpu["seconds"] / by_name["io-floor"]["seconds"]
+        summary["gpu_busy_fraction"] = gpu["gpu_busy_fraction"]
+        print(f"GPU: {summary['gpu_vs_io_floor']:.2f}x the I/O floor's time, GPU busy {gpu['gpu_busy_fraction']}")
     print("\n| variant | s | img/s |\n|---|---:|---:|")
     for row in rows:
         print(f"| {row['variant']} | {row['seconds']:.2f} | {row['images_per_s']:.1f} |")
