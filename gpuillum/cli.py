@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from gpuillum.engine.job import one_line
+
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_PRESET = "jump"
 SHOWN_SKIPPED = 5  # skipped inputs listed in the run summary; the manifest has them all
@@ -267,7 +269,7 @@ def settings_from_args(args):
             return None
         return base.replace(**changes) if changes else base
     except (ValueError, TypeError, KeyError, OSError) as error:
-        raise UsageError(_option_names(_one_line(error))) from None
+        raise UsageError(_option_names(one_line(error))) from None
 
 
 def background_from_args(args):
@@ -308,12 +310,6 @@ def _option_names(text: str) -> str:
     import re
 
     return re.sub(r"(?<![-\w])(" + "|".join(OPTION_NAMES) + r")(?!\w)", lambda m: OPTION_NAMES[m.group(1)], text)
-
-
-def _one_line(error: BaseException) -> str:
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    text = str(text).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _logger(args):
@@ -413,11 +409,11 @@ def main(argv=None) -> int:
         print("gpuillum: interrupted; finished files are kept, nothing half-written was left (rerun with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (UsageError, ValueError) as error:  # JobError and the one-line argument errors of the API
-        print(f"gpuillum: error: {_one_line(error)}", file=sys.stderr)
+        print(f"gpuillum: error: {one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:  # e.g. an output folder that cannot be written
         where = f"{error.filename}: " if error.filename else ""
-        print(f"gpuillum: error: {where}{error.strerror or _one_line(error)}", file=sys.stderr)
+        print(f"gpuillum: error: {where}{error.strerror or one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
 
 

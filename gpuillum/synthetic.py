@@ -527,7 +527,7 @@ def make_synthetic_plate(out_dir, *, plate="DEMO", rows="BC", cols=(3, 4, 5), si
     resolution tag by default). Truth: ``out_dir/truth/<plate>_flat_<channel>.npy`` (float32, mean 1),
     ``<plate>_dark_<channel>.npy`` (counts) and ``truth.json`` (every parameter).
     """
-    from .io.atomic import atomic_path, atomic_save_npy
+    from .io.atomic import atomic_save_npy, atomic_write_bytes
     from .io.tiff import write_tiff
 
     model = SyntheticModel(plate, rows, cols, sites, channels, shape, seed, bit_depth)
@@ -555,8 +555,7 @@ def make_synthetic_plate(out_dir, *, plate="DEMO", rows="BC", cols=(3, 4, 5), si
     description["images"] = [image_relpath(plate, k) for k in keys]
     description["truth"] = {ch: {"flat": flat_paths[ch].name, "dark": dark_paths[ch].name} for ch in model.channels}
     truth_json = truth_dir / "truth.json"
-    with atomic_path(truth_json) as tmp:
-        Path(tmp).write_text(json.dumps(description, indent=2) + "\n")
+    atomic_write_bytes(truth_json, (json.dumps(description, indent=2) + "\n").encode())
     return SyntheticPlate(
         out_dir=out_dir, plate=plate, shape=model.shape, dtype=model.dtype.name, bit_depth=bit_depth, seed=seed,
         channels=model.channels, images=tuple(paths), keys=tuple(keys), flat_paths=flat_paths,

@@ -96,7 +96,6 @@ def write_corrected(out_dir, record, image, info, compression: str) -> WrittenFi
 
     path = corrected_path(out_dir, record)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_tiff(path, image, like=info, compression=compression)
         size = path.stat().st_size
         digest = file_sha256(path)

@@ -119,7 +119,7 @@ def resolve_settings(settings=None, preset: str | None = None):
         try:
             return cellprofiler.preset(preset)
         except (KeyError, ValueError) as error:
-            message = _message(error)
+            message = one_line(error)
             raise JobError(message if message.startswith("preset:") else f"preset: {message}") from None
     return settings
 
@@ -161,19 +161,16 @@ def check_method(settings, apply_method: str, passes) -> None:
                        "in 0..1 units and blackens every image; use --rescale No")
 
 
-def aggregates(settings) -> bool:
-    """True when one function is computed from all images of a plate x channel (CellProfiler "All")."""
-    return settings.is_all
-
-
 def default_apply_method(settings) -> str:
     """CellProfiler's convention: divide by a Regular function, subtract a Background one."""
     return "Subtract" if settings is not None and settings.intensity == "Background" else "Divide"
 
 
-def _message(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message (KeyError's argument unquoted), or its type's name."""
     text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    return str(text).splitlines()[0] if str(text) else type(error).__name__
+    text = str(text).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def default_threads() -> int:
@@ -194,7 +191,7 @@ def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None):
     try:
         return discover(input_dir, pattern=pattern, layout=layout, loaddata=loaddata)
     except (ValueError, KeyError, OSError) as error:
-        raise JobError(_message(error)) from None
+        raise JobError(one_line(error)) from None
 
 
 def _problem_relpath(problem: str) -> str | None:
@@ -312,7 +309,7 @@ class _Job:
                 earlier = JobManifest.load(path)
             except (ValueError, OSError) as error:
                 if self.resume:
-                    raise JobError(f"{path}: cannot resume from this manifest ({_message(error)}); remove it or drop --resume") from None
+                    raise JobError(f"{path}: cannot resume from this manifest ({one_line(error)}); remove it or drop --resume") from None
         manifest_settings = json.loads(json.dumps(manifest_settings, default=str))  # as it reads back from JSON
         if self.resume and earlier is not None and earlier.settings != manifest_settings:
             raise JobError(f"{path}: --resume with different settings than the earlier run; use the same options or another -o OUT")
@@ -586,7 +583,7 @@ def _functions_for(groups, functions, out_dir) -> None:
         try:
             group.function = load_function(path)
         except (ValueError, TypeError) as error:
-            raise JobError(_message(error)) from None
+            raise JobError(one_line(error)) from None
         group.function_path = path
 
 
@@ -625,7 +622,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     settings = resolve_settings(settings, preset)
     if settings is None and (background is None or passes == ("calc",)) and "calc" in passes:
         settings = resolve_settings(None, "jump")
-    if passes == ("calc",) and not aggregates(settings):
+    if passes == ("calc",) and not settings.is_all:
         raise JobError("calc: aggregation 'Each' computes a function per image while correcting; use run, or aggregation All")
     try:
         device = resolve_device(device)
@@ -636,7 +633,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     if apply_method not in ("Divide", "Subtract"):
         raise JobError(f"apply_method: expected Divide or Subtract, got {apply_method!r}")
     check_method(settings, apply_method, passes)
-    per_image = settings if (settings is not None and not aggregates(settings) and "calc" in passes) else None
+    per_image = settings if (settings is not None and not settings.is_all and "calc" in passes) else None
     options = ApplyOptions(method=apply_method, background=background, per_image_settings=per_image, compression=compression)
     threads = threads or default_threads()
 
@@ -670,7 +667,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     try:
         _run_passes(job, passes, settings, background, functions, resume, plan)
     except BaseException as error:  # Ctrl-C or an error: keep the record of every file finished so far, for --resume
-        message = "interrupted" if isinstance(error, KeyboardInterrupt) else _message(error)
+        message = "interrupted" if isinstance(error, KeyboardInterrupt) else one_line(error)
         with contextlib.suppress(Exception):
             job.finish("failed", message)
         raise
@@ -693,7 +690,7 @@ def _run_passes(job: _Job, passes, settings, background, functions, resume, plan
             f"{sum(len(g.records) for g in groups)} images, workers: {scheduler or workers}")
     with open_client(workers=workers, scheduler=scheduler, gpu=device.is_gpu) as client:
         job.client = client
-        calculating = "calc" in passes and settings is not None and aggregates(settings)
+        calculating = "calc" in passes and settings is not None and settings.is_all
         if calculating:
             for group in groups:
                 job.calculate(group)

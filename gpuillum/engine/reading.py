@@ -4,23 +4,11 @@ from __future__ import annotations
 from collections import deque
 
 
-class ImageProblem(ValueError):
-    """A file that cannot be used, with a one-line message naming it and the problem."""
-
-    def __init__(self, path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self):  # picklable, so a Dask worker can send it back
-        return (type(self), (self.path, self.reason))
-
-
 class CheckedReader:
     """``reader(record) -> image``: reads a TIFF and checks it has the channel's shape and dtype.
 
     A picklable callable, so Dask workers can use it. Unreadable files and mismatches raise
-    ValueError (ImageReadError or ImageProblem) whose message names the file.
+    ImageReadError (a ValueError) whose message names the file.
     """
 
     def __init__(self, shape, dtype):
@@ -32,18 +20,13 @@ class CheckedReader:
 
     def read_with_info(self, record):
         """(image, TiffInfo): the image and the metadata its corrected copy keeps."""
-        from gpuillum.io.tiff import read_tiff
+        from gpuillum.io.tiff import ImageReadError, read_tiff
 
-        try:
-            image, info = read_tiff(record.path)
-        except OSError as error:  # a file that vanished or cannot be opened
-            raise ImageProblem(record.path, error.strerror or type(error).__name__) from None
-        if image.ndim != 2:
-            raise ImageProblem(record.path, f"expected one 2-D image, got an array of shape {tuple(image.shape)}")
+        image, info = read_tiff(record.path)  # ImageReadError (one line naming the file) for any unreadable file
         if tuple(image.shape) != self.shape:
-            raise ImageProblem(record.path, f"shape {tuple(image.shape)} differs from the channel's {self.shape}")
+            raise ImageReadError(record.path, f"shape {tuple(image.shape)} differs from the channel's {self.shape}")
         if str(image.dtype) != self.dtype:
-            raise ImageProblem(record.path, f"dtype {image.dtype} differs from the channel's {self.dtype}")
+            raise ImageReadError(record.path, f"dtype {image.dtype} differs from the channel's {self.dtype}")
         return image, info
 
 

@@ -8,12 +8,12 @@ crash never leaves a half-written function that a later ``--resume`` would trust
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..backend import to_numpy
+from ..io.atomic import atomic_save_npy
 
 
 def function_filename(plate: str, channel: str) -> str:
@@ -41,16 +41,7 @@ def save_function(path, function) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".npy":
         raise ValueError(f"path: illumination functions are saved as .npy, got {str(path)!r}")
-    data = _as_function(function, "function")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, data, allow_pickle=False)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_save_npy(path, _as_function(function, "function"))
     return path
 
 
