@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from gpuillum.engine.job import one_line
+from gpuillum.io.tiff import COMPRESSION_CHOICES as COMPRESSIONS
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 DEFAULT_PRESET = "jump"
@@ -45,7 +46,6 @@ def _choice(aliases: dict, choices):
     return convert
 
 
-COMPRESSIONS = ("same", "none", "zlib", "deflate", "lzw", "zstd", "packbits")
 
 
 def _compression(text: str) -> str:

@@ -104,3 +104,16 @@ def test_pickles_and_records_from_threads(tmp_path):
     assert clone == manifest
     clone.add_skipped("x", "y")  # the lock survives pickling
     assert clone.skipped == [{"path": "x", "reason": "y"}]
+
+
+def test_record_entry_checks_the_role_and_matches_record_file(tmp_path):
+    from gpuillum.io.manifest import Manifest, file_sha256
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"abc")
+    first, second = Manifest(), Manifest()
+    first.record_file("a.bin", path, "corrected", "in/a.tif")
+    second.record_entry("a.bin", file_sha256(path), 3, "corrected", "in/a.tif")
+    assert first.files == second.files
+    with pytest.raises(ValueError, match="role"):
+        second.record_entry("b.bin", "0" * 64, 1, "bogus")

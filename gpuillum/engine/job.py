@@ -41,7 +41,7 @@ from pathlib import Path
 from gpuillum.io.manifest import Manifest
 
 from .accumulate import OrderedMerge, accumulate_records, fixed_batches
-from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records, os_error_text
+from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records, corrected_path, os_error_text
 from .background import BackgroundSettings
 from .cluster import map_in_order, open_client
 from .progress import Progress
@@ -465,8 +465,8 @@ class _Job:
         for record in group.records:
             if record.relpath in self._skipped:  # already found bad in pass 1
                 continue
-            output = f"corrected/{record.relpath}"
-            if self.intact(output, self.out_dir / output):
+            path = corrected_path(self.out_dir, record)
+            if self.intact(path.relative_to(self.out_dir).as_posix(), path):  # the key write_corrected records
                 self.result.reused.append(record.relpath)
             else:
                 todo.append(record)
@@ -475,8 +475,7 @@ class _Job:
         def done(written: WrittenFile) -> None:
             self.result.written.append(written)
             # checksummed by the task that wrote it (in parallel), so recorded directly
-            self.manifest.files[written.output] = {"sha256": written.sha256, "bytes": written.size,
-                                                   "role": "corrected", "source": written.relpath}
+            self.manifest.record_entry(written.output, written.sha256, written.size, "corrected", written.relpath)
             self.save_manifest()
 
         label = f"apply {group.plate}/{group.channel}"
@@ -523,7 +522,7 @@ class _Job:
         records = self.complete_sites(records, groups)
         if not records:
             return None
-        rows = loaddata_rows(records, path_of=lambda record: self.out_dir / "corrected" / record.relpath)
+        rows = loaddata_rows(records, path_of=lambda record: corrected_path(self.out_dir, record))
         functions = {(g.plate, g.channel): g.function_path for g in groups if g.function_path is not None and g.function is not None}
         for row in rows:
             for channel in [key[len("FileName_"):] for key in row if key.startswith("FileName_")]:

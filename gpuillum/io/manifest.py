@@ -74,10 +74,14 @@ class Manifest:
 
     def record_file(self, relpath: str, path, role: str, source: str | None = None) -> dict:
         """Checksum the written file at ``path`` and record it under ``relpath``; returns the entry."""
+        path = Path(path)
+        return self.record_entry(relpath, file_sha256(path), path.stat().st_size, role, source)
+
+    def record_entry(self, relpath: str, sha256: str, size: int, role: str, source: str | None = None) -> dict:
+        """Record a file whose checksum and size are already known (e.g. computed by the writer)."""
         if role not in ROLES:
             raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
-        path = Path(path)
-        entry = {"sha256": file_sha256(path), "bytes": path.stat().st_size, "role": role, "source": source}
+        entry = {"sha256": sha256, "bytes": int(size), "role": role, "source": source}
         with self._lock:
             self.files[str(relpath)] = entry
         return entry

@@ -32,6 +32,8 @@ SOFTWARE = "gpuillum"
 # Codecs write_tiff can produce; "deflate" is an alias of "zlib" (TIFF tag 8, Adobe deflate).
 WRITE_COMPRESSIONS = ("zlib", "lzw", "zstd", "packbits")
 _COMPRESSION_ALIASES = {"deflate": "zlib", "adobe_deflate": "zlib", "none": None}
+# what write_tiff's ``compression`` accepts ("same": as the ``like`` file; "none": uncompressed)
+COMPRESSION_CHOICES = ("same", "none") + WRITE_COMPRESSIONS + ("deflate",)
 # TIFF compression tags and the names TiffInfo reports for them (others: tifffile's name, lower case).
 _COMPRESSION_NAMES = {1: None, 5: "lzw", 8: "zlib", 32946: "zlib", 32773: "packbits", 50000: "zstd"}
 
@@ -220,8 +222,7 @@ def _resolve_compression(compression, like: TiffInfo | None) -> str | None:
     name = str(compression).lower()
     name = _COMPRESSION_ALIASES.get(name, name)
     if name is not None and name not in WRITE_COMPRESSIONS:
-        choices = ", ".join(("same", "none") + WRITE_COMPRESSIONS + ("deflate",))
-        raise ValueError(f"compression: expected one of {choices} or None, got {compression!r}")
+        raise ValueError(f"compression: expected one of {', '.join(COMPRESSION_CHOICES)} or None, got {compression!r}")
     return name
 
 
