@@ -142,11 +142,18 @@ def plate_from_folder(folder) -> str:
     return name or DEFAULT_PLATE
 
 
-def _number(text: str | None) -> str | None:
-    """Strip leading zeros from a purely numeric field so "01" and "1" compare equal."""
-    if text is None or not text.isdigit():
-        return text
-    return str(int(text))
+def number_field(text: str | None) -> str | None:
+    """A site/z/t field with leading zeros stripped, so "01" and "1" compare equal; surrounding
+    blanks are dropped and an empty field is None."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    return str(int(text)) if text.isdigit() else text
+
+
+def well_name(row: str, col: str) -> str:
+    """A well from its row (letters, or a 1-based number) and column: ("2", "3") -> "B03"."""
+    return row_name(row) + (f"{int(col):02d}" if col.isdigit() else col)
 
 
 def fields_from_match(match: re.Match, relpath: str, input_plate: str = DEFAULT_PLATE) -> dict | None:
@@ -160,8 +167,7 @@ def fields_from_match(match: re.Match, relpath: str, input_plate: str = DEFAULT_
     if values.get("well"):
         well = values["well"]
     elif values.get("row") and values.get("col"):
-        row, col = values["row"], values["col"]
-        well = row_name(row) + (f"{int(col):02d}" if col.isdigit() else col)
+        well = well_name(values["row"], values["col"])
     else:
         return None
     if not values.get("channel"):
@@ -175,8 +181,8 @@ def fields_from_match(match: re.Match, relpath: str, input_plate: str = DEFAULT_
     return {
         "plate": plate,
         "well": well,
-        "site": _number(values.get("site")) or DEFAULT_SITE,
+        "site": number_field(values.get("site")) or DEFAULT_SITE,
         "channel": values["channel"],
-        "z": _number(values.get("z")),
-        "t": _number(values.get("t")),
+        "z": number_field(values.get("z")),
+        "t": number_field(values.get("t")),
     }

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from .atomic import atomic_write_bytes
 from .discovery import ImageRecord, natural_key
-from .layouts import DEFAULT_PLATE, DEFAULT_SITE, row_name
+from .layouts import DEFAULT_PLATE, DEFAULT_SITE, number_field, well_name
 
 _CHANNEL_PREFIXES = ("FileName_", "URL_")
 
@@ -37,15 +37,8 @@ def _well(row: dict) -> str | None:
     row_value = (row.get("Metadata_Row") or "").strip()
     col_value = (row.get("Metadata_Col") or row.get("Metadata_Column") or "").strip()
     if row_value and col_value:
-        return row_name(row_value) + (f"{int(col_value):02d}" if col_value.isdigit() else col_value)
+        return well_name(row_value, col_value)
     return None
-
-
-def _number(text: str | None) -> str | None:
-    text = (text or "").strip()
-    if not text:
-        return None
-    return str(int(text)) if text.isdigit() else text
 
 
 def _file_path(row: dict, channel: str, base: Path, csv_path: Path, line: int) -> Path | None:
@@ -113,10 +106,10 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
                     relpath=relpath,
                     plate=plate,
                     well=well,
-                    site=_number(row.get("Metadata_Site")) or DEFAULT_SITE,
+                    site=number_field(row.get("Metadata_Site")) or DEFAULT_SITE,
                     channel=channel,
-                    z=_number(row.get("Metadata_Z")),
-                    t=_number(row.get("Metadata_T")),
+                    z=number_field(row.get("Metadata_Z")),
+                    t=number_field(row.get("Metadata_T")),
                 )
             )
     return records
