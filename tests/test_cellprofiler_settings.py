@@ -438,3 +438,21 @@ def test_to_gpu_finalizes_on_the_device(cupy, rng):
     function = accumulator.add(images[2]).to("gpu").finalize()
     assert isinstance(function, cupy.ndarray)
     np.testing.assert_array_equal(function.get(), cp.calculate(images, settings))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rescale_order_statistic_equals_sorting(dtype):
+    from gpuillum.illumination.cellprofiler import _order_statistic
+
+    rng = np.random.default_rng(7)
+    samples = [
+        rng.random(2001) + 1e-6,                                  # spread values
+        rng.integers(1, 40, 1500) / 65535,                        # few levels, many ties (quantised medians)
+        np.exp(rng.normal(0, 15, 999)),                           # many binades
+        np.array([np.inf, 1.0, 2.0, 1e-30]),                      # extremes
+    ]
+    for values in samples:
+        values = values.astype(dtype)
+        ordered = np.sort(values)
+        for index in (0, 1, int(values.size * 0.02), values.size // 2, values.size - 1):
+            assert _order_statistic(values, index, np) == ordered[index]
