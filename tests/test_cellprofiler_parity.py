@@ -166,6 +166,42 @@ def test_uint8_input_and_background_median():
     check(settings.replace(aggregation="All: Across cycles"), images, None)
 
 
+@pytest.mark.parametrize("scale", [0xFF, 0xFFFF])
+def test_median_table_is_non_decreasing(scale):
+    # the raw-value median path relies on it: a median commutes only with a monotone map
+    from gpuillum.illumination.cellprofiler import _median_table
+
+    table = _median_table(scale)
+    assert table.dtype == np.float32 and table.shape == (scale + 1,)
+    assert table[0] == 0 and table[-1] == 1
+    assert np.all(np.diff(table) >= 0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("rescale", ["Yes", "No", "Median"])
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+def test_each_median_on_full_range_integers_is_bit_identical(dtype, rescale, masked):
+    # every raw value, including those whose uint16(x * 65535) truncates one level down
+    rng = np.random.default_rng(11)
+    top = np.iinfo(dtype).max
+    images = [rng.integers(0, top + 1, (47, 53), dtype=dtype) for _ in range(3)]
+    images[1][:, :9] = top  # saturated columns and a black corner
+    images[2][:6, :6] = 0
+    masks = [rng.random((47, 53)) > 0.3 for _ in range(3)] if masked else None
+    for intensity in ("Regular", "Background"):
+        settings = CalculateSettings(intensity=intensity, block_size=10, smoothing="Median Filter", rescale=rescale,
+                                     filter_size_method="Manually", manual_size=12)
+        check(settings, images, masks)
+
+
+def test_each_median_of_raw_values_matches_the_float_path():
+    # the same images as float32 holding CellProfiler's values take the general path
+    images, masks = dataset("96x96", True)
+    settings = CalculateSettings(smoothing="Median Filter", filter_size_method="Manually", manual_size=10)
+    as_floats = [(image / 65535.0).astype(np.float32) for image in images]
+    np.testing.assert_array_equal(calculate(images, settings, masks), calculate(as_floats, settings, masks))
+
+
 def test_jump_preset_matches_resize_median_resize():
     images, _ = dataset("96x96", False)
     settings = preset("jump").replace(manual_size=5)

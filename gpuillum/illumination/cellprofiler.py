@@ -25,6 +25,7 @@ end). Here a group is always reduced first and smoothed once.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import numbers
 from dataclasses import dataclass
@@ -387,17 +388,36 @@ def dilate(pixels, mask, radius: int):
     return _normalised_convolution(pixels, mask, dilation_kernel(radius), get_array_module(pixels))
 
 
+def _median_quantise(pixels, xp):
+    """CellProfiler's median input ``uint16(x * 65535)``: float32 product, truncation, wrapping like x86."""
+    scaled = pixels * xp.float32(65535)
+    return (scaled.astype(xp.int64) & 0xFFFF).astype(xp.uint16)
+
+
+def _median_dequantise(filtered, xp):
+    """The median output back to CellProfiler floats: / 65535 in float32."""
+    return filtered.astype(xp.float32) / xp.float32(65535)
+
+
 def _median_smooth(pixels, mask, radius: int, xp):
-    """CellProfiler >= 4.2 Median Filter: uint16(x * 65535) (truncating, wrapping like x86), masked
-    pixels -> 0 but still counted, exact in-bounds disk median, / 65535 in float32."""
+    """CellProfiler >= 4.2 Median Filter: quantise, masked pixels -> 0 but still counted, exact
+    in-bounds disk median, dequantise."""
     from ..filters.median import median_filter
 
-    scaled = pixels * xp.float32(65535)
-    quantised = (scaled.astype(xp.int64) & 0xFFFF).astype(xp.uint16)
+    quantised = _median_quantise(pixels, xp)
     if mask is not None:
         quantised = xp.where(mask, quantised, xp.uint16(0))
     filtered = median_filter(quantised, radius, footprint="disk", mode="ignore")
-    return filtered.astype(xp.float32) / xp.float32(65535)
+    return _median_dequantise(filtered, xp)
+
+
+@functools.lru_cache(maxsize=None)
+def _median_table(scale: int) -> np.ndarray:
+    """Median Filter output for each raw value 0..scale of a single integer image: the image's
+    CellProfiler float (float64 division by ``scale``, one float32 rounding, as ``average``),
+    quantised and dequantised. Non-decreasing in the raw value (every step is monotone)."""
+    average = (np.arange(scale + 1) / float(scale)).astype(np.float32)
+    return _median_dequantise(_median_quantise(average, np), np)
 
 
 def _spline_smooth(pixels, mask, settings: CalculateSettings, xp):
@@ -464,6 +484,25 @@ def _order_statistic(values, index: int, xp):
     bin_index = int(xp.searchsorted(before, index, side="right"))
     rank = index - (int(before[bin_index - 1]) if bin_index else 0)
     return xp.partition(values[high == bin_index], rank)[rank]
+
+
+def _rescale_table(levels, table, mask, option: str):
+    """``rescale(table[levels], mask, option)`` for an image given as integer ``levels`` into a
+    non-decreasing float32 ``table``: the order statistic comes from a level histogram (sorted
+    levels give sorted values), and the division runs once per table entry, not per pixel."""
+    check_choice(option, "rescale", RESCALE_CHOICES)
+    xp = get_array_module(levels)
+    if option != "No":
+        counts = xp.bincount((levels if mask is None else levels[mask]).ravel(), minlength=table.size)
+        counts[table <= 0] = 0  # only positive values count
+        count = int(counts.sum())
+        if count:
+            index = int(count * ROBUST_FACTOR) if option == "Yes" else int(count / 2)
+            robust = table[int(xp.searchsorted(xp.cumsum(counts), index, side="right"))]
+            if option == "Yes":
+                table = xp.maximum(table, robust)
+            table = (table / robust).astype(xp.float32, copy=False)
+    return xp.take(table, levels)
 
 
 def rescale(pixels, mask, option: str):
@@ -722,6 +761,8 @@ class IlluminationAccumulator:
         """
         settings = self.settings
         with device_of(self._sum):
+            if self._median_of_raw_values_applies():
+                return self._median_of_raw_values()
             average, valid = self.average()  # valid None: every pixel (same results as an all-True mask)
             xp = get_array_module(average)
             if valid is not None and not bool(valid.any()):
@@ -741,6 +782,35 @@ class IlluminationAccumulator:
 
                 pixels = resize_bilinear(pixels, target)
             return xp.ascontiguousarray(pixels, dtype=xp.float32)
+
+
+    def _median_of_raw_values_applies(self) -> bool:
+        """One integer image, nothing between the average and the Median Filter but the float
+        conversion (no dilation, no resize)."""
+        settings = self.settings
+        return (self.count == 1 and self._scale is not None and not self._deferred and not settings.dilate
+                and settings.smoothing == "Median Filter" and settings.resize_factor == 1.0)
+
+    def _median_of_raw_values(self):
+        """``finalize`` for one integer image and Median Filter, bit-identical to the float path
+        without its float passes (~8 of ~33 ms per 1080^2 image; "Each" mode runs it on every
+        image): the raw value -> CellProfiler float -> uint16 quantisation chain is a
+        non-decreasing map and a median commutes with such a map, so the exact median of the raw
+        integers (masked pixels already 0, which maps to 0) is looked up in ``_median_table`` and
+        rescaled through it."""
+        from ..filters.median import median_filter
+
+        xp = get_array_module(self._sum)
+        valid = None
+        if self._masked_count is not None and not self._unmasked:
+            valid = self._masked_count > 0
+            if not bool(valid.any()):
+                raise ValueError("masks: every pixel is masked in every image; nothing to average")
+        raw = self._sum.astype(xp.uint8 if self._scale <= 0xFF else xp.uint16)
+        radius = median_radius(self.settings, raw.shape)
+        levels = median_filter(raw, radius, footprint="disk", mode="ignore")
+        function = _rescale_table(levels, xp.asarray(_median_table(self._scale)), valid, self.settings.rescale)
+        return xp.ascontiguousarray(function, dtype=xp.float32)
 
 
 def calculate(images, settings: CalculateSettings | None = None, masks=None):
