@@ -39,13 +39,18 @@ def check_image(image, name: str = "image", dtypes=ORDER_DTYPES, allow_nan: bool
     return image
 
 
+def check_integer(value, name: str, minimum: int = 1) -> int:
+    """Check that ``value`` is an integer >= ``minimum`` (bools and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
 def check_radius(radius, name: str = "radius", minimum: int = 1) -> int:
-    """Check that ``radius`` is an integer >= ``minimum`` (bools and floats are refused)."""
-    if isinstance(radius, bool) or not isinstance(radius, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer >= {minimum}, got {radius!r}")
-    if radius < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {radius}")
-    return int(radius)
+    """Check that ``radius`` is an integer >= ``minimum``."""
+    return check_integer(radius, name, minimum)
 
 
 def check_choice(value, name: str, choices) -> str:

@@ -133,7 +133,8 @@ def test_compression_can_be_changed(tmp_path):
     write_plate(tmp_path / "in", wells=WELLS[:1], sites=1)
     run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, device="cpu", compression="none")
     for path in (tmp_path / "out" / "corrected").rglob("*.tif"):
-        assert tifffile.TiffFile(path).pages.first.compression == tifffile.COMPRESSION.NONE
+        with tifffile.TiffFile(path) as tiff:
+            assert tiff.pages.first.compression == tifffile.COMPRESSION.NONE
 
 
 def test_each_aggregation_corrects_every_image_with_its_own_function(tmp_path):
@@ -274,6 +275,24 @@ def test_checked_reader_names_the_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- paths, progress
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (dict(on_error="ignore"), r"^on_error: expected one of 'fail', 'skip', got 'ignore'$"),
+        (dict(passes=()), r"^passes: expected a subset of"),
+        (dict(passes=("calc", "fix")), r"^passes: expected one of 'calc', 'apply', got 'fix'$"),
+        (dict(workers=0), r"^workers: expected an integer >= 1, got 0$"),
+        (dict(workers=1.5), r"^workers: expected an integer >= 1, got 1.5$"),
+        (dict(workers=True), r"^workers: expected an integer >= 1, got True$"),
+    ],
+)
+def test_bad_job_options_are_one_line_job_errors(tmp_path, option, message):
+    (tmp_path / "in").mkdir()
+    with pytest.raises(JobError, match=message):
+        run_plate(tmp_path / "in", tmp_path / "out", **option)
+    assert not (tmp_path / "out").exists()
 
 
 def test_output_folder_must_not_overlap_the_input(tmp_path):

@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpuillum._checks import check_choice, check_integer
 from gpuillum.io.manifest import Manifest
 
 from .accumulate import OrderedMerge, accumulate_records, fixed_batches
@@ -610,13 +611,16 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         raise JobError("resume and overwrite: give one of them")
     from gpuillum.backend import resolve_device
 
-    if on_error not in ON_ERROR:
-        raise JobError(f"on_error: expected one of {', '.join(ON_ERROR)}, got {on_error!r}")
     passes = tuple(passes)
-    if not passes or any(p not in PASSES for p in passes):
-        raise JobError(f"passes: expected a subset of {PASSES}, got {passes!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise JobError(f"workers: expected an integer >= 1, got {workers!r}")
+    try:
+        check_choice(on_error, "on_error", ON_ERROR)
+        if not passes:
+            raise ValueError(f"passes: expected a subset of {PASSES}, got {passes!r}")
+        for name in passes:
+            check_choice(name, "passes", PASSES)
+        check_integer(workers, "workers")
+    except (TypeError, ValueError) as error:
+        raise JobError(str(error)) from None
     input_dir, out_dir = check_paths(input_dir, out_dir)
     settings = resolve_settings(settings, preset)
     if settings is None and (background is None or passes == ("calc",)) and "calc" in passes:

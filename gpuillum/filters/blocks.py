@@ -25,6 +25,7 @@ import numpy as np
 
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_mask, check_radius
 from ..backend import get_array_module, on_input_device
+from .neutral import never_wins
 
 STATS = ("min", "max", "mean", "median", "percentile")
 REDUCE_DTYPES = ORDER_DTYPES + (np.float64,)
@@ -75,13 +76,6 @@ def _run_index(labels: np.ndarray, n: int):
     offset = np.arange(int(counts.max()), dtype=np.int64)[None, :]
     real = offset < counts[:, None]
     return np.where(real, starts[:, None] + offset, 0), real
-
-
-def _fill_value(dtype, op: str):
-    """The value that never wins an ``op`` ("min" or "max") reduction in ``dtype``: +-inf or a limit."""
-    if dtype.kind == "f":
-        return np.inf if op == "min" else -np.inf
-    return np.iinfo(dtype).max if op == "min" else np.iinfo(dtype).min
 
 
 def _reduce_runs(x, labels: np.ndarray, n: int, axis: int, op: str, xp):
@@ -149,7 +143,7 @@ def block_minimum(image, block_size: int, *, mask=None):
     if mask is None:
         minima = _reduce_blocks(image, "min", *layout)
         return minima[row_gather][:, col_gather]
-    minima = _reduce_blocks(_where_masked(mask, image, _fill_value(image.dtype, "min"), xp), "min", *layout)
+    minima = _reduce_blocks(_where_masked(mask, image, never_wins(image.dtype, "min"), xp), "min", *layout)
     counts = _reduce_blocks(mask, "sum", *layout)
     minima = xp.where(counts > 0, minima, xp.zeros_like(minima))
     painted = minima[row_gather][:, col_gather]
@@ -206,7 +200,7 @@ def _separable_stat(image, stat: str, mask, layout):
     if stat == "mean":
         op, fill = "sum", 0
     else:
-        op, fill = stat, _fill_value(image.dtype, stat)
+        op, fill = stat, never_wins(image.dtype, stat)
     if mask is not None:
         image = _where_masked(mask, image, fill, xp)
     result = _reduce_blocks(image, op, *layout)

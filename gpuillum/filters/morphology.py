@@ -40,6 +40,7 @@ import numpy as np
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_radius
 from ..backend import cuda_kernel, get_array_module, on_input_device
 from .footprints import FOOTPRINTS, chord_half_widths
+from .neutral import never_wins
 
 __all__ = ["grey_erosion", "grey_dilation", "grey_opening", "grey_closing", "white_tophat", "black_tophat"]
 
@@ -114,12 +115,6 @@ def _flip(image):
     return xp.negative(image) if image.dtype.kind == "f" else xp.invert(image)
 
 
-def _sentinel(dtype):
-    """The dtype's largest value: padding that never wins a minimum (borders ignored)."""
-    dtype = np.dtype(dtype)
-    return dtype.type(np.inf) if dtype.kind == "f" else dtype.type(np.iinfo(dtype).max)
-
-
 def _dilate(image, radius, footprint):
     return _flip(_erode(_flip(image), radius, footprint))
 
@@ -149,7 +144,7 @@ def _line_erosion(image, radius, axis):
         return image.copy()
     if get_array_module(image) is np:
         kernel = _vhgw_columns_cpu if axis == 0 else _vhgw_rows_cpu
-        return kernel(image, radius, _sentinel(image.dtype))
+        return kernel(image, radius, never_wins(image.dtype, "min"))
     return _line_erosion_gpu(image, radius, axis)
 
 
@@ -158,7 +153,7 @@ def _chord_erosion(image, half):
     if get_array_module(image) is not np:
         return _chord_erosion_gpu(image, half)
     schedule, step_first, step_dys = _width_schedule(half)
-    sentinel = _sentinel(image.dtype)
+    sentinel = never_wins(image.dtype, "min")
     out = np.full_like(image, sentinel)
     height = image.shape[0]
     reach = (half.size - 1) // 2
@@ -359,7 +354,7 @@ def _line_erosion_gpu(image, radius, axis):
     i32, i64 = np.int32, np.int64
     _launch(_kernel("vhgw_blocks", image.dtype), lines * blocks,
             (image, prefix, suffix, i32(lines), i32(length), i64(line_stride), i64(elem_stride), i32(radius),
-             i32(blocks), _sentinel(image.dtype)))
+             i32(blocks), never_wins(image.dtype, "min")))
     _launch(_kernel("vhgw_combine", image.dtype), lines * length,
             (prefix, suffix, out, i32(lines), i32(length), i64(line_stride), i64(elem_stride), i32(radius)))
     return out
