@@ -418,6 +418,10 @@ def test_integer_sum_widens_before_it_could_overflow():
         accumulator.merge(pickle.loads(pickle.dumps(accumulator)))
     assert accumulator.count == 2**17
     np.testing.assert_array_equal(accumulator.finalize(), np.ones((3, 4), np.float32))
+    fresh = IlluminationAccumulator(settings).merge(accumulator)  # a wide partial into an empty sum
+    np.testing.assert_array_equal(fresh.pixel_count, np.full((3, 4), 2**17))
+    np.testing.assert_array_equal(fresh.finalize(), np.ones((3, 4), np.float32))
+    assert int(fresh._float_sum()[0, 0]) == 2**17
 
 
 def test_to_cpu_keeps_the_result(rng):

@@ -634,14 +634,18 @@ class IlluminationAccumulator:
     def _add_sum(self, values, scale, images: int):
         """Add ``values`` (integers of dtype maximum ``scale``, or CellProfiler floats when None)."""
         xp = get_array_module(values)
-        if self._sum is None:
-            self._scale = scale
-            self._sum = xp.zeros(values.shape, xp.uint32 if scale is not None else xp.float64)
-        elif scale != self._scale:
+        if self._sum is not None and scale != self._scale:
             self._make_float()
             if scale is not None:
                 values = values / float(scale)
-        if self._scale is not None and self._sum.dtype == xp.uint32 and (self.count + images) * self._scale >= 2**32:
+        elif self._sum is None:
+            self._scale = scale
+        exact = self._scale is not None
+        wide = exact and (self.count + images) * self._scale >= 2**32
+        if self._sum is None:  # the first values: one copy in the sum's dtype
+            self._sum = values.astype(xp.float64 if not exact else xp.int64 if wide else xp.uint32)
+            return
+        if wide and self._sum.dtype == xp.uint32:
             self._sum = self._sum.astype(xp.int64)
         self._sum += values
 
