@@ -59,11 +59,17 @@ def kernels_table(files: list[Path]) -> str:
 def cellprofiler_table(path: Path) -> str:
     data = json.loads(path.read_text())
     size = data.get("arguments", {}).get("size", "?")
-    lines = [f"{data['results'][0]['images']} images of {size}² per setting; \"per image\" rows time the Each mode image by image" if data["results"] else "",
-             "", "| setting | timing | gpuillum CPU s | CellProfiler's path s | speed-up | GPU s |", "|---|---|---|---|---|---|"]
+    timed = sorted({r["cp_images_timed"] for r in data["results"] if "cp_images_timed" in r})
+    each = f"{'/'.join(map(str, timed))} images, one on each side in turn" if timed else "image by image"
+    lines = [f"{data['results'][0]['images']} images of {size}² per setting; \"per image\" rows time the Each mode on {each}" if data["results"] else "",
+             "", "| setting | plate | timing | gpuillum CPU s | CellProfiler's path s | speed-up | GPU s |", "|---|---|---|---|---|---|---|"]
     for r in data["results"]:
         gpu = f"{r['gpu_s']:.4f}" if "gpu_s" in r else "-"
-        lines.append(f"| {r['setting']} | {r['timing']} | {r['gpuillum_cpu_s']:.4f} | {r['cellprofiler_cpu_s']:.4f} | {r['speedup_cpu']:.1f}x | {gpu} |")
+        lines.append(f"| {r['setting']} | {r.get('camera', '12-bit')} | {r['timing']} | {r['gpuillum_cpu_s']:.4f} | "
+                     f"{r['cellprofiler_cpu_s']:.4f} | {r['speedup_cpu']:.1f}x | {gpu} |")
+    threads = {r["gpuillum_cpu_threads"] for r in data["results"] if "gpuillum_cpu_threads" in r}
+    if threads:
+        lines += ["", f"gpuillum's CPU path ran on {', '.join(map(str, sorted(threads)))} numba thread(s); CellProfiler's path is single-threaded."]
     return "\n".join(lines) + f"\n\nMachine: {_machine(data['machine'])}.\n"
 
 
