@@ -31,7 +31,6 @@ infinite pixel is inf - inf = NaN, as in scikit-image.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -40,6 +39,7 @@ import numpy as np
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_radius
 from ..backend import cuda_kernel, get_array_module, on_input_device
 from .footprints import FOOTPRINTS, chord_half_widths
+from .bands import cpu_threads
 from .neutral import never_wins
 
 __all__ = ["grey_erosion", "grey_dilation", "grey_opening", "grey_closing", "white_tophat", "black_tophat"]
@@ -159,7 +159,7 @@ def _chord_erosion(image, half):
     reach = (half.size - 1) // 2
     # row bands run in threads (the kernel releases the GIL); each band re-reads `reach` rows above
     # and below, so small images stay in one band
-    bands = max(1, min(_cpu_threads(), height // max(64, 4 * reach)))
+    bands = max(1, min(cpu_threads(), height // max(64, 4 * reach)))
     edges = [height * b // bands for b in range(bands + 1)]
 
     def run(b):
@@ -171,14 +171,6 @@ def _chord_erosion(image, half):
         with ThreadPoolExecutor(bands) as pool:
             list(pool.map(run, range(bands)))
     return out
-
-
-def _cpu_threads():
-    """CPU cores this process may use (the affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def _width_schedule(half):

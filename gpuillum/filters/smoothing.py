@@ -15,6 +15,7 @@ import numpy as np
 
 from .._checks import check_image, check_mask
 from ..backend import get_array_module, get_ndimage, on_input_device
+from .bands import along_axis
 
 SMOOTH_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 TRUNCATE = 4.0
@@ -26,12 +27,30 @@ def _check_sigma(sigma) -> float:
     return float(sigma)
 
 
-def _gaussian_float32(pixels, sigma: float, xp, ndi):
+def _gaussian_1d(ndi, sigma: float, dtype):
+    """A zero-padded 1-D Gaussian pass ``(image, axis) -> image`` summing in float64, result in ``dtype``."""
+    def gaussian(image, axis):
+        summed = ndi.gaussian_filter1d(image.astype(np.float64), sigma, axis=axis, mode="constant", cval=0, truncate=TRUNCATE)
+        return summed.astype(dtype, copy=False)
+    return gaussian
+
+
+def gaussian_float64(image, sigma: float):
+    """``scipy.ndimage.gaussian_filter(image, sigma, mode="constant")`` of a 2-D image in float64,
+    the same bytes, with each pass split across the CPU cores (or on the GPU for CuPy)."""
+    ndi = get_ndimage(get_array_module(image))
+    gaussian = _gaussian_1d(ndi, sigma, np.float64)
+    for axis in range(2):
+        image = along_axis(gaussian, image, axis)
+    return image
+
+
+def _gaussian_float32(pixels, sigma: float, ndi):
     """SciPy's separable Gaussian of a float32 image on either backend: each 1-D pass sums in
     float64 and rounds to float32 (cupyx alone would sum a float32 input in float32)."""
+    gaussian = _gaussian_1d(ndi, sigma, np.float32)
     for axis in range(pixels.ndim):
-        pixels = ndi.gaussian_filter1d(pixels.astype(xp.float64), sigma, axis=axis, mode="constant", cval=0,
-                                       truncate=TRUNCATE).astype(xp.float32)
+        pixels = along_axis(gaussian, pixels, axis)
     return pixels
 
 
@@ -49,7 +68,7 @@ def gaussian_filter(image, sigma: float, *, mask=None):
     ndi = get_ndimage(xp)
     pixels = image.astype(xp.float32)
     if mask is None:
-        numerator = _gaussian_float32(pixels, sigma, xp, ndi)
+        numerator = _gaussian_float32(pixels, sigma, ndi)
         # the Gaussian of an all-ones image is the outer product of the two 1-D edge profiles
         profiles = [
             ndi.gaussian_filter1d(xp.ones(n, dtype=xp.float64), sigma, mode="constant", cval=0, truncate=TRUNCATE)
@@ -57,6 +76,6 @@ def gaussian_filter(image, sigma: float, *, mask=None):
         ]
         weight = profiles[0][:, None] * profiles[1][None, :]
     else:
-        numerator = _gaussian_float32(xp.where(mask, pixels, np.float32(0)), sigma, xp, ndi)
-        weight = ndi.gaussian_filter(mask.astype(xp.float64), sigma, mode="constant", cval=0, truncate=TRUNCATE)
+        numerator = _gaussian_float32(xp.where(mask, pixels, np.float32(0)), sigma, ndi)
+        weight = gaussian_float64(mask.astype(xp.float64), sigma)
     return (numerator / (weight + np.finfo(np.float64).eps)).astype(xp.float32)

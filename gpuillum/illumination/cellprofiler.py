@@ -35,6 +35,7 @@ import numpy as np
 from .._checks import check_choice, check_image, check_mask
 from ..backend import device_of, get_array_module, get_ndimage, is_cupy_array, same_backend, to_numpy
 from ..correct import apply  # re-exported: CorrectIlluminationApply
+from ..filters.bands import with_halo
 from .functions_io import function_filename, load_function, save_function  # re-exported
 
 INTENSITY_CHOICES = ("Regular", "Background")
@@ -378,8 +379,12 @@ def _normalised_convolution(pixels, mask, kernel, xp):
     weight_image = xp.ones(pixels.shape, xp.float64) if mask is None else mask.astype(xp.float64)
     masked = pixels if mask is None else xp.where(mask, pixels, xp.float32(0))
     # in float64 then rounded once, as scipy does for a float32 image: cupyx would sum in float32
-    numerator = ndi.convolve(masked.astype(xp.float64), weights, mode="constant", cval=0).astype(xp.float32)
-    denominator = ndi.convolve(weight_image, weights, mode="constant", cval=0)
+    def convolve(image):
+        return ndi.convolve(image, weights, mode="constant", cval=0)
+
+    halo = kernel.shape[0] // 2
+    numerator = with_halo(convolve, masked.astype(xp.float64), halo).astype(xp.float32)
+    denominator = with_halo(convolve, weight_image, halo)
     return (numerator / (denominator + np.finfo(np.float64).eps)).astype(xp.float32)
 
 

@@ -13,7 +13,8 @@ One code path for NumPy and CuPy inputs; results are plain Python floats (JSON-r
 """
 from __future__ import annotations
 
-from ..backend import get_array_module, get_ndimage, same_backend
+from ..backend import get_array_module, same_backend
+from ..filters.smoothing import gaussian_float64
 
 BIN = 4
 DARK_PERCENTILE = 0.1
@@ -69,9 +70,8 @@ def _box(shape, fraction, anchor):
 
 def _smooth(image, valid, sigma, xp):
     """Normalised Gaussian convolution: only valid pixels contribute, zero padding at the edges."""
-    ndi = get_ndimage(xp)
-    numerator = ndi.gaussian_filter(xp.where(valid, image, 0.0).astype(xp.float64), sigma, mode="constant")
-    denominator = ndi.gaussian_filter(valid.astype(xp.float64), sigma, mode="constant")
+    numerator = gaussian_float64(xp.where(valid, image, 0.0).astype(xp.float64), sigma)
+    denominator = gaussian_float64(valid.astype(xp.float64), sigma)
     return xp.where(denominator > 0, numerator / xp.maximum(denominator, 1e-300), xp.nan)
 
 

@@ -1,0 +1,66 @@
+"""Thread bands give the same bytes as one SciPy call, for any number of bands."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from gpuillum.filters import bands
+from gpuillum.filters.smoothing import gaussian_filter, gaussian_float64
+from gpuillum.illumination.cellprofiler import dilate
+
+
+@pytest.fixture(params=[1, 2, 5, 64], ids=lambda n: f"{n}-bands")
+def many_bands(request, monkeypatch):
+    """Split even small images into ``n`` bands (at most one line each)."""
+    monkeypatch.setattr(bands, "cpu_threads", lambda: request.param)
+    monkeypatch.setattr(bands, "_MIN_PIXELS_PER_BAND", 1)
+    return request.param
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (61, 8), (3, 45)])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_along_axis_equals_one_call(many_bands, rng, shape, axis):
+    image = rng.random(shape)
+
+    def filter_1d(part, along):
+        return ndimage.gaussian_filter1d(part, 3.7, axis=along, mode="constant", truncate=4.0)
+
+    np.testing.assert_array_equal(bands.along_axis(filter_1d, image, axis), filter_1d(image, axis))
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (9, 30), (2, 40)])
+@pytest.mark.parametrize("mode", ["constant", "reflect", "nearest"])
+def test_with_halo_equals_one_call(many_bands, rng, shape, mode):
+    image = rng.random(shape)
+    kernel = rng.random((11, 7))
+
+    def filter_2d(part):
+        return ndimage.convolve(part, kernel, mode=mode)
+
+    np.testing.assert_array_equal(bands.with_halo(filter_2d, image, 5), filter_2d(image))
+
+
+def test_gaussian_float64_is_scipys_gaussian(many_bands, rng):
+    image = rng.random((45, 38))
+    expected = ndimage.gaussian_filter(image, 4.2, mode="constant", truncate=4.0)
+    np.testing.assert_array_equal(gaussian_float64(image, 4.2), expected)
+
+
+def test_banded_filters_do_not_depend_on_the_band_count(rng, monkeypatch):
+    image = rng.random((57, 44)).astype(np.float32)
+    mask = rng.random((57, 44)) > 0.3
+    monkeypatch.setattr(bands, "_MIN_PIXELS_PER_BAND", 1)
+    results = []
+    for threads in (1, 3, 57):
+        monkeypatch.setattr(bands, "cpu_threads", lambda threads=threads: threads)
+        results.append((gaussian_filter(image, 5.0), gaussian_filter(image, 5.0, mask=mask), dilate(image, mask, 2)))
+    for result in results[1:]:
+        for got, expected in zip(result, results[0]):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_small_images_stay_in_one_band(monkeypatch):
+    monkeypatch.setattr(bands, "cpu_threads", lambda: 8)
+    assert bands._band_edges(1080, 1080 * 1080) == [1080 * b // 8 for b in range(9)]
+    assert bands._band_edges(100, 100 * 100) == [0, 100]  # ~1 ms of work: not worth a thread
