@@ -105,7 +105,16 @@ def test_excel_bom_is_accepted(tmp_path):
     _tiff(tmp_path, "a.tif")
     (tmp_path / "l.csv").write_bytes("Metadata_Well,FileName_DNA\nA01,a.tif\n".encode("utf-8-sig"))
     (record,) = read_loaddata(tmp_path / "l.csv")
-    assert (record.plate, record.well, record.channel) == ("plate", "A01", "DNA")
+    assert (record.plate, record.well, record.channel) == (tmp_path.name, "A01", "DNA")
+
+
+def test_plates_without_metadata_are_named_after_their_folder(tmp_path):
+    base = tmp_path / "Screen 7 (day 2)"
+    _tiff(base, "a.tif")
+    _tiff(base / "Plate #4", "b.tif")
+    (base / "l.csv").write_text("Metadata_Well,FileName_DNA,PathName_DNA\nA01,a.tif,\nA02,b.tif,Plate #4\n")
+    first, second = read_loaddata(base / "l.csv")
+    assert (first.plate, second.plate) == ("Screen_7_day_2", "Plate_4")
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from .atomic import atomic_write_bytes
 from .discovery import ImageRecord, natural_key
-from .layouts import DEFAULT_PLATE, DEFAULT_SITE, number_field, well_name
+from .layouts import DEFAULT_SITE, number_field, plate_from_folder, well_name
 
 _CHANNEL_PREFIXES = ("FileName_", "URL_")
 
@@ -68,8 +68,9 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
     """Read a CellProfiler LoadData CSV into one ImageRecord per (row, channel) file.
 
     Relative PathName values are resolved against ``base_dir`` (default: the CSV's folder), and each
-    record's ``relpath`` is relative to ``base_dir``. Missing Metadata_Plate: the first folder of the
-    relative path, else "plate"; missing Metadata_Site: "1". Empty FileName cells are skipped.
+    record's ``relpath`` is relative to ``base_dir``. Missing Metadata_Plate: the name of the first
+    folder of the relative path, else of ``base_dir``, as ``plate_from_folder`` cleans it (the way
+    discovery names plates); missing Metadata_Site: "1". Empty FileName cells are skipped.
     A malformed CSV raises ValueError naming the file (and line).
     """
     csv_path = Path(csv_path)
@@ -98,8 +99,9 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
                 continue
             relpath = _relpath(path, base)
             plate = (row.get("Metadata_Plate") or "").strip()
-            if not plate:
-                plate = relpath.split("/", 1)[0] if "/" in relpath and not relpath.startswith("../") else DEFAULT_PLATE
+            if not plate:  # named like discovery names a plate: after its folder
+                nested = "/" in relpath and not relpath.startswith("../")
+                plate = plate_from_folder(relpath.split("/", 1)[0] if nested else base)
             records.append(
                 ImageRecord(
                     path=path,
