@@ -71,6 +71,21 @@ def test_same_compression_keeps_codec_predictor_and_resolution(tmp_path, rng, dt
     assert info.resolution_unit == int(tifffile.RESUNIT.CENTIMETER)
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_tiles_are_kept(tmp_path, rng, compression):
+    image = rng.integers(0, 4096, (100, 75), dtype=np.uint16)  # tiles hang over both edges
+    tifffile.imwrite(tmp_path / "tiled.tif", image, tile=(32, 48), compression=compression)
+    tifffile.imwrite(tmp_path / "strips.tif", image, compression=compression)
+    like = read_tiff_info(tmp_path / "tiled.tif")
+    assert like.tile == (32, 48) and read_tiff_info(tmp_path / "strips.tif").tile is None
+    write_tiff(tmp_path / "out.tif", image, like=like)
+    write_tiff(tmp_path / "out-strips.tif", image, like=tmp_path / "strips.tif")
+    back, info = read_tiff(tmp_path / "out.tif")
+    np.testing.assert_array_equal(back, image)
+    assert (info.tile, info.compression) == ((32, 48), compression)
+    assert read_tiff_info(tmp_path / "out-strips.tif").tile is None
+
+
 def test_predictor_follows_the_written_dtype(tmp_path, rng):
     source = tmp_path / "source.tif"
     tifffile.imwrite(source, _image(rng, np.uint16), compression="zlib", predictor=True)

@@ -61,7 +61,8 @@ class TiffInfo:
     ``resolution_unit`` the TIFF code (1 none, 2 inch, 3 cm, ...); ``photometric`` a lower-case
     name ("minisblack", "miniswhite", "palette", "rgb"); ``ome_xml`` the OME-XML ImageDescription
     or None; ``description`` any other ImageDescription or None; ``colormap`` a palette image's
-    colour map as nested tuples (3 rows of 2**bits values) or None.
+    colour map as nested tuples (3 rows of 2**bits values) or None; ``tile`` the (length, width)
+    of a tiled image's tiles, None for strips.
     """
 
     shape: tuple
@@ -78,6 +79,7 @@ class TiffInfo:
     bits_per_sample: int
     resolution_rational: tuple | None = None
     colormap: tuple | None = dataclasses.field(default=None, repr=False)
+    tile: tuple | None = None
 
 
 def _compression_name(tag: int) -> str | None:
@@ -154,6 +156,7 @@ def _info(path: Path, tif: tifffile.TiffFile) -> TiffInfo:
         bits_per_sample=int(page.bitspersample),
         resolution_rational=rational,
         colormap=None if colormap is None else tuple(tuple(int(v) for v in row) for row in np.atleast_2d(colormap)),
+        tile=(int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None,
     )
 
 
@@ -251,8 +254,8 @@ def write_tiff(path, array: np.ndarray, like: TiffInfo | str | os.PathLike | Non
     reuses ``like``'s codec and predictor (zlib/deflate, lzw, zstd, packbits; another codec such as
     JPEG becomes zlib; no ``like`` means uncompressed); or name one of "zlib", "deflate", "lzw",
     "zstd", "packbits", "none"/None. Kept from ``like``: resolution and unit, photometric
-    (minisblack, miniswhite; palette with its colour map when the bit depth matches), the OME-XML
-    or other ImageDescription. The Software tag says "gpuillum".
+    (minisblack, miniswhite; palette with its colour map when the bit depth matches), tiling and
+    tile size, the OME-XML or other ImageDescription. The Software tag says "gpuillum".
     """
     if not isinstance(array, np.ndarray):
         raise TypeError(f"array: expected a NumPy array, got {type(array).__name__} (copy CuPy arrays to the host first)")
@@ -280,6 +283,7 @@ def write_tiff(path, array: np.ndarray, like: TiffInfo | str | os.PathLike | Non
             colormap=colormap,
             compression=codec,
             predictor=predictor or None,
+            tile=None if like is None else like.tile,
             resolution=resolution,
             resolutionunit=unit,
             description=_description(array, like),
