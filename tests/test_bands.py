@@ -41,10 +41,13 @@ def test_with_halo_equals_one_call(many_bands, rng, shape, mode):
     np.testing.assert_array_equal(bands.with_halo(filter_2d, image, 5), filter_2d(image))
 
 
-def test_gaussian_float64_is_scipys_gaussian(many_bands, rng):
-    image = rng.random((45, 38))
-    expected = ndimage.gaussian_filter(image, 4.2, mode="constant", truncate=4.0)
-    np.testing.assert_array_equal(gaussian_float64(image, 4.2), expected)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.uint8])
+def test_gaussian_float64_is_scipys_gaussian(many_bands, rng, dtype):
+    image = (rng.random((45, 38)) * 200).astype(dtype)
+    expected = ndimage.gaussian_filter(image.astype(np.float64), 4.2, mode="constant", truncate=4.0)
+    got = gaussian_float64(image, 4.2)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_banded_filters_do_not_depend_on_the_band_count(rng, monkeypatch):
@@ -58,6 +61,17 @@ def test_banded_filters_do_not_depend_on_the_band_count(rng, monkeypatch):
     for result in results[1:]:
         for got, expected in zip(result, results[0]):
             np.testing.assert_array_equal(got, expected)
+
+
+def test_numba_thread_count_limits_the_bands():
+    numba = pytest.importorskip("numba")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        assert bands.cpu_threads() == 1
+        assert bands._band_edges(1080, 1080 * 1080) == [0, 1080]
+    finally:
+        numba.set_num_threads(before)
 
 
 def test_small_images_stay_in_one_band(monkeypatch):

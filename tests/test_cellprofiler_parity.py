@@ -194,12 +194,27 @@ def test_each_median_on_full_range_integers_is_bit_identical(dtype, rescale, mas
         check(settings, images, masks)
 
 
-def test_each_median_of_raw_values_matches_the_float_path():
-    # the same images as float32 holding CellProfiler's values take the general path
+@pytest.mark.parametrize("rescale", ["Yes", "Median"])
+@pytest.mark.parametrize("aggregation, count", [("Each", 1), ("Each", 3), ("All: Across cycles", 1)])
+def test_median_of_raw_values_matches_the_float_path(aggregation, count, rescale):
+    # the same images as float32 holding CellProfiler's values take the general path; one masked
+    # image in an All mode must keep the All-mode mask rules (several differ: exact integer sums)
     images, masks = dataset("96x96", True)
-    settings = CalculateSettings(smoothing="Median Filter", filter_size_method="Manually", manual_size=10)
+    images, masks = images[:count], masks[:count]
+    settings = CalculateSettings(smoothing="Median Filter", filter_size_method="Manually", manual_size=10,
+                                 aggregation=aggregation, rescale=rescale)
     as_floats = [(image / 65535.0).astype(np.float32) for image in images]
     np.testing.assert_array_equal(calculate(images, settings, masks), calculate(as_floats, settings, masks))
+
+
+def test_median_of_raw_values_is_resized_to_the_requested_shape():
+    images, masks = dataset("96x96", True)
+    settings = CalculateSettings(smoothing="Median Filter", filter_size_method="Manually", manual_size=10)
+    raw = IlluminationAccumulator(settings).add(images[0], masks[0])
+    floats = IlluminationAccumulator(settings).add((images[0] / 65535.0).astype(np.float32), masks[0])
+    got = raw.finalize((120, 75))
+    assert got.shape == (120, 75)
+    np.testing.assert_array_equal(got, floats.finalize((120, 75)))
 
 
 def test_jump_preset_matches_resize_median_resize():

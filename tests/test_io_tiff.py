@@ -1,6 +1,7 @@
 """TIFF reading and writing: pixels and metadata round-trip, bad files give one-line ImageReadErrors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from fractions import Fraction
 import pickle
@@ -84,6 +85,11 @@ def test_tiles_are_kept(tmp_path, rng, compression):
     np.testing.assert_array_equal(back, image)
     assert (info.tile, info.compression) == ((32, 48), compression)
     assert read_tiff_info(tmp_path / "out-strips.tif").tile is None
+    # tiles TIFF does not allow (not multiples of 16) are written as strips rather than refused
+    write_tiff(tmp_path / "odd.tif", image, like=dataclasses.replace(like, tile=(30, 40)))
+    back, info = read_tiff(tmp_path / "odd.tif")
+    assert info.tile is None
+    np.testing.assert_array_equal(back, image)
 
 
 def test_predictor_follows_the_written_dtype(tmp_path, rng):

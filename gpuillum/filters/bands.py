@@ -11,17 +11,20 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 
 _MIN_PIXELS_PER_BAND = 1 << 17  # below ~this (~1 ms of filtering) a thread costs more than it saves
 
 
 def cpu_threads() -> int:
-    """CPU cores this process may use (the affinity mask where the OS has one)."""
+    """Threads for CPU kernels: numba's thread count (``NUMBA_NUM_THREADS`` sets it), at most the
+    cores this process may use (the affinity mask where the OS has one)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, numba.get_num_threads()))
 
 
 def _band_edges(length: int, pixels: int) -> list[int]:
@@ -39,8 +42,8 @@ def _run(jobs) -> None:
 
 
 def along_axis(filter_1d, image, axis: int):
-    """``filter_1d(image, axis)`` (a 1-D filter along ``axis`` of a 2-D image, same shape and dtype
-    out), with the lines split into thread bands on NumPy."""
+    """``filter_1d(image, axis)`` (a 1-D filter along ``axis`` of a 2-D image that returns the
+    same shape and dtype), with the lines split into thread bands on NumPy."""
     if not isinstance(image, np.ndarray):
         return filter_1d(image, axis)
     other = 1 - axis

@@ -23,6 +23,7 @@ import numpy as np
 
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_radius
 from ..backend import cuda_kernel, get_array_module, on_input_device
+from .bands import cpu_threads
 from .footprints import FOOTPRINTS, chord_half_widths
 
 MODES = ("ignore", "reflect", "nearest", "mirror", "constant")
@@ -323,7 +324,7 @@ def _median_levels_cpu(levels, half, oy0, ox0, height, width, n_levels):
     src_w = levels.shape[1]
     src = np.ascontiguousarray(levels).reshape(-1)
     out = np.empty((height, width), dtype=levels.dtype)
-    n_threads = numba.get_num_threads()
+    n_threads = cpu_threads()
     small = height * width * half.size < _THREADED_UPDATES  # a few ms of work: threads cost more
     n_bands = 1 if small or n_threads == 1 else min(height, _BANDS_PER_THREAD * n_threads)
 

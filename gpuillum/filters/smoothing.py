@@ -38,8 +38,10 @@ def _gaussian_1d(ndi, sigma: float, dtype):
 def gaussian_float64(image, sigma: float):
     """``scipy.ndimage.gaussian_filter(image, sigma, mode="constant")`` of a 2-D image in float64,
     the same bytes, with each pass split across the CPU cores (or on the GPU for CuPy)."""
-    ndi = get_ndimage(get_array_module(image))
+    xp = get_array_module(image)
+    ndi = get_ndimage(xp)
     gaussian = _gaussian_1d(ndi, sigma, np.float64)
+    image = image.astype(xp.float64, copy=False)  # bands write into an array of the input dtype
     for axis in range(2):
         image = along_axis(gaussian, image, axis)
     return image

@@ -247,6 +247,13 @@ def _description(array: np.ndarray, like: TiffInfo | None) -> str | None:
     return text
 
 
+def _tile_like(like: TiffInfo | None) -> tuple | None:
+    """``like``'s tile size when TIFF allows writing it (multiples of 16), else None (strips)."""
+    if like is None or like.tile is None or any(n % 16 for n in like.tile):
+        return None
+    return like.tile
+
+
 def write_tiff(path, array: np.ndarray, like: TiffInfo | str | os.PathLike | None = None, compression="same") -> None:
     """Write a 2-D NumPy array to ``path`` as a TIFF, atomically, with ``like``'s metadata.
 
@@ -283,7 +290,7 @@ def write_tiff(path, array: np.ndarray, like: TiffInfo | str | os.PathLike | Non
             colormap=colormap,
             compression=codec,
             predictor=predictor or None,
-            tile=None if like is None else like.tile,
+            tile=_tile_like(like),
             resolution=resolution,
             resolutionunit=unit,
             description=_description(array, like),
