@@ -493,6 +493,19 @@ def _order_statistic(values, index: int, xp):
     return xp.partition(values[high == bin_index], rank)[rank]
 
 
+def _robust_index(count: int, option: str) -> int:
+    """Sorted position, among ``count`` positive values, of the value rescale "Yes" (2 %) or
+    "Median" (upper median) divides by."""
+    return int(count * ROBUST_FACTOR) if option == "Yes" else int(count / 2)
+
+
+def _divide_by_robust(values, robust, option: str, xp):
+    """"Yes" raises values below ``robust`` to it; then both options divide by it, in float32."""
+    if option == "Yes":
+        values = xp.maximum(values, robust)
+    return (values / robust).astype(xp.float32, copy=False)
+
+
 def _rescale_table(levels, table, mask, option: str):
     """``rescale(table[levels], mask, option)`` for an image given as integer ``levels`` into a
     non-decreasing float32 ``table``: the order statistic comes from a level histogram (sorted
@@ -504,11 +517,8 @@ def _rescale_table(levels, table, mask, option: str):
         counts[table <= 0] = 0  # only positive values count
         count = int(counts.sum())
         if count:
-            index = int(count * ROBUST_FACTOR) if option == "Yes" else int(count / 2)
-            robust = table[int(xp.searchsorted(xp.cumsum(counts), index, side="right"))]
-            if option == "Yes":
-                table = xp.maximum(table, robust)
-            table = (table / robust).astype(xp.float32, copy=False)
+            robust = table[int(xp.searchsorted(xp.cumsum(counts), _robust_index(count, option), side="right"))]
+            table = _divide_by_robust(table, robust, option, xp)
     return xp.take(table, levels)
 
 
@@ -526,15 +536,17 @@ def rescale(pixels, mask, option: str):
     count = int(values.size)
     if count == 0:
         return pixels
-    index = int(count * ROBUST_FACTOR) if option == "Yes" else int(count / 2)
-    robust = _order_statistic(values, index, xp)
-    if option == "Yes":
-        pixels = xp.maximum(pixels, robust)
-    return (pixels / robust).astype(xp.float32, copy=False)
+    robust = _order_statistic(values, _robust_index(count, option), xp)
+    return _divide_by_robust(pixels, robust, option, xp)
 
 
 # ---------------------------------------------------------------------------------------------
 # Accumulator
+
+
+def _check_some_valid(valid) -> None:
+    if valid is not None and not bool(valid.any()):
+        raise ValueError("masks: every pixel is masked in every image; nothing to average")
 
 
 class IlluminationAccumulator:
@@ -641,12 +653,12 @@ class IlluminationAccumulator:
     def _add_sum(self, values, scale, images: int):
         """Add ``values`` (integers of dtype maximum ``scale``, or CellProfiler floats when None)."""
         xp = get_array_module(values)
-        if self._sum is not None and scale != self._scale:
+        if self._sum is None:
+            self._scale = scale
+        elif scale != self._scale:
             self._make_float()
             if scale is not None:
                 values = values / float(scale)
-        elif self._sum is None:
-            self._scale = scale
         exact = self._scale is not None
         wide = exact and (self.count + images) * self._scale >= 2**32
         if self._sum is None:  # the first values: one copy in the sum's dtype
@@ -744,6 +756,13 @@ class IlluminationAccumulator:
             return xp.full(self._sum.shape, self._unmasked, xp.int32)
         return self._masked_count + xp.int32(self._unmasked)
 
+    def _valid_mask(self):
+        """Pixels some image contributed to (count > 0); None when that is every pixel."""
+        if self._masked_count is None or self._unmasked:
+            return None
+        valid = self._masked_count > 0
+        return None if bool(valid.all()) else valid
+
     def average(self):
         """The averaged image (float32, 0 where no image contributed) and the valid mask (count > 0,
         None when every pixel has a contribution). The division is float64, as CellProfiler's."""
@@ -759,9 +778,11 @@ class IlluminationAccumulator:
             return (total / self._unmasked).astype(xp.float32), None
         if self._unmasked:
             return (total / (self._masked_count + self._unmasked)).astype(xp.float32), None
-        valid = self._masked_count > 0
-        average = xp.where(valid, total / xp.maximum(self._masked_count, 1), 0.0).astype(xp.float32)
-        return average, (None if bool(valid.all()) else valid)
+        valid = self._valid_mask()
+        average = total / xp.maximum(self._masked_count, 1)
+        if valid is not None:
+            average = xp.where(valid, average, 0.0)
+        return average.astype(xp.float32), valid
 
     def finalize(self, shape=None):
         """The illumination function, float32 2-D on the accumulator's backend.
@@ -783,13 +804,11 @@ class IlluminationAccumulator:
                 pixels = resize_bilinear(pixels, target)
             return xp.ascontiguousarray(pixels, dtype=xp.float32)
 
-
     def _function(self):
         """average -> dilate -> smooth -> rescale, at working size."""
         settings = self.settings
         average, valid = self.average()  # valid None: every pixel (same results as an all-True mask)
-        if valid is not None and not bool(valid.any()):
-            raise ValueError("masks: every pixel is masked in every image; nothing to average")
+        _check_some_valid(valid)
         keep_mask = settings.compat == "5" or not settings.is_all
         pixels = average
         if settings.dilate:
@@ -817,11 +836,8 @@ class IlluminationAccumulator:
         from ..filters.median import median_filter
 
         xp = get_array_module(self._sum)
-        valid = None
-        if self._masked_count is not None and not self._unmasked:
-            valid = self._masked_count > 0
-            if not bool(valid.any()):
-                raise ValueError("masks: every pixel is masked in every image; nothing to average")
+        valid = self._valid_mask()
+        _check_some_valid(valid)
         raw = self._sum.astype(xp.uint8 if self._scale <= 0xFF else xp.uint16)
         radius = median_radius(self.settings, raw.shape)
         levels = median_filter(raw, radius, footprint="disk", mode="ignore")
