@@ -78,3 +78,61 @@ def test_small_images_stay_in_one_band(monkeypatch):
     monkeypatch.setattr(bands, "cpu_threads", lambda: 8)
     assert bands._band_edges(1080, 1080 * 1080) == [1080 * b // 8 for b in range(9)]
     assert bands._band_edges(100, 100 * 100) == [0, 100]  # ~1 ms of work: not worth a thread
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape", [(37, 53), (1, 5), (0, 4)])
+def test_lookup_is_the_table_at_the_indices(many_bands, rng, dtype, shape):
+    table = rng.random(int(np.iinfo(dtype).max) + 1).astype(np.float32)
+    indices = rng.integers(0, table.size, shape).astype(dtype)
+    got = bands.lookup(table, indices)
+    assert got.dtype == np.float32 and got.shape == shape
+    np.testing.assert_array_equal(got, table[indices])
+
+
+def test_lookup_reads_non_contiguous_indices(rng):
+    table = rng.random(300)
+    indices = rng.integers(0, 300, (40, 30)).astype(np.uint16)
+    np.testing.assert_array_equal(bands.lookup(table, indices.T[::2]), table[indices.T[::2]])
+
+
+def test_run_jobs_runs_every_job_and_raises_their_errors(monkeypatch):
+    monkeypatch.setattr(bands, "cpu_threads", lambda: 3)
+    done = []
+    bands.run_jobs([lambda i=i: done.append(i) for i in range(10)])
+    assert sorted(done) == list(range(10))
+
+    def fail():
+        raise RuntimeError("band 2 failed")
+
+    with pytest.raises(RuntimeError, match="band 2 failed"):
+        bands.run_jobs([lambda: None, fail])
+
+
+def test_jobs_that_run_jobs_do_not_wait_on_the_pool(monkeypatch):
+    # two pool threads, each running a job that itself submits two jobs: inline, never a deadlock
+    monkeypatch.setattr(bands, "cpu_threads", lambda: 2)
+    results = []
+
+    def outer(i):
+        bands.run_jobs([lambda: results.append((i, 0)), lambda: results.append((i, 1))])
+
+    bands.run_jobs([lambda: outer(0), lambda: outer(1)])
+    assert sorted(results) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_the_pool_follows_the_thread_count(monkeypatch):
+    names = set()
+
+    def record():
+        import threading
+
+        names.add(threading.current_thread().name)
+
+    monkeypatch.setattr(bands, "cpu_threads", lambda: 2)
+    bands.run_jobs([record] * 2)
+    first = bands._shared_pool()
+    assert bands._shared_pool() is first  # made once, used again
+    monkeypatch.setattr(bands, "cpu_threads", lambda: 4)
+    assert bands._shared_pool() is not first and bands._shared_pool()._max_workers == 4
+    assert all(name.startswith("gpuillum-bands") for name in names)

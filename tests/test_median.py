@@ -10,7 +10,7 @@ from skimage.filters.rank import median as rank_median
 
 import gpuillum.filters.median as median_module
 from gpuillum.filters.footprints import footprint_array
-from gpuillum.filters.median import median_filter
+from gpuillum.filters.median import median_filter, median_filter_counted
 
 pytestmark = pytest.mark.filterwarnings("ignore:Bad rank filter performance:UserWarning")
 
@@ -239,6 +239,26 @@ def test_non_contiguous_input(rng):
     np.testing.assert_array_equal(median_filter(view, 3), rank_median(np.ascontiguousarray(view), skimage_footprint(3, "disk")))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("mode", ["ignore", "reflect", "constant"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_counted_median_returns_the_median_and_its_histogram(rng, monkeypatch, dtype, mode, threads):
+    # with 3 threads there are 12 row bands, each counting its own rows into its own histogram
+    monkeypatch.setattr(median_module, "_THREADED_UPDATES", 0)
+    monkeypatch.setattr(median_module, "cpu_threads", lambda: threads)
+    image = random_image(rng, (45, 61), dtype, high=200)
+    result, counts = median_filter_counted(image, 5, mode=mode, cval=250)  # cval above every pixel
+    np.testing.assert_array_equal(result, median_filter(image, 5, mode=mode, cval=250))
+    assert counts.dtype == np.int64 and counts.size > result.max()
+    np.testing.assert_array_equal(counts, np.bincount(result.ravel(), minlength=counts.size))
+
+
+def test_counted_median_takes_integer_images_only():
+    with pytest.raises(TypeError, match="float32") as info:
+        median_filter_counted(np.zeros((4, 4), np.float32), 1)
+    assert "\n" not in str(info.value)
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -295,6 +315,17 @@ def test_gpu_large_radius_matches_cpu(cupy, rng, high, radius):
     # 4095 keeps the fine counts in shared memory, 65535 moves them to global scratch
     image = random_image(rng, (256, 200), np.uint16, high=high)
     np.testing.assert_array_equal(median_filter(cupy.asarray(image), radius).get(), median_filter(image, radius))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_gpu_counted_median_matches_cpu(cupy, rng, dtype):
+    image = random_image(rng, (200, 150), dtype, high=3000 if dtype == np.uint16 else None)
+    expected, expected_counts = median_filter_counted(image, 11)
+    result, counts = median_filter_counted(cupy.asarray(image), 11)
+    assert isinstance(result, cupy.ndarray) and isinstance(counts, cupy.ndarray)
+    np.testing.assert_array_equal(result.get(), expected)
+    np.testing.assert_array_equal(counts.get(), expected_counts)
 
 
 @pytest.mark.gpu

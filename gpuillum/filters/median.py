@@ -16,14 +16,13 @@ are one ``xp`` code path shared by both.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
 
-from .._checks import ORDER_DTYPES, check_choice, check_image, check_radius
+from .._checks import INTEGER_DTYPES, ORDER_DTYPES, check_choice, check_image, check_radius
 from ..backend import cuda_kernel, get_array_module, on_input_device
-from .bands import cpu_threads
+from .bands import cpu_threads, run_jobs
 from .footprints import FOOTPRINTS, chord_half_widths
 
 MODES = ("ignore", "reflect", "nearest", "mirror", "constant")
@@ -40,6 +39,21 @@ def median_filter(image, radius, *, footprint="disk", mode="ignore", cval=0):
     semantics) or one of scipy's "reflect", "nearest", "mirror", "constant" (padding with ``cval``,
     converted to the image dtype as scipy does). Any radius >= 1 is exact, also beyond the image size.
     """
+    return _median(image, radius, footprint, mode, cval, count=False)[0]
+
+
+@on_input_device
+def median_filter_counted(image, radius, *, footprint="disk", mode="ignore", cval=0):
+    """``median_filter`` of a uint8 or uint16 image and the histogram of its result: int64
+    ``counts[v]`` = pixels whose median is v, for v up to the largest value a window sees (the
+    image maximum, or ``cval`` in constant mode). The CPU kernel counts as it writes each pixel,
+    which spares a statistic of the result (CellProfiler's rescale) a pass."""
+    image = check_image(image, "image", INTEGER_DTYPES)
+    return _median(image, radius, footprint, mode, cval, count=True)
+
+
+def _median(image, radius, footprint, mode, cval, count: bool):
+    """(median, counts or None): the body of ``median_filter`` and ``median_filter_counted``."""
     image = check_image(image, "image", ORDER_DTYPES)
     radius = check_radius(radius)
     check_choice(footprint, "footprint", FOOTPRINTS)
@@ -64,9 +78,12 @@ def median_filter(image, radius, *, footprint="disk", mode="ignore", cval=0):
         n_levels = int(source.max()) + 1  # one scalar read back on the GPU
 
     half = chord_half_widths(radius, footprint)
-    kernel = _median_levels_cpu if xp is np else _median_levels_gpu
-    result = kernel(levels, half, origin, origin, height, width, n_levels)
-    return result if values is None else values[result]
+    if xp is np:
+        result, counts = _median_levels_cpu(levels, half, origin, origin, height, width, n_levels, count)
+    else:
+        result = _median_levels_gpu(levels, half, origin, origin, height, width, n_levels)
+        counts = xp.bincount(result.ravel(), minlength=n_levels) if count else None
+    return (result if values is None else values[result]), counts
 
 
 def _cval_as(cval, dtype) -> np.generic:
@@ -197,6 +214,14 @@ def _walk(fine, coarse, top, shift, med, below, k):
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _emit(out, counts, y, x, med):
+    """Write the median of pixel (y, x), and count it when a histogram of the result is kept."""
+    out[y, x] = med
+    if counts is not None:
+        counts[med] += 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _exchange(src, entering_at, leaving_at, threshold, fine, coarse, top, shift):
     """Count src[entering_at] in and src[leaving_at] out; returns whether each is below threshold."""
     entering = src[entering_at]
@@ -234,9 +259,10 @@ def _slide(src, base, plus, minus, j_lo, j_hi, med, fine, coarse, top, shift):
 
 
 @numba.njit(cache=True, nogil=True)
-def _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, fine, coarse, top, shift):
+def _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, counts, fine, coarse, top, shift):
     """Output rows [y_start, y_stop) in a snake walk (right on even rows, left on odd ones);
-    ``src`` is the flattened image, ``src_w`` its width."""
+    ``src`` is the flattened image, ``src_w`` its width; ``counts``: None, or the histogram of
+    the medians written, added to."""
     src_h = src.size // src_w
     radius = (half.size - 1) // 2
     # flat offsets from the centre of the chord ends of a step to the right: the pixel entering
@@ -277,7 +303,7 @@ def _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, fine, 
                     n += 1
                     below += value < med
             med, below = _walk(fine, coarse, top, shift, med, below, n // 2)
-        out[y, x] = med
+        _emit(out, counts, y, x, med)
         forward = (y - y_start) % 2 == 0
         j_lo = max(-radius, -cy) + radius  # window rows inside the image
         j_hi = min(radius, src_h - 1 - cy) + radius + 1
@@ -310,14 +336,15 @@ def _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, fine, 
                 x += step
                 k = n // 2
             med, below = _walk(fine, coarse, top, shift, med, below, k)
-            out[y, x] = med
+            _emit(out, counts, y, x, med)
 
 
-def _median_levels_cpu(levels, half, oy0, ox0, height, width, n_levels):
-    """Median of the ``height`` x ``width`` region at (oy0, ox0) of ``levels``, windows clipped to it.
+def _median_levels_cpu(levels, half, oy0, ox0, height, width, n_levels, count=False):
+    """(median, counts or None) of the ``height`` x ``width`` region at (oy0, ox0) of ``levels``,
+    windows clipped to it; ``count``: also the histogram of the median (n_levels int64).
 
-    Row bands run on a thread pool (the band kernel releases the GIL): the same parallelism as a
-    numba prange, without its several seconds of extra compile time per dtype.
+    Row bands run on the shared thread pool (``bands.run_jobs``; the band kernel releases the
+    GIL): the same parallelism as a numba prange, without its seconds of extra compile time per dtype.
     """
     shift, n_tiers = _tiers(n_levels, int(np.sum(2 * half + 1)))
     half = half.astype(np.int64)
@@ -328,19 +355,17 @@ def _median_levels_cpu(levels, half, oy0, ox0, height, width, n_levels):
     small = height * width * half.size < _THREADED_UPDATES  # a few ms of work: threads cost more
     n_bands = 1 if small or n_threads == 1 else min(height, _BANDS_PER_THREAD * n_threads)
 
+    band_counts = [np.zeros(n_levels, dtype=np.int64) if count else None for _ in range(n_bands)]
+
     def run_band(band):
         y_start, y_stop = band * height // n_bands, (band + 1) * height // n_bands
         fine = np.zeros(n_levels, dtype=np.int32)
         coarse = np.zeros(((n_levels - 1) >> shift) + 1, dtype=np.int32) if n_tiers > 1 else None
         top = np.zeros(((n_levels - 1) >> (2 * shift)) + 1, dtype=np.int32) if n_tiers == 3 else None
-        _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, fine, coarse, top, shift)
+        _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, band_counts[band], fine, coarse, top, shift)
 
-    if n_bands == 1:
-        run_band(0)
-    else:
-        with ThreadPoolExecutor(max_workers=n_threads) as pool:
-            list(pool.map(run_band, range(n_bands)))
-    return out
+    run_jobs([lambda band=band: run_band(band) for band in range(n_bands)])
+    return out, (sum(band_counts) if count else None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,7 +382,7 @@ _MAX_WARPS_PER_BLOCK = 8
 
 
 def _median_levels_gpu(levels, half, oy0, ox0, height, width, n_levels):
-    """CuPy twin of ``_median_levels_cpu`` (same arguments, same result)."""
+    """CuPy twin of ``_median_levels_cpu`` without ``count``: the median only."""
     import cupy as cp
 
     levels = cp.ascontiguousarray(levels)

@@ -31,15 +31,13 @@ infinite pixel is inf - inf = NaN, as in scikit-image.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numba
 import numpy as np
 
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_radius
 from ..backend import cuda_kernel, get_array_module, on_input_device
+from .bands import cpu_threads, run_jobs
 from .footprints import FOOTPRINTS, chord_half_widths
-from .bands import cpu_threads
 from .neutral import never_wins
 
 __all__ = ["grey_erosion", "grey_dilation", "grey_opening", "grey_closing", "white_tophat", "black_tophat"]
@@ -165,11 +163,7 @@ def _chord_erosion(image, half):
     def run(b):
         _chord_erosion_cpu(image, out, edges[b], edges[b + 1], schedule, step_first, step_dys, sentinel)
 
-    if bands == 1:
-        run(0)
-    else:
-        with ThreadPoolExecutor(bands) as pool:
-            list(pool.map(run, range(bands)))
+    run_jobs([lambda b=b: run(b) for b in range(bands)])
     return out
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from .._checks import check_choice, check_image, check_mask
 from ..backend import device_of, get_array_module, get_ndimage, is_cupy_array, same_backend, to_numpy
 from ..correct import apply  # re-exported: CorrectIlluminationApply
-from ..filters.bands import with_halo
+from ..filters.bands import lookup, with_halo
 from .functions_io import function_filename, load_function, save_function  # re-exported
 
 INTENSITY_CHOICES = ("Regular", "Background")
@@ -506,20 +506,23 @@ def _divide_by_robust(values, robust, option: str, xp):
     return (values / robust).astype(xp.float32, copy=False)
 
 
-def _rescale_table(levels, table, mask, option: str):
+def _rescale_table(levels, table, mask, option: str, counts=None):
     """``rescale(table[levels], mask, option)`` for an image given as integer ``levels`` into a
     non-decreasing float32 ``table``: the order statistic comes from a level histogram (sorted
-    levels give sorted values), and the division runs once per table entry, not per pixel."""
+    levels give sorted values), and the division runs once per table entry, not per pixel.
+    ``counts``: that histogram of the unmasked levels when the caller has it (no more than
+    ``table.size`` bins), else it is counted here."""
     check_choice(option, "rescale", RESCALE_CHOICES)
     xp = get_array_module(levels)
     if option != "No":
-        counts = xp.bincount((levels if mask is None else levels[mask]).ravel(), minlength=table.size)
-        counts[table <= 0] = 0  # only positive values count
+        if counts is None:
+            counts = xp.bincount((levels if mask is None else levels[mask]).ravel(), minlength=table.size)
+        counts = xp.where(table[: counts.size] > 0, counts, 0)  # only positive values count
         count = int(counts.sum())
         if count:
             robust = table[int(xp.searchsorted(xp.cumsum(counts), _robust_index(count, option), side="right"))]
             table = _divide_by_robust(table, robust, option, xp)
-    return xp.take(table, levels)
+    return lookup(table, levels)
 
 
 def rescale(pixels, mask, option: str):
@@ -833,15 +836,19 @@ class IlluminationAccumulator:
         non-decreasing map and a median commutes with such a map, so the exact median of the raw
         integers (masked pixels already 0, which maps to 0) is looked up in ``_median_table`` and
         rescaled through it."""
-        from ..filters.median import median_filter
+        from ..filters.median import median_filter, median_filter_counted
 
         xp = get_array_module(self._sum)
         valid = self._valid_mask()
         _check_some_valid(valid)
         raw = self._sum.astype(xp.uint8 if self._scale <= 0xFF else xp.uint16)
         radius = median_radius(self.settings, raw.shape)
+        table = xp.asarray(_median_table(self._scale))
+        if valid is None and self.settings.rescale != "No":  # the kernel counts the statistic's pixels
+            levels, counts = median_filter_counted(raw, radius, footprint="disk", mode="ignore")
+            return _rescale_table(levels, table, None, self.settings.rescale, counts)
         levels = median_filter(raw, radius, footprint="disk", mode="ignore")
-        return _rescale_table(levels, xp.asarray(_median_table(self._scale)), valid, self.settings.rescale)
+        return _rescale_table(levels, table, valid, self.settings.rescale)
 
 
 def calculate(images, settings: CalculateSettings | None = None, masks=None):
