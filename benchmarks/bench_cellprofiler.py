@@ -5,7 +5,7 @@ the CP4 module does). The plate is synthetic and made in memory: ``--images`` 12
 uint16 (vignetting + blobs + Poisson-like noise) of ``--size``^2 pixels. "Each" + Median Filter is
 also timed on a 16-bit camera plate (same scene, ~2.8x the counts): CellProfiler's rank median
 scans its histogram up to the median value, so its time grows with the counts and gpuillum's
-does not. gpuillum's CPU path uses every numba thread (recorded); CellProfiler's path is
+does not. gpuillum's CPU path uses ``cpu_threads()`` threads (recorded); CellProfiler's path is
 single-threaded.
 
 * "Each" settings are timed per image on ``--cp-images`` images (CellProfiler's full-resolution
@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import RESULTS_DIR, machine_description, synchronize  # noqa: E402
 from gpuillum.backend import gpu_available  # noqa: E402
+from gpuillum.filters.bands import cpu_threads  # noqa: E402
 from gpuillum.illumination.cellprofiler import CalculateSettings, calculate, median_radius, preset  # noqa: E402
 
 
@@ -149,7 +149,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96, help="images in the synthetic plate (default 96)")
     parser.add_argument("--size", type=int, default=1080, help="image side in pixels (default 1080)")
-    parser.add_argument("--cp-images", type=int, default=5, help="images timed per 'Each' setting (both sides)")
+    parser.add_argument("--cp-images", type=int, default=9, help="images timed per 'Each' setting (both sides)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each gpuillum timing (median)")
     parser.add_argument("--only", nargs="*", help="run only these settings (names as in the output)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 6 images of 160^2, one repeat")
@@ -184,7 +184,7 @@ def main(argv=None):
             camera, images, device_images = "12-bit", plate, device_plate
         record = bench_setting(name, settings, images, oracle, args, device_images)
         record["camera"] = camera
-        record["gpuillum_cpu_threads"] = numba.get_num_threads()
+        record["gpuillum_cpu_threads"] = cpu_threads()
         results.append(record)
         gpu = f"  gpu {record['gpu_s']:.4f} s (x{record['speedup_gpu']:.1f})" if "gpu_s" in record else ""
         print(f"{name:28s} {record['timing']:36s} gpuillum {record['gpuillum_cpu_s']:.4f} s  "

@@ -69,7 +69,7 @@ def cellprofiler_table(path: Path) -> str:
                      f"{r['cellprofiler_cpu_s']:.4f} | {r['speedup_cpu']:.1f}x | {gpu} |")
     threads = {r["gpuillum_cpu_threads"] for r in data["results"] if "gpuillum_cpu_threads" in r}
     if threads:
-        lines += ["", f"gpuillum's CPU path ran on {', '.join(map(str, sorted(threads)))} numba thread(s); CellProfiler's path is single-threaded."]
+        lines += ["", f"gpuillum's CPU path ran on {', '.join(map(str, sorted(threads)))} thread(s); CellProfiler's path is single-threaded."]
     return "\n".join(lines) + f"\n\nMachine: {_machine(data['machine'])}.\n"
 
 

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # per-image kernels
     "median_filter": "gpuillum.filters.median",
+    "median_filter_counted": "gpuillum.filters.median",
     "median_background": "gpuillum.filters.median_background",
     "grey_erosion": "gpuillum.filters.morphology",
     "grey_dilation": "gpuillum.filters.morphology",

@@ -1,10 +1,12 @@
-"""Run SciPy filters on NumPy images in thread bands: every CPU core, the same bytes.
+"""Thread bands for CPU work on NumPy images: every core, the same bytes as one call.
 
 SciPy's ndimage filters release the GIL but use one thread. A 1-D filter along one axis treats
 every line on its own, so splitting the image across the other axis changes nothing; a 2-D filter
 gets the same result on a band of rows when the band carries ``halo`` extra rows of real pixels on
 each side (the image's own edges still see the filter's boundary mode). CuPy arrays and small
-images run the filter directly.
+images run the filter directly. ``lookup`` gathers a table in bands, and every banded CPU kernel
+of the package (these, the median, the morphology) runs its bands through ``run_jobs``, on one
+process-wide pool of ``cpu_threads()`` threads.
 """
 from __future__ import annotations
 
@@ -48,13 +50,12 @@ def run_jobs(jobs) -> None:
         for job in jobs:
             job()
         return
-    for future in [_shared_pool().submit(_as_pool_job, job) for job in jobs]:
+    for future in [_shared_pool().submit(job) for job in jobs]:
         future.result()
 
 
-def _as_pool_job(job) -> None:
+def _mark_pool_thread() -> None:
     _in_pool.active = True
-    job()
 
 
 def _shared_pool() -> ThreadPoolExecutor:
@@ -65,7 +66,7 @@ def _shared_pool() -> ThreadPoolExecutor:
         if _pool is None or _pool_threads != threads:
             if _pool is not None:
                 _pool.shutdown(wait=False)  # its running jobs finish; idle threads exit
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="gpuillum-bands")
+            _pool = ThreadPoolExecutor(threads, thread_name_prefix="gpuillum-bands", initializer=_mark_pool_thread)
             _pool_threads = threads
         return _pool
 
