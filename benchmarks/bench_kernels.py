@@ -6,7 +6,8 @@ Usage::
     python benchmarks/bench_kernels.py --device gpu    # CuPy path + cupyx / cuCIM peers
     python benchmarks/bench_kernels.py --quick         # small sizes, a smoke test
 
-Inputs are 12-bit uint16 fields (vignetting, cells, Poisson noise). Each entry reports the median
+Inputs are 12-bit uint16 fields (vignetting, cells, Poisson noise); the ``dtype float32`` median
+rows take the same field divided by 4095, as CellProfiler loads it. Each entry reports the median
 of repeated runs; a peer that would take longer than ``--peer-budget`` seconds on the full image is
 timed on a centred crop and scaled by the pixel ratio (marked ``extrapolated_from``). Ratios are
 peer time / gpuillum time against the best (fastest) peer. Results go to
@@ -225,6 +226,10 @@ def build_cases(sizes, radii, peers, quick: bool):
             for fp in ("disk", "square"):
                 cases.append(Case("median_filter", dict(size=size, radius=r, footprint=fp),
                                   lambda im, r=r, fp=fp: gi.median_filter(im, r, footprint=fp), peers["median"](r, fp)))
+            if r <= 25:  # float images: the rank transform plus the same kernel (rank medians take integers only)
+                float_peers = {name: fn for name, fn in peers["median"](r, "disk").items() if "rank" not in name}
+                cases.append(Case("median_filter", dict(size=size, radius=r, footprint="disk", dtype="float32"),
+                                  lambda im, r=r: gi.median_filter(im, r), float_peers))
             cases.append(Case("median_background", dict(size=size, radius=r),
                               lambda im, r=r: gi.median_background(im, r), peers["median"](r, "disk")))
             for fp in ("disk", "square"):
@@ -268,10 +273,11 @@ def main(argv=None) -> int:
     machine = machine_description()
     rows = []
     images = {s: test_image(s, background=args.background) for s in args.sizes}
+    float_images = {s: (images[s] / np.float32(4095)).astype(np.float32) for s in args.sizes}  # CellProfiler's floats
     for case in build_cases(args.sizes, args.radii, peers, args.quick):
         if args.kernels and case.kernel not in args.kernels:
             continue
-        image = images[case.params["size"]]
+        image = (float_images if case.params.get("dtype") == "float32" else images)[case.params["size"]]
         if gpu:
             import cupy
 

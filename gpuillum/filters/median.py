@@ -7,8 +7,8 @@ image is padded by the radius the way scipy extends it and the ignore-mode kerne
 padded image, over the original pixels only.
 
 Every input is reduced to integer *levels* (uint8/uint16 values as they are; float32 values to the
-index of their value among the image's distinct values), so one exact histogram kernel serves all
-dtypes. Its cost is O(r) per pixel: the window histogram slides along the image and only the chord
+index of their value among the image's distinct values, ``ranks.dense_ranks``), so one exact
+histogram kernel serves all dtypes. Its cost is O(r) per pixel: the window histogram slides along the image and only the chord
 ends that enter or leave the window are counted, never a per-pixel sort. The CPU kernel is numba,
 the GPU kernel a CUDA RawKernel (``cuda/median.cu``); validation, padding and the level transform
 are one ``xp`` code path shared by both.
@@ -24,6 +24,7 @@ from .._checks import INTEGER_DTYPES, ORDER_DTYPES, check_choice, check_image, c
 from ..backend import cuda_kernel, get_array_module, on_input_device
 from .bands import cpu_threads, run_jobs
 from .footprints import FOOTPRINTS, chord_half_widths
+from .ranks import dense_ranks
 
 MODES = ("ignore", "reflect", "nearest", "mirror", "constant")
 # scipy.ndimage mode -> numpy.pad mode giving the same extension (also for pads wider than the image)
@@ -70,8 +71,7 @@ def _median(image, radius, footprint, mode, cval, count: bool):
         origin = radius
 
     if image.dtype == np.float32:
-        values, levels = xp.unique(source, return_inverse=True)
-        levels = levels.reshape(source.shape).astype(np.uint32)
+        values, levels = dense_ranks(source)
         n_levels = int(values.size)
     else:
         values, levels = None, source
