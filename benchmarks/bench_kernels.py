@@ -7,7 +7,7 @@ Usage::
     python benchmarks/bench_kernels.py --quick         # small sizes, a smoke test
 
 Inputs are 12-bit uint16 fields (vignetting, cells, Poisson noise); the ``dtype float32`` median
-rows take the same field divided by 4095, as CellProfiler loads it. Each entry reports the median
+rows take the same field divided by 4095 (scaled to [0, 1]). Each entry reports the median
 of repeated runs; a peer that would take longer than ``--peer-budget`` seconds on the full image is
 timed on a centred crop and scaled by the pixel ratio (marked ``extrapolated_from``). Ratios are
 peer time / gpuillum time against the best (fastest) peer. Results go to
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     machine = machine_description()
     rows = []
     images = {s: test_image(s, background=args.background) for s in args.sizes}
-    float_images = {s: (images[s] / np.float32(4095)).astype(np.float32) for s in args.sizes}  # CellProfiler's floats
+    float_images = {s: (images[s] / np.float32(4095)).astype(np.float32) for s in args.sizes}  # 12-bit field in [0, 1]
     for case in build_cases(args.sizes, args.radii, peers, args.quick):
         if args.kernels and case.kernel not in args.kernels:
             continue

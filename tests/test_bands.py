@@ -1,6 +1,10 @@
 """Thread bands give the same bytes as one SciPy call, for any number of bands."""
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -117,22 +121,57 @@ def test_jobs_that_run_jobs_do_not_wait_on_the_pool(monkeypatch):
     def outer(i):
         bands.run_jobs([lambda: results.append((i, 0)), lambda: results.append((i, 1))])
 
-    bands.run_jobs([lambda: outer(0), lambda: outer(1)])
+    caller = threading.Thread(target=bands.run_jobs, args=([lambda: outer(0), lambda: outer(1)],), daemon=True)
+    caller.start()
+    caller.join(timeout=30)
+    assert not caller.is_alive(), "nested run_jobs deadlocked"
     assert sorted(results) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_an_error_reaches_the_caller_after_every_job_has_stopped(monkeypatch):
+    monkeypatch.setattr(bands, "cpu_threads", lambda: 2)
+    finished = []
+
+    def slow():
+        time.sleep(0.2)
+        finished.append(True)
+
+    def fail():
+        raise RuntimeError("bad band")
+
+    with pytest.raises(RuntimeError, match="bad band"):
+        bands.run_jobs([fail, slow])
+    assert finished == [True]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_gets_a_pool_of_its_own(monkeypatch):
+    monkeypatch.setattr(bands, "cpu_threads", lambda: 2)
+    bands.run_jobs([lambda: None, lambda: None])  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # child: the parent's pool threads are gone; a new pool must run the jobs
+        try:
+            done = []
+            bands.run_jobs([lambda: done.append(1), lambda: done.append(2)])
+            os._exit(0 if sorted(done) == [1, 2] else 1)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_the_pool_follows_the_thread_count(monkeypatch):
     names = set()
 
     def record():
-        import threading
-
         names.add(threading.current_thread().name)
 
     monkeypatch.setattr(bands, "cpu_threads", lambda: 2)
     bands.run_jobs([record] * 2)
-    first = bands._shared_pool()
-    assert bands._shared_pool() is first  # made once, used again
+    first = bands._pool
+    bands.run_jobs([record] * 2)
+    assert bands._pool is first  # made once, used again
     monkeypatch.setattr(bands, "cpu_threads", lambda: 4)
-    assert bands._shared_pool() is not first and bands._shared_pool()._max_workers == 4
+    bands.run_jobs([record] * 4)
+    assert bands._pool is not first and bands._pool_threads == 4
     assert all(name.startswith("gpuillum-bands") for name in names)

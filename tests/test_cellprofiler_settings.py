@@ -460,3 +460,12 @@ def test_rescale_order_statistic_equals_sorting(dtype):
         ordered = np.sort(values)
         for index in (0, 1, int(values.size * 0.02), values.size // 2, values.size - 1):
             assert _order_statistic(values, index, np) == ordered[index]
+
+
+def test_rescale_table_refuses_an_unmasked_histogram_with_a_mask():
+    levels = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    table = np.linspace(0, 1, 16, dtype=np.float32)
+    with pytest.raises(ValueError, match="counts"):
+        cp._rescale_table(levels, table, levels > 2, "Yes", counts=np.bincount(levels.ravel()))
+    with_counts = cp._rescale_table(levels, table, None, "Yes", counts=np.bincount(levels.ravel()))
+    np.testing.assert_array_equal(with_counts, cp._rescale_table(levels, table, None, "Yes"))

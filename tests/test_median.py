@@ -242,11 +242,13 @@ def test_non_contiguous_input(rng):
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize("mode", ["ignore", "reflect", "constant"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_counted_median_returns_the_median_and_its_histogram(rng, monkeypatch, dtype, mode, threads):
-    # with 3 threads there are 12 row bands, each counting its own rows into its own histogram
+@pytest.mark.parametrize("high", [50, 200])
+def test_counted_median_returns_the_median_and_its_histogram(rng, monkeypatch, dtype, mode, threads, high):
+    # with 3 threads there are 12 row bands, each counting its own rows into its own histogram;
+    # 12 x 251 levels outnumber the 45 x 61 pixels, and then the result is counted after instead
     monkeypatch.setattr(median_module, "_THREADED_UPDATES", 0)
     monkeypatch.setattr(median_module, "cpu_threads", lambda: threads)
-    image = random_image(rng, (45, 61), dtype, high=200)
+    image = random_image(rng, (45, 61), dtype, high=high)
     result, counts = median_filter_counted(image, 5, mode=mode, cval=250)  # cval above every pixel
     np.testing.assert_array_equal(result, median_filter(image, 5, mode=mode, cval=250))
     assert counts.dtype == np.int64 and counts.size > result.max()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
 import numpy as np
@@ -50,7 +50,11 @@ def run_jobs(jobs) -> None:
         for job in jobs:
             job()
         return
-    for future in [_shared_pool().submit(job) for job in jobs]:
+    threads = cpu_threads()
+    with _pool_lock:  # no other caller can swap the pool between getting it and submitting
+        futures = [_shared_pool(threads).submit(job) for job in jobs]
+    wait(futures)  # every band has stopped writing before an error reaches the caller
+    for future in futures:
         future.result()
 
 
@@ -58,17 +62,16 @@ def _mark_pool_thread() -> None:
     _in_pool.active = True
 
 
-def _shared_pool() -> ThreadPoolExecutor:
-    """The pool, (re)made when the thread count changed (NUMBA_NUM_THREADS, numba.set_num_threads)."""
+def _shared_pool(threads: int) -> ThreadPoolExecutor:
+    """The pool of ``threads`` threads, made again when a caller's count differs (numba's thread
+    count is per thread: NUMBA_NUM_THREADS, numba.set_num_threads). Call with ``_pool_lock`` held."""
     global _pool, _pool_threads
-    threads = cpu_threads()
-    with _pool_lock:
-        if _pool is None or _pool_threads != threads:
-            if _pool is not None:
-                _pool.shutdown(wait=False)  # its running jobs finish; idle threads exit
-            _pool = ThreadPoolExecutor(threads, thread_name_prefix="gpuillum-bands", initializer=_mark_pool_thread)
-            _pool_threads = threads
-        return _pool
+    if _pool is None or _pool_threads != threads:
+        if _pool is not None:
+            _pool.shutdown(wait=False)  # jobs already submitted still run; idle threads exit
+        _pool = ThreadPoolExecutor(threads, thread_name_prefix="gpuillum-bands", initializer=_mark_pool_thread)
+        _pool_threads = threads
+    return _pool
 
 
 def _forget_pool() -> None:
@@ -77,7 +80,8 @@ def _forget_pool() -> None:
     _pool, _pool_lock = None, threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_pool)
+if hasattr(os, "register_at_fork"):  # POSIX only
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def along_axis(filter_1d, image, axis: int):
@@ -120,7 +124,7 @@ def with_halo(filter_2d, image, halo: int):
 
 def lookup(table, indices):
     """``table[indices]`` for a 1-D ``table`` and integer ``indices`` (any shape, every one in
-    range: unchecked), the gather split into thread bands on NumPy (np.take holds the GIL)."""
+    range: unchecked), the gather split into thread bands on NumPy (np.take uses one thread)."""
     if not isinstance(indices, np.ndarray):
         return table[indices]
     flat = np.ascontiguousarray(indices).reshape(-1)

@@ -47,8 +47,8 @@ def median_filter(image, radius, *, footprint="disk", mode="ignore", cval=0):
 def median_filter_counted(image, radius, *, footprint="disk", mode="ignore", cval=0):
     """``median_filter`` of a uint8 or uint16 image and the histogram of its result: int64
     ``counts[v]`` = pixels whose median is v, for v up to the largest value a window sees (the
-    image maximum, or ``cval`` in constant mode). The CPU kernel counts as it writes each pixel,
-    which spares a statistic of the result (CellProfiler's rescale) a pass."""
+    image maximum, or the larger of it and ``cval`` in constant mode). The CPU kernel counts as it
+    writes each pixel, which spares a statistic of the result (CellProfiler's rescale) a pass."""
     image = check_image(image, "image", INTEGER_DTYPES)
     return _median(image, radius, footprint, mode, cval, count=True)
 
@@ -355,17 +355,22 @@ def _median_levels_cpu(levels, half, oy0, ox0, height, width, n_levels, count=Fa
     small = height * width * half.size < _THREADED_UPDATES  # a few ms of work: threads cost more
     n_bands = 1 if small or n_threads == 1 else min(height, _BANDS_PER_THREAD * n_threads)
 
-    band_counts = [np.zeros(n_levels, dtype=np.int64) if count else None for _ in range(n_bands)]
+    # one histogram per band, while they cost less than a bincount of the result would
+    count_in_bands = count and n_bands * n_levels <= height * width
+    band_counts = np.zeros((n_bands, n_levels), dtype=np.int64) if count_in_bands else None
 
     def run_band(band):
         y_start, y_stop = band * height // n_bands, (band + 1) * height // n_bands
         fine = np.zeros(n_levels, dtype=np.int32)
         coarse = np.zeros(((n_levels - 1) >> shift) + 1, dtype=np.int32) if n_tiers > 1 else None
         top = np.zeros(((n_levels - 1) >> (2 * shift)) + 1, dtype=np.int32) if n_tiers == 3 else None
-        _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, band_counts[band], fine, coarse, top, shift)
+        counts = band_counts[band] if count_in_bands else None
+        _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, counts, fine, coarse, top, shift)
 
     run_jobs([lambda band=band: run_band(band) for band in range(n_bands)])
-    return out, (sum(band_counts) if count else None)
+    if not count:
+        return out, None
+    return out, (band_counts.sum(axis=0) if count_in_bands else np.bincount(out.ravel(), minlength=n_levels))
 
 
 # ----------------------------------------------------------------------------------------------

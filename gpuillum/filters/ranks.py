@@ -3,9 +3,10 @@
 The exact median runs on integer levels; a float32 image becomes levels through this transform,
 and the median of the ranks indexes the distinct values back. ``numpy.unique(return_inverse=True)``
 gives the same result but spends most of its time in a comparison argsort (~100 ms at 1080²);
-here the CPU path is an LSD radix sort of order-preserving integer keys (numba, ~4x faster), with
-the passes skipped whose digit every key shares. -0.0 and +0.0 are one value (+0.0), as they
-compare equal. CuPy arrays use ``cupy.unique``.
+here the CPU path is an LSD radix sort of order-preserving integer keys (numba, several times
+faster), with the passes skipped whose digit every key shares. -0.0 and +0.0 are one value, as they
+compare equal: +0.0 on the CPU; CuPy arrays use ``cupy.unique``, which keeps whichever zero sorts
+first (the two results differ at most in the sign of a zero).
 """
 from __future__ import annotations
 

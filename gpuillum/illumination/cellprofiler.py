@@ -510,9 +510,11 @@ def _rescale_table(levels, table, mask, option: str, counts=None):
     """``rescale(table[levels], mask, option)`` for an image given as integer ``levels`` into a
     non-decreasing float32 ``table``: the order statistic comes from a level histogram (sorted
     levels give sorted values), and the division runs once per table entry, not per pixel.
-    ``counts``: that histogram of the unmasked levels when the caller has it (no more than
-    ``table.size`` bins), else it is counted here."""
+    ``counts``: the histogram of all the levels when the caller has it and there is no mask (no
+    more than ``table.size`` bins), else it is counted here."""
     check_choice(option, "rescale", RESCALE_CHOICES)
+    if counts is not None and mask is not None:
+        raise ValueError("counts: a histogram of every pixel cannot serve a masked rescale")
     xp = get_array_module(levels)
     if option != "No":
         if counts is None:
