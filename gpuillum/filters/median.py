@@ -81,8 +81,9 @@ def _median(image, radius, footprint, mode, cval, count: bool):
     if xp is np:
         result, counts = _median_levels_cpu(levels, half, origin, origin, height, width, n_levels, count)
     else:
-        result = _median_levels_gpu(levels, half, origin, origin, height, width, n_levels)
-        counts = xp.bincount(result.ravel(), minlength=n_levels) if count else None
+        result, counts = _median_levels_gpu(levels, half, origin, origin, height, width, n_levels), None
+    if count and counts is None:  # the GPU, and CPU images with more bands x levels than pixels
+        counts = xp.bincount(result.ravel(), minlength=n_levels)
     return (result if values is None else values[result]), counts
 
 
@@ -341,7 +342,8 @@ def _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, counts
 
 def _median_levels_cpu(levels, half, oy0, ox0, height, width, n_levels, count=False):
     """(median, counts or None) of the ``height`` x ``width`` region at (oy0, ox0) of ``levels``,
-    windows clipped to it; ``count``: also the histogram of the median (n_levels int64).
+    windows clipped to it; ``count``: also the histogram of the median (n_levels int64), counted
+    by the kernel while one histogram per band costs less than a bincount of the result (else None).
 
     Row bands run on the shared thread pool (``bands.run_jobs``; the band kernel releases the
     GIL): the same parallelism as a numba prange, without its seconds of extra compile time per dtype.
@@ -355,7 +357,6 @@ def _median_levels_cpu(levels, half, oy0, ox0, height, width, n_levels, count=Fa
     small = height * width * half.size < _THREADED_UPDATES  # a few ms of work: threads cost more
     n_bands = 1 if small or n_threads == 1 else min(height, _BANDS_PER_THREAD * n_threads)
 
-    # one histogram per band, while they cost less than a bincount of the result would
     count_in_bands = count and n_bands * n_levels <= height * width
     band_counts = np.zeros((n_bands, n_levels), dtype=np.int64) if count_in_bands else None
 
@@ -368,9 +369,7 @@ def _median_levels_cpu(levels, half, oy0, ox0, height, width, n_levels, count=Fa
         _median_band(src, src_w, half, oy0, ox0, width, y_start, y_stop, out, counts, fine, coarse, top, shift)
 
     run_jobs([lambda band=band: run_band(band) for band in range(n_bands)])
-    if not count:
-        return out, None
-    return out, (band_counts.sum(axis=0) if count_in_bands else np.bincount(out.ravel(), minlength=n_levels))
+    return out, (band_counts.sum(axis=0) if count_in_bands else None)
 
 
 # ----------------------------------------------------------------------------------------------
