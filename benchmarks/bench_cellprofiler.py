@@ -9,7 +9,8 @@ does not. gpuillum's CPU path uses ``cpu_threads()`` threads (recorded); CellPro
 single-threaded.
 
 * "Each" settings are timed per image on ``--cp-images`` images (CellProfiler's full-resolution
-  median costs seconds per image), one image on each side in turn; medians per image.
+  median costs seconds per image), one image on each side in turn; medians per image. gpuillum's
+  throughput on the whole plate (``calculate(plate)``, total / images) is recorded beside it.
 * "All" settings are timed over the whole plate on both sides (accumulate + smooth once).
 * GPU (when ``cupy.is_available()``): the plate is uploaded once and timed device-resident
   ("gpu_s"), and also including the per-image host->device copies ("gpu_with_upload_s").
@@ -129,6 +130,8 @@ def bench_setting(name, settings, plate, oracle, args, device_plate):
         record["gpuillum_cpu_s"] = statistics.median(ours)
         record["cellprofiler_cpu_s"] = statistics.median(theirs)
         record["cp_images_timed"] = len(theirs)
+        # what a user calling calculate() on the whole plate gets per image (throughput, not the target)
+        record["gpuillum_cpu_plate_s_per_image"] = timed(lambda: calculate(plate, settings), 1) / len(plate)
     record["speedup_cpu"] = record["cellprofiler_cpu_s"] / record["gpuillum_cpu_s"]
     if device_plate is not None:
         import cupy

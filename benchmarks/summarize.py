@@ -67,6 +67,10 @@ def cellprofiler_table(path: Path) -> str:
         gpu = f"{r['gpu_s']:.4f}" if "gpu_s" in r else "-"
         lines.append(f"| {r['setting']} | {r.get('camera', '12-bit')} | {r['timing']} | {r['gpuillum_cpu_s']:.4f} | "
                      f"{r['cellprofiler_cpu_s']:.4f} | {r['speedup_cpu']:.1f}x | {gpu} |")
+    plate_rows = [r for r in data["results"] if "gpuillum_cpu_plate_s_per_image" in r]
+    if plate_rows:
+        lines += ["", "Each mode over the whole plate (`calculate(plate)`), gpuillum CPU per image: " + "; ".join(
+            f"{r['setting']} ({r.get('camera', '12-bit')}, {r['images']} images) {r['gpuillum_cpu_plate_s_per_image']:.4f} s" for r in plate_rows) + "."]
     threads = {r["gpuillum_cpu_threads"] for r in data["results"] if "gpuillum_cpu_threads" in r}
     if threads:
         lines += ["", f"gpuillum's CPU path ran on {', '.join(map(str, sorted(threads)))} thread(s); CellProfiler's path is single-threaded."]

