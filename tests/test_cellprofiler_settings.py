@@ -399,6 +399,27 @@ def test_calculate_each_stacks_sequences_and_iterators_alike(rng):
         np.testing.assert_array_equal(from_list[index], cp.calculate([image], settings)[0])
 
 
+class _Miscounted:
+    """A sized collection whose len() disagrees with what iterating it gives."""
+
+    def __init__(self, images, claimed):
+        self.images, self.claimed = images, claimed
+
+    def __len__(self):
+        return self.claimed
+
+    def __iter__(self):
+        return iter(self.images)
+
+
+@pytest.mark.parametrize("claimed, given", [(3, 2), (2, 3)])
+def test_calculate_each_refuses_a_len_that_iteration_contradicts(rng, claimed, given):
+    images = [rng.random((9, 11)).astype(np.float32) for _ in range(given)]
+    message = rf"^images: len\(\) says {claimed} images, iterating gave {given if given < claimed else 'more'}$"
+    with pytest.raises(ValueError, match=message):
+        cp.calculate(_Miscounted(images, claimed), CalculateSettings(smoothing="Gaussian Filter"))
+
+
 @pytest.mark.parametrize("as_iterator", [False, True])
 def test_calculate_each_names_the_image_of_another_shape(rng, as_iterator):
     images = [rng.random((16, 21)).astype(np.float32), rng.random((16, 21)).astype(np.float32), rng.random((21, 16)).astype(np.float32)]

@@ -887,9 +887,15 @@ def _calculate_each(pairs, settings: CalculateSettings, count: int | None):
         if count is None:
             functions.append(function)
             continue
+        if index >= count:
+            raise ValueError(f"images: len() says {count} images, iterating gave more")
         if stacked is None:
             stacked = get_array_module(function).empty((count, *first_shape), dtype=np.float32)
         stacked[index] = function
     if first_shape is None:
         raise ValueError("images: no images given")
-    return stacked if count is not None else get_array_module(functions[0]).stack(functions)
+    if count is None:
+        return get_array_module(functions[0]).stack(functions)
+    if index + 1 != count:
+        raise ValueError(f"images: len() says {count} images, iterating gave {index + 1}")
+    return stacked
