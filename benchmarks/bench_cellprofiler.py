@@ -16,15 +16,12 @@ single-threaded.
   ("gpu_s"), and also including the per-image host->device copies ("gpu_with_upload_s").
 
 Usage: ``python benchmarks/bench_cellprofiler.py`` (the full run, minutes) or ``--quick`` (a tiny
-smoke run). Writes benchmarks/results/cellprofiler-<host>-<date>.json.
+smoke run). Writes benchmarks/results/cellprofiler-<device>-<date>.json (``common.write_results``).
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import importlib.util
-import json
-import os
 import statistics
 import sys
 import time
@@ -35,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import RESULTS_DIR, machine_description, synchronize  # noqa: E402
+from benchmarks.common import machine_description, synchronize, write_results  # noqa: E402
 from gpuillum.backend import gpu_available  # noqa: E402
 from gpuillum.filters.bands import cpu_threads  # noqa: E402
 from gpuillum.illumination.cellprofiler import CalculateSettings, calculate, median_radius, preset  # noqa: E402
@@ -205,13 +202,7 @@ def main(argv=None):
     payload = {"benchmark": "cellprofiler", "quick": args.quick, "machine": machine_description(),
                "arguments": vars(args), "results": results, "targets": targets}
     if not args.no_save:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = _dt.datetime.now().strftime("%Y%m%d")
-        path = RESULTS_DIR / f"cellprofiler-{payload['machine']['host']}-{stamp}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=1, default=str))
-        os.replace(tmp, path)
-        print(f"wrote {path}")
+        print(f"wrote {write_results('cellprofiler', payload)}")
 
 
 if __name__ == "__main__":

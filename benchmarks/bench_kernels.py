@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         _print_row(entry)
         if not args.no_save:  # rewritten after every case, so an interrupted run keeps what it measured
             path = write_results("kernels" + (f"-{args.tag}" if args.tag else ""),
-                                 {"benchmark": "kernels", "machine": machine, "args": vars(args), "results": rows})
+                                 {"benchmark": "kernels", "quick": args.quick, "machine": machine, "args": vars(args), "results": rows})
     if not args.no_save and rows:
         print(f"wrote {path}")
     return 0

@@ -89,12 +89,14 @@ def time_call(fn, repeats: int = 3, warmup: int = 1, max_seconds: float | None =
 
 
 def write_results(kind: str, payload: dict) -> Path:
-    """Write ``payload`` as benchmarks/results/<kind>-<device>-<date>.json and return the path."""
+    """Write ``payload`` as benchmarks/results/<kind>-<device>-<date>.json and return the path;
+    a ``--quick`` smoke run (``payload["quick"]``) goes to ``...-quick.json`` (git-ignored), so it
+    never replaces a full run's results."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     machine = payload.get("machine") or machine_description()
     device = "gpu-" + machine["gpu"]["name"].replace(" ", "_") if machine.get("gpu") else "cpu"
     stamp = _dt.datetime.now().strftime("%Y%m%d")
-    path = RESULTS_DIR / f"{kind}-{device}-{stamp}.json"
+    path = RESULTS_DIR / f"{kind}-{device}-{stamp}{'-quick' if payload.get('quick') else ''}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=1, default=str))
     os.replace(tmp, path)

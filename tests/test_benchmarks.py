@@ -1,0 +1,89 @@
+"""Smoke runs of the benchmark scripts (tiny sizes): scripts/gpu_check.sh runs them on a lent GPU
+with little device time, so a broken argument, field or file name must show up here first. The
+timings themselves are not checked (speed is measured in benchmarks/, never asserted)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import bench_cellprofiler, bench_kernels, bench_plate, common, summarize  # noqa: E402
+
+needs_centrosome = pytest.mark.skipif(importlib.util.find_spec("centrosome") is None,
+                                      reason="CellProfiler's reference path needs centrosome (pip install -e .[test])")
+
+
+@pytest.fixture
+def results_dir(tmp_path, monkeypatch):
+    folder = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS_DIR", folder)
+    return folder
+
+
+def _only_result(folder: Path, kind: str) -> dict:
+    files = sorted(folder.glob(f"{kind}-*.json"))
+    assert [p.name.endswith("-quick.json") for p in files] == [True], files
+    return json.loads(files[0].read_text())
+
+
+@needs_centrosome
+def test_cellprofiler_benchmark_writes_every_field_and_summarises(results_dir, capsys):
+    chosen = ["each-median-auto", "each-median-auto-16bit", "all-median-auto", "jump"]
+    bench_cellprofiler.main(["--quick", "--only", *chosen])
+    data = _only_result(results_dir, "cellprofiler")
+    assert data["quick"] is True and [r["setting"] for r in data["results"]] == chosen
+    for record in data["results"]:
+        assert record["speedup_cpu"] == pytest.approx(record["cellprofiler_cpu_s"] / record["gpuillum_cpu_s"])
+        assert record["median_radius"] >= 1 and record["gpuillum_cpu_threads"] >= 1
+        if record["setting"].startswith("each-"):
+            assert len(record["gpuillum_cpu_per_image_s"]) == len(record["cellprofiler_cpu_per_image_s"]) == record["cp_images_timed"] == 2
+            assert record["gpuillum_cpu_plate_s_per_image"] > 0
+        else:
+            assert "gpuillum_cpu_per_image_s" not in record
+    assert set(data["targets"]) == {"each-median-auto >= 50x on CPU", "each-median-auto-16bit >= 50x on CPU",
+                                    "all-median-auto >= 1x on CPU", "jump >= 1x on CPU"}
+    table = summarize.cellprofiler_table(sorted(results_dir.glob("cellprofiler-*.json"))[0])
+    assert all(f"| {name} |" in table for name in chosen)
+    assert "each-median-auto (12-bit, 6 images)" in table and "each-median-auto-16bit (16-bit, 2 images)" in table
+
+
+def test_cellprofiler_benchmark_names_an_unknown_setting(results_dir, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        bench_cellprofiler.main(["--quick", "--only", "each-median-manual"])
+    assert stopped.value.code == 2
+    assert "unknown settings ['each-median-manual']" in capsys.readouterr().err
+    assert not results_dir.exists()
+
+
+def test_kernel_benchmark_smoke_run(results_dir):
+    assert bench_kernels.main(["--sizes", "48", "--radii", "3", "--repeats", "1", "--kernels", "median_filter", "block_minimum"]) == 0
+    files = sorted(results_dir.glob("kernels-*.json"))
+    assert len(files) == 1 and not files[0].name.endswith("-quick.json")  # not --quick: a full-run name
+    data = json.loads(files[0].read_text())
+    assert {(r["kernel"], r["params"].get("footprint"), r["params"].get("dtype")) for r in data["results"]} == {
+        ("median_filter", "disk", None), ("median_filter", "square", None), ("median_filter", "disk", "float32"),
+        ("block_minimum", None, None)}
+    assert all(r["gpuillum"]["median_s"] > 0 for r in data["results"])
+    assert "| median_filter | 48 |" in summarize.kernels_table(files)
+
+
+@needs_centrosome
+def test_plate_benchmark_smoke_run(results_dir):
+    assert bench_plate.main(["--quick", "--workers", "1"]) == 0
+    data = _only_result(results_dir, "plate")
+    assert [r["variant"] for r in data["results"]] == ["io-floor", "gpuillum cpu workers=1", "cellprofiler path"]
+    assert data["images"] == 32 and data["summary"]["best_cpu_variant"] == "gpuillum cpu workers=1"
+    assert "| io-floor |" in summarize.plate_table(sorted(results_dir.glob("plate-*.json"))[0])
+
+
+def test_summary_leaves_out_quick_runs(tmp_path):
+    for name in ("plate-cpu-20260101.json", "plate-cpu-20260102-quick.json", "kernels-cpu-20260101-quick.json"):
+        (tmp_path / name).write_text("{}")
+    assert [p.name for p in summarize.full_runs(tmp_path, "plate")] == ["plate-cpu-20260101.json"]
+    assert summarize.full_runs(tmp_path, "kernels") == []
