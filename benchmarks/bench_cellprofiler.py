@@ -159,6 +159,13 @@ def main(argv=None):
     if args.quick:
         args.images, args.size, args.cp_images, args.repeats = 6, 160, 2, 1
 
+    chosen = settings_to_run()
+    if args.only:  # checked first: a typo costs no plate
+        unknown = sorted(set(args.only) - set(chosen))
+        if unknown:
+            parser.error(f"--only: unknown settings {unknown}; choose from {sorted(chosen)}")
+        chosen = {k: v for k, v in chosen.items() if k in args.only}
+
     oracle = load_oracle()
     started = time.perf_counter()
     plate = synthetic_plate(args.images, args.size)
@@ -168,13 +175,6 @@ def main(argv=None):
         import cupy
 
         device_plate = [cupy.asarray(image) for image in plate]
-    chosen = settings_to_run()
-    if args.only:
-        unknown = sorted(set(args.only) - set(chosen))
-        if unknown:
-            parser.error(f"--only: unknown settings {unknown}; choose from {sorted(chosen)}")
-        chosen = {k: v for k, v in chosen.items() if k in args.only}
-
     results = []
     for name, settings in chosen.items():
         if name.endswith("-16bit"):  # an "Each" setting: only the images it times

@@ -70,8 +70,7 @@ def cellprofiler_table(path: Path) -> str:
     plate_rows = [r for r in data["results"] if "gpuillum_cpu_plate_s_per_image" in r]
     if plate_rows:
         lines += ["", "Each mode over the whole plate (`calculate(plate)`), gpuillum CPU per image: " + "; ".join(
-            f"{r['setting']} ({r.get('camera', '12-bit')}, {r['images']} images) {r['gpuillum_cpu_plate_s_per_image']:.4f} s" for r in plate_rows) + ". This includes the first write of the (n, H, W) float32 result, fresh memory "
-                  "that this VM maps in at ~6-13 ms per 1080² image."]
+            f"{r['setting']} ({r.get('camera', '12-bit')}, {r['images']} images) {r['gpuillum_cpu_plate_s_per_image']:.4f} s" for r in plate_rows) + ", including the first write of the (n, H, W) float32 result."]
     threads = {r["gpuillum_cpu_threads"] for r in data["results"] if "gpuillum_cpu_threads" in r}
     if threads:
         lines += ["", f"gpuillum's CPU path ran on {', '.join(map(str, sorted(threads)))} thread(s); CellProfiler's path is single-threaded."]

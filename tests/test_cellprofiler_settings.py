@@ -484,6 +484,17 @@ def test_to_gpu_finalizes_on_the_device(cupy, rng):
     np.testing.assert_array_equal(function.get(), cp.calculate(images, settings))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("as_iterator", [False, True])
+def test_gpu_each_stack_matches_cpu(cupy, rng, as_iterator):
+    settings = CalculateSettings(smoothing="Median Filter", filter_size_method="Manually", manual_size=6)
+    images = [rng.integers(0, 4096, (23, 19), dtype=np.uint16) for _ in range(3)]
+    device_images = [cupy.asarray(image) for image in images]
+    functions = cp.calculate(iter(device_images) if as_iterator else device_images, settings)
+    assert isinstance(functions, cupy.ndarray) and functions.shape == (3, 23, 19) and functions.dtype == np.float32
+    np.testing.assert_array_equal(functions.get(), cp.calculate(images, settings))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rescale_order_statistic_equals_sorting(dtype):
     from gpuillum.illumination.cellprofiler import _order_statistic

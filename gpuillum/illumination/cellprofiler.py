@@ -890,7 +890,8 @@ def _calculate_each(pairs, settings: CalculateSettings, count: int | None):
         if index >= count:
             raise ValueError(f"images: len() says {count} images, iterating gave more")
         if stacked is None:
-            stacked = get_array_module(function).empty((count, *first_shape), dtype=np.float32)
+            with device_of(function):  # on the input's GPU, like the functions
+                stacked = get_array_module(function).empty((count, *first_shape), dtype=np.float32)
         stacked[index] = function
     if first_shape is None:
         raise ValueError("images: no images given")
