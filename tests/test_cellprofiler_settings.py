@@ -328,18 +328,21 @@ def test_load_the_cellprofiler_mat(data_dir):
 # accumulator mechanics
 
 
+def _accumulated(settings, images, masks):
+    """An accumulator that was given ``images`` with their ``masks``, one add() each."""
+    accumulator = IlluminationAccumulator(settings)
+    for image, mask in zip(images, masks, strict=True):
+        accumulator.add(image, mask)
+    return accumulator
+
+
 def test_accumulator_merge_and_pickle_are_exact(rng):
     settings = CalculateSettings(aggregation="All: Across cycles", smoothing="Gaussian Filter")
     images = [rng.random((30, 40)).astype(np.float32) for _ in range(6)]
     masks = [rng.random((30, 40)) > 0.3 for _ in range(6)]
-    whole = IlluminationAccumulator(settings)
-    for image, mask in zip(images, masks):
-        whole.add(image, mask)
-    left, right = IlluminationAccumulator(settings), IlluminationAccumulator(settings)
-    for image, mask in zip(images[:4], masks[:4]):
-        left.add(image, mask)
-    for image, mask in zip(images[4:], masks[4:]):
-        right.add(image, mask)
+    whole = _accumulated(settings, images, masks)
+    left = _accumulated(settings, images[:4], masks[:4])
+    right = _accumulated(settings, images[4:], masks[4:])
     right = pickle.loads(pickle.dumps(right))
     merged = IlluminationAccumulator(settings).merge(left).merge(right)
     assert merged.count == 6
@@ -468,9 +471,7 @@ def test_to_cpu_keeps_the_result(rng):
     settings = CalculateSettings(aggregation="All: Across cycles", smoothing="Gaussian Filter")
     images = [rng.random((20, 24)).astype(np.float32) for _ in range(3)]
     masks = [rng.random((20, 24)) > 0.2 for _ in range(3)]
-    accumulator = IlluminationAccumulator(settings)
-    for image, mask in zip(images, masks):
-        accumulator.add(image, mask)
+    accumulator = _accumulated(settings, images, masks)
     np.testing.assert_array_equal(accumulator.to("cpu").finalize(), cp.calculate(images, settings, masks))
 
 
