@@ -133,7 +133,9 @@ def _pad(image, radius, mode, cval, xp):
 # read through a flat index plus per-row chord-end offsets, with unsigned indices (no negative-index
 # wraparound code) and unsigned below-counts (each comparison becomes one add-carry); window rows
 # go two at a time; the count n // 2 is hoisted out of the interior steps. Two bands interleaved
-# in one thread and int16 counts or int32 offsets were measured too: slower or no better.
+# in one thread and int16 counts or int32 offsets were measured too: slower or no better. So were
+# walks moving 2-4 levels branch-free, or in 8-level spans: on a 12-bit 1080^2 image (r = 11, one
+# thread) the updates take ~25 of ~38 ms, the branch-free step ~5 and the walk's loops ~8.
 
 _THREADED_UPDATES = 1 << 20  # below ~this many window-row updates (a few ms) one thread is faster
 _BANDS_PER_THREAD = 4  # row bands per thread: load balance against a window rebuild per band
