@@ -17,6 +17,7 @@ import numpy as np
 import scipy.ndimage
 import skimage.filters
 import skimage.transform
+import skimage.util
 from centrosome import bg_compensate, cpmorphology, filter as cpfilter, smooth as cpsmooth
 
 
@@ -225,17 +226,23 @@ def cp_resize(pixels, factor_or_shape) -> np.ndarray:
     return (out * top if top > 0 else out).astype(np.float32)
 
 
+def cp_resize_mask(mask, shape) -> np.ndarray:
+    """CellProfiler 4.2's Resize of an image's mask (resize.py: order 0, mode "constant", img_as_bool)."""
+    return skimage.util.img_as_bool(skimage.transform.resize(mask, shape, order=0, mode="constant"))
+
+
 def calculate(settings, images, masks=None) -> np.ndarray:
     """The oracle's counterpart of gpuillum's ``calculate``: (n, H, W) for Each, (H, W) for All.
 
-    ``settings.resize_factor`` != 1 wraps the module in CellProfiler Resize modules (no masks).
+    ``settings.resize_factor`` != 1 wraps the module in CellProfiler Resize modules (the images
+    and their masks).
     """
     factor = settings.resize_factor
     if factor != 1:
-        if masks is not None:
-            raise ValueError("the oracle resizes unmasked images only")
         shape = images[0].shape
         images = [cp_resize(CPImage(image).pixel_data, factor) for image in images]
+        if masks is not None:
+            masks = [None if mask is None else cp_resize_mask(mask, images[0].shape) for mask in masks]
     if settings.aggregation == "Each":
         out = np.stack([each_function(settings, image, None if masks is None else masks[i]) for i, image in enumerate(images)])
         return np.stack([cp_resize(f, shape) for f in out]) if factor != 1 else out

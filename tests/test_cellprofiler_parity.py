@@ -10,6 +10,8 @@ Tolerances (max |gpuillum - oracle| relative to max |oracle|):
   function moves by at most one level = 1 / q_max of its maximum: ~1e-4 for float data spanning
   [0, 0.3], but 1.6e-3 for 12-bit data stored in uint16 (q_max ~ 620), so a fixed relative
   bound such as 2e-4 cannot hold for realistic 12-bit input; the level bound is the invariant.
+  With rescale Yes or Median the divisor is itself such a level and can move by one too, which
+  scales the whole function by (q +- 1) / q (test_all_median_on_dim_integers_moves_one_level).
 """
 from __future__ import annotations
 
@@ -129,6 +131,19 @@ def test_slow_methods_match_cellprofiler(variant, aggregation, masked):
     check(settings, images[:3], None if masks is None else masks[:3])
 
 
+def test_rescaled_splines_match_cellprofiler():
+    # the zero-mean background's 2 % divisor sits near 0: its mean must be subtracted in float32
+    # as CellProfiler does (a float64 mean gave up to 1.6e-5 on these images)
+    rng = np.random.default_rng(1)
+    settings = CalculateSettings(smoothing="Splines", aggregation="All: Across cycles")
+    for shape in [(37, 53), (20, 31), (50, 50)] * 2:
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        spread = 2 * (max(shape) / 2) ** 2
+        image = 0.1 + 0.2 * np.exp(-((yy - shape[0] / 2) ** 2 + (xx - shape[1] / 2) ** 2) / spread) + 0.02 * rng.random(shape)
+        images = [image.astype(np.float32)]
+        assert relative_difference(calculate(images, settings), oracle.calculate(settings, images)) <= 1e-6
+
+
 def test_manual_splines_match_cellprofiler():
     settings = CalculateSettings(
         aggregation="All: Across cycles", smoothing="Splines", rescale="No", spline_automatic=False,
@@ -164,6 +179,28 @@ def test_uint8_input_and_background_median():
                                  filter_size_method="Object size", object_width=15)
     check(settings, images, None)
     check(settings.replace(aggregation="All: Across cycles"), images, None)
+
+
+def test_all_median_on_dim_integers_moves_one_level():
+    # dim 12-bit data (raw 41..245 in uint16, q_max ~ 245): averages of 3 images sit on truncation
+    # steps for a third of the pixels, so one level is ~4e-3 of the maximum. The invariant: the
+    # unrescaled functions differ by at most one level, and the rescaled ones by one level of the
+    # smoothed average and of the divisor at most
+    rng = np.random.default_rng(8)
+    images = [np.round(rng.uniform(0.01, 0.06, (48, 48)) * 4095).astype(np.uint16) for _ in range(3)]
+    level = 1 / 65535
+    settings = CalculateSettings(aggregation="All: Across cycles", smoothing="Median Filter",
+                                 filter_size_method="Manually", manual_size=5, rescale="No")
+    got_raw = calculate(images, settings).astype(np.float64)
+    expected_raw = oracle.calculate(settings, images).astype(np.float64)
+    assert 0 < np.max(np.abs(got_raw - expected_raw)) <= 1.001 * level
+    for rescale in ("Yes", "Median"):
+        rescaled = settings.replace(rescale=rescale)
+        got_divisor = np.median(got_raw / calculate(images, rescaled))
+        expected_divisor = np.median(expected_raw / oracle.calculate(rescaled, images))
+        assert abs(got_divisor - expected_divisor) <= 1.001 * level
+        raised = np.maximum(got_raw, got_divisor) if rescale == "Yes" else got_raw  # Yes lifts values below it
+        np.testing.assert_allclose(calculate(images, rescaled), raised / got_divisor, rtol=1e-6)
 
 
 @pytest.mark.parametrize("scale", [0xFF, 0xFFFF])
@@ -221,6 +258,16 @@ def test_jump_preset_matches_resize_median_resize():
     images, _ = dataset("96x96", False)
     settings = preset("jump").replace(manual_size=5)
     check(settings, images, None)
+
+
+@pytest.mark.parametrize("aggregation", ["Each", "All: Across cycles"])
+@pytest.mark.parametrize("smoothing", ["Median Filter", "Gaussian Filter", "Fit Polynomial"])
+def test_masked_images_are_resized_like_cellprofiler(aggregation, smoothing):
+    # the Resize module shrinks the image bilinearly and its mask by nearest neighbour
+    images, masks = dataset("96x96", True)
+    settings = CalculateSettings(aggregation=aggregation, smoothing=smoothing, resize_factor=0.25, rescale="No",
+                                 filter_size_method="Manually", manual_size=6)
+    check(settings, images[:3], masks[:3])
 
 
 def test_resizing_the_average_equals_resizing_every_image():

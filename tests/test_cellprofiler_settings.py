@@ -43,10 +43,13 @@ def test_defaults_are_cellprofilers():
         ("compat", "4", r"^compat: expected one of '4.2', '5'"),
         ("block_size", 0, r"^block_size: expected an integer >= 1, got 0$"),
         ("block_size", 2.5, r"^block_size: expected an integer"),
-        ("manual_size", 0, r"^manual_size: expected a number > 0"),
+        ("manual_size", 0, r"^manual_size: expected a finite number > 0"),
+        ("manual_size", float("inf"), r"^manual_size: expected a finite number > 0, got inf$"),
+        ("object_width", float("nan"), r"^object_width: expected a finite number > 0, got nan$"),
+        ("spline_rescale", float("inf"), r"^spline_rescale: expected a finite number >= 1.0, got inf$"),
         ("spline_points", 3, r"^spline_points: expected an integer >= 4"),
-        ("spline_threshold", 6, r"^spline_threshold: expected a number in \[0.1, 5.0\]"),
-        ("spline_convergence", 0.5, r"^spline_convergence: expected a number in"),
+        ("spline_threshold", 6, r"^spline_threshold: expected a finite number in \[0.1, 5.0\]"),
+        ("spline_convergence", 0.5, r"^spline_convergence: expected a finite number in"),
         ("resize_factor", 0, r"^resize_factor: expected a number in \(0, 1\]"),
         ("resize_factor", 2, r"^resize_factor: expected a number in \(0, 1\]"),
         ("dilate", "Yes", r"^dilate: expected True or False"),
@@ -348,6 +351,25 @@ def test_accumulator_merge_and_pickle_are_exact(rng):
     assert merged.count == 6
     np.testing.assert_array_equal(merged.pixel_count, whole.pixel_count)
     np.testing.assert_allclose(merged.finalize(), whole.finalize(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("intensity", ["Regular", "Background"])
+def test_non_finite_pixels_under_the_mask_count_as_masked(rng, intensity):
+    # CellProfiler never reads a masked pixel, so a NaN there changes nothing
+    image = rng.random((30, 40)).astype(np.float32)
+    mask = rng.random((30, 40)) > 0.2
+    poisoned = image.copy()
+    poisoned[~mask] = np.nan
+    poisoned[0, 0], mask[0, 0] = np.inf, False
+    for aggregation in ("Each", "All: Across cycles"):
+        settings = CalculateSettings(intensity=intensity, aggregation=aggregation, smoothing="Gaussian Filter", block_size=10)
+        clean = cp.calculate([image], settings, [mask])
+        np.testing.assert_array_equal(cp.calculate([poisoned], settings, [mask]), clean)
+        assert np.isnan(poisoned).sum() == np.count_nonzero(~mask) - 1  # the input is left as it was
+    with pytest.raises(ValueError, match=r"^image: contains NaN or infinite values in unmasked pixels; replace or mask"):
+        cp.calculate([poisoned], CalculateSettings(), [np.ones((30, 40), bool)])
+    with pytest.raises(ValueError, match=r"^image: contains NaN or infinite values; with resize_factor != 1 masked"):
+        cp.calculate([poisoned], CalculateSettings(resize_factor=0.5), [mask])
 
 
 def test_accumulator_errors(rng):

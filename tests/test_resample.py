@@ -5,12 +5,14 @@ from gpuillum.filters.blocks import block_reduce
 from gpuillum.filters.resample import (
     cellprofiler_resize_shape,
     resize_bilinear,
+    resize_mask,
     resize_operator,
     upsample,
     upsample_operator,
 )
 
 skimage_transform = pytest.importorskip("skimage.transform")
+skimage_util = pytest.importorskip("skimage.util")
 
 
 def cellprofiler_resize(pixels, new_shape):
@@ -45,6 +47,20 @@ def test_resize_by_factor_matches_cellprofiler(rng, shape, factor):
 def test_resize_to_shape_matches_cellprofiler(rng, shape, new_shape):
     image = rng.random(shape).astype(np.float32)
     np.testing.assert_allclose(resize_bilinear(image, new_shape), cellprofiler_resize(image, new_shape), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, new_shape",
+    [((60, 80), (15, 20)), ((37, 53), (18, 26)), ((100, 100), (50, 50)), ((101, 257), (20, 51)),
+     ((1080, 1080), (216, 216)), ((9, 200), (1, 20)), ((33, 33), (33, 10)), ((20, 30), (41, 61))],
+)
+def test_resize_mask_matches_cellprofiler(rng, shape, new_shape):
+    # CellProfiler's Resize: img_as_bool(resize(mask, order=0, mode="constant")), ties included
+    mask = rng.random(shape) > 0.5
+    expected = skimage_util.img_as_bool(skimage_transform.resize(mask, new_shape, order=0, mode="constant"))
+    out = resize_mask(mask, new_shape)
+    assert out.dtype == bool
+    np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize("factor_or_shape", [0.2, 0.125, 0.1, 5.0, (13, 300), (150, 31), (100, 256), (7, 7)])
@@ -252,3 +268,11 @@ def test_resize_gpu_matches_cpu_for_integer_images_and_caches_per_device(cupy, r
     resize_bilinear(cupy.asarray(image), 0.2)
     after = _device_operator.cache_info()
     assert after.misses == before.misses and after.hits == before.hits + 2
+
+
+@pytest.mark.gpu
+def test_resize_mask_gpu_matches_cpu(cupy, rng):
+    mask = rng.random((101, 257)) > 0.5
+    out = resize_mask(cupy.asarray(mask), (20, 51))
+    assert isinstance(out, cupy.ndarray) and out.dtype == bool
+    np.testing.assert_array_equal(out.get(), resize_mask(mask, (20, 51)))

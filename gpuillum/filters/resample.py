@@ -224,3 +224,25 @@ def resize_bilinear(image, factor_or_shape):
     out = _apply_separable(image, resize_operator, out_shape)  # fresh: clipping it in place is safe
     xp = get_array_module(out)
     return xp.clip(out, image.min(), image.max(), out=out)  # the input dtype's min/max: a cheaper pass
+
+
+def nearest_indices(in_len: int, out_len: int) -> np.ndarray:
+    """Source index of each output pixel for nearest-neighbour resizing: ``ndimage.zoom(order=0,
+    grid_mode=True)`` samples at ``(k + 0.5) * s - 0.5`` (s = in_len / out_len) and takes
+    ``floor(position + 0.5)``; the same double arithmetic here gives the same index at ties."""
+    positions = (np.arange(out_len, dtype=np.float64) + 0.5) * (in_len / out_len) - 0.5
+    return np.clip(np.floor(positions + 0.5).astype(np.int64), 0, in_len - 1)
+
+
+@on_input_device
+def resize_mask(mask, shape):
+    """CellProfiler's Resize of an image's mask to ``shape``: ``img_as_bool(skimage.transform.resize(
+    mask, shape, order=0, mode="constant"))``, i.e. nearest neighbour at the pixel-centre-aligned
+    positions of ``resize_bilinear`` (a bool array on the mask's device)."""
+    xp = get_array_module(mask)
+    if mask.ndim != 2 or mask.dtype != bool:
+        raise ValueError(f"mask: expected a 2-D bool array, got {mask.ndim}-D {mask.dtype}")
+    rows, cols = _check_shape(shape)
+    row_index = xp.asarray(nearest_indices(mask.shape[0], rows))
+    col_index = xp.asarray(nearest_indices(mask.shape[1], cols))
+    return mask[row_index[:, None], col_index[None, :]]

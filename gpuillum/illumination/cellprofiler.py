@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -79,11 +80,12 @@ __all__ = [
 
 
 def _check_number(value, name: str, low: float, high: float = np.inf, integer: bool = False):
-    kind = "an integer" if integer else "a number"
+    """A ValueError naming ``name`` unless ``value`` is a finite number (an integer) in [low, high]."""
+    kind = "an integer" if integer else "a finite number"
     bounds = f">= {low}" if high == np.inf else f"in [{low}, {high}]"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
         raise ValueError(f"{name}: expected {kind} {bounds}, got {value!r}")
-    if not (low <= value <= high):
+    if not (low <= value <= high and math.isfinite(value)):
         raise ValueError(f"{name}: expected {kind} {bounds}, got {value!r}")
 
 
@@ -139,8 +141,8 @@ class CalculateSettings:
         _check_number(self.block_size, "block_size", 1, integer=True)
         for name in ("object_width", "manual_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-                raise ValueError(f"{name}: expected a number > 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
+                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
         _check_number(self.spline_points, "spline_points", 4, integer=True)
         _check_number(self.spline_threshold, "spline_threshold", 0.1, 5.0)
         _check_number(self.spline_rescale, "spline_rescale", 1.0)
@@ -164,7 +166,9 @@ class CalculateSettings:
         """Settings of one CorrectIlluminationCalculate module of a ``.cppipe`` file.
 
         ``module`` is the module number (int) or the name of the module's output image (str);
-        None (default) takes the pipeline's first CorrectIlluminationCalculate module.
+        None (default) takes the pipeline's first enabled CorrectIlluminationCalculate module.
+        A module disabled in the pipeline (``enabled:False``, which CellProfiler skips) is a
+        ValueError when named, and disabled modules make no image for the others.
         Revision 1 modules get the spline defaults appended, revision 2 legacy "All" becomes
         "All: First cycle" when the input comes straight from an input module and "All: Across
         cycles" otherwise, revision 3 (CellProfiler 5) "All" becomes "All: Across cycles" with
@@ -173,19 +177,23 @@ class CalculateSettings:
         """
         from .cppipe import read_pipeline
 
-        modules = read_pipeline(path)
+        modules = read_pipeline(path, exclude_disabled=False)
         calculators = [m for m in modules if m.name == "CorrectIlluminationCalculate"]
         if not calculators:
             raise ValueError(f"{path}: no CorrectIlluminationCalculate module in the pipeline")
         available = ", ".join(
-            f"module {m.number}" + (f" ({m.values[1]})" if len(m.values) > 1 else "") for m in calculators
+            f"module {m.number}" + (f" ({m.values[1]})" if len(m.values) > 1 else "") + ("" if m.enabled else " [disabled]")
+            for m in calculators
         )
         if module is None:
-            chosen = calculators[:1]
+            chosen = [m for m in calculators if m.enabled][:1]
+            if not chosen:
+                raise ValueError(f"{path}: every CorrectIlluminationCalculate module is disabled in the pipeline ({available})")
         elif isinstance(module, numbers.Integral) and not isinstance(module, bool):
             chosen = [m for m in calculators if m.number == module]
         elif isinstance(module, str):
-            chosen = [m for m in calculators if len(m.values) > 1 and m.values[1] == module]
+            named = [m for m in calculators if len(m.values) > 1 and m.values[1] == module]
+            chosen = [m for m in named if m.enabled] or named
         else:
             raise TypeError(
                 f"module: expected a module number, an output image name or None (the first), got {module!r}; "
@@ -195,6 +203,11 @@ class CalculateSettings:
             raise ValueError(
                 f"module: {path} has no CorrectIlluminationCalculate module {module!r}; "
                 f"its CorrectIlluminationCalculate modules are {available}"
+            )
+        if not chosen[0].enabled:
+            raise ValueError(
+                f"module: CorrectIlluminationCalculate module {module!r} of {path} is disabled in the pipeline "
+                f"(CellProfiler does not run it); enable it there or pick another of {available}"
             )
         settings = _settings_from_module(chosen[0], modules, str(path))
         return settings.replace(**overrides) if overrides else settings
@@ -219,7 +232,7 @@ def _settings_from_module(module, modules, source: str) -> CalculateSettings:
         if aggregation == "All":
             aggregation = "All: Across cycles"
     elif aggregation == "All":
-        aggregation = "All: Across cycles" if _made_by_processing(image_name, module, modules) else "All: First cycle"
+        aggregation = "All: Across cycles" if _made_by_processing(image_name, module, modules, where) else "All: First cycle"
 
     def number(index, cast, name):
         try:
@@ -262,33 +275,65 @@ def _settings_from_module(module, modules, source: str) -> CalculateSettings:
 _INPUT_MODULES = ("Images", "Metadata", "NamesAndTypes", "Groups", "LoadData", "LoadImages", "LoadSingleImage")
 
 
-def _made_by_processing(image_name: str, module, modules) -> bool:
-    """True when an earlier, non-input module names ``image_name`` as one of its outputs."""
-    for other in modules:
-        if other.number >= module.number or other.name in _INPUT_MODULES:
-            continue
-        for text, value in other.settings:
-            if value == image_name and text.lower().startswith("name"):
-                return True
-    return False
+def _producer(image_name: str, module, modules, where: str):
+    """The last enabled module before ``module`` that names ``image_name`` as an output, or None.
+
+    Any "Name ..." setting is an output (a Resize's primary and additional images alike); a
+    ValueError when only disabled modules make the image, as CellProfiler would not have it.
+    """
+    makers = [
+        other for other in modules
+        if other.number < module.number
+        and any(value == image_name and text.lower().startswith("name") for text, value in other.settings)
+    ]
+    enabled = [other for other in makers if other.enabled]
+    if makers and not enabled:
+        raise ValueError(
+            f"{where}: input {image_name!r} is made only by {makers[-1].name} module #{makers[-1].number}, "
+            "which is disabled in the pipeline"
+        )
+    return enabled[-1] if enabled else None
+
+
+def _made_by_processing(image_name: str, module, modules, where: str) -> bool:
+    """True when the enabled module that makes ``image_name`` before ``module`` is not an input module."""
+    producer = _producer(image_name, module, modules, where)
+    return producer is not None and producer.name not in _INPUT_MODULES
 
 
 def _resize_factor_for(image_name: str, module, modules, where: str) -> float:
-    """The factor of the Resize module that makes the module's input, or 1.0."""
-    for other in modules:
-        if other.name != "Resize" or other.number >= module.number or other.value("Name the output image") != image_name:
+    """The factor of the Resize module that makes the module's input, or 1.0 when no Resize does."""
+    resize = _producer(image_name, module, modules, where)
+    if resize is None or resize.name != "Resize":
+        return 1.0
+    source = f"{where}: input {image_name!r} comes from Resize module #{resize.number}"
+    output = next(i for i, (text, value) in enumerate(resize.settings) if value == image_name and text.lower().startswith("name"))
+    upstream = _producer(resize.values[output - 1], resize, modules, where) if output else None
+    if upstream is not None and upstream.name == "Resize":
+        raise ValueError(f"{source}, fed by Resize module #{upstream.number}; only a single Resize is emulated")
+    method = resize.value("Resizing method") or resize.value("Select resizing method") or ""
+    interpolation = resize.value("Interpolation method") or ""
+    if not method.startswith("Resize by a fraction"):
+        raise ValueError(f"{where}: input {image_name!r} comes from a Resize to fixed dimensions; only 'by factor' resizing is emulated")
+    if interpolation != "Bilinear":
+        raise ValueError(f"{where}: input {image_name!r} comes from a {interpolation!r} Resize; only 'Bilinear' is emulated")
+    factors = []
+    for text in ("Resizing factor", "X Resizing factor", "Y Resizing factor"):
+        value = resize.value(text)
+        if value is None:
             continue
-        method = other.value("Resizing method") or other.value("Select resizing method") or ""
-        interpolation = other.value("Interpolation method") or ""
-        if not method.startswith("Resize by a fraction"):
-            raise ValueError(f"{where}: input {image_name!r} comes from a Resize to fixed dimensions; only 'by factor' resizing is emulated")
-        if interpolation != "Bilinear":
-            raise ValueError(f"{where}: input {image_name!r} comes from a {interpolation!r} Resize; only 'Bilinear' is emulated")
-        factors = {other.value(prefix) for prefix in ("Resizing factor", "X Resizing factor", "Y Resizing factor")} - {None}
-        if len(factors) != 1:
-            raise ValueError(f"{where}: input {image_name!r} comes from a Resize with different X and Y factors {sorted(factors)}")
-        return float(factors.pop())
-    return 1.0
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = np.nan
+        if not np.isfinite(factor):
+            raise ValueError(f"{source}: {text!r} expected a number, got {value!r}")
+        factors.append(factor)
+    if not factors:
+        raise ValueError(f"{source}: expected an 'X Resizing factor' and a 'Y Resizing factor' (or a 'Resizing factor') setting")
+    if len(set(factors)) != 1:
+        raise ValueError(f"{source}: different X and Y factors {sorted(set(factors))}; only equal factors are emulated")
+    return factors[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,8 +490,10 @@ def _spline_smooth(pixels, mask, settings: CalculateSettings, xp):
             max_iterations=settings.spline_max_iterations,
             convergence=settings.spline_convergence,
         )
-    background = xp.asarray(background, dtype=xp.float64)
-    # zero-mean over the mask: the background is meant for Subtract
+    # zero-mean over the mask (the background is meant for Subtract), in the background's float32
+    # as CellProfiler does: with rescale the 2 % divisor sits near 0, where a float64 mean moves
+    # the function by up to ~1e-4 of its maximum
+    background = xp.asarray(background)
     if mask is None:
         return background - xp.mean(background)
     return xp.where(mask, background - xp.mean(background[mask]), background)
@@ -599,9 +646,9 @@ class IlluminationAccumulator:
                 raise ValueError(f"image: shape {shape} differs from the shape {self.shape} of the images already added")
             if is_cupy_array(image) != is_cupy_array(self._sum):
                 raise TypeError("image: mixes NumPy and CuPy arrays; give every image as the same kind of array as the first")
-        if image.dtype.kind == "f" and not bool(xp.isfinite(image).all()):
-            raise ValueError("image: contains NaN or infinite values; replace or mask those pixels first")
         factor = self.settings.resize_factor
+        if image.dtype.kind == "f":
+            image = _zero_masked_non_finite(image, mask, factor != 1.0, xp)
         linear = self.settings.intensity == "Regular" or self.settings.smoothing == "Splines"
         defer = factor != 1.0 and mask is None and linear and (self._sum is None or self._deferred)
         if factor != 1.0 and not defer and self._deferred:
@@ -610,12 +657,11 @@ class IlluminationAccumulator:
             return shape, image, mask, defer
         pixels = to_cellprofiler_float(image)
         if factor != 1.0 and not defer:
-            from ..filters.resample import resize_bilinear
+            from ..filters.resample import resize_bilinear, resize_mask
 
             pixels = resize_bilinear(pixels, self.settings.resize_factor)
-            if mask is not None:
-                # a resized pixel stays valid when most of what it averages was valid
-                mask = resize_bilinear(mask.astype(xp.float32), tuple(pixels.shape)) >= 0.5
+            if mask is not None:  # CellProfiler's Resize takes the mask's nearest neighbours
+                mask = resize_mask(mask, tuple(pixels.shape))
         return shape, pixels, mask, defer
 
     def _preprocess(self, pixels, mask):
@@ -851,6 +897,22 @@ class IlluminationAccumulator:
             return _rescale_table(levels, table, None, self.settings.rescale, counts)
         levels = median_filter(raw, radius, footprint="disk", mode="ignore")
         return _rescale_table(levels, table, valid, self.settings.rescale)
+
+
+def _zero_masked_non_finite(image, mask, resizing: bool, xp):
+    """``image``, with NaN or infinite pixels under ``mask`` (False) set to 0, the value masked
+    pixels take anyway; a ValueError when an unmasked pixel is not finite, or any pixel when the
+    image is resized (CellProfiler's Resize would spread a masked NaN into valid pixels)."""
+    finite = xp.isfinite(image)
+    if bool(finite.all()):
+        return image
+    if mask is not None and resizing:
+        raise ValueError("image: contains NaN or infinite values; with resize_factor != 1 masked pixels must be "
+                         "finite too (the resize spreads them into valid pixels)")
+    if mask is None or not bool((finite | ~mask).all()):
+        where = "" if mask is None else " in unmasked pixels"
+        raise ValueError(f"image: contains NaN or infinite values{where}; replace or mask those pixels first")
+    return xp.where(finite, image, image.dtype.type(0))
 
 
 def calculate(images, settings: CalculateSettings | None = None, masks=None):

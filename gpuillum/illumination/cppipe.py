@@ -56,17 +56,21 @@ def _attribute(attributes: str, key: str) -> str | None:
     return match.group(1) if match else None
 
 
-def read_pipeline(path) -> list[PipelineModule]:
-    """Parse a ``.cppipe`` file into its modules, in file order; one-line ValueError on a bad file."""
+def read_pipeline(path, exclude_disabled: bool = True) -> list[PipelineModule]:
+    """Parse a ``.cppipe`` file into its modules, in file order; one-line ValueError on a bad file.
+
+    Like CellProfiler's ``Pipeline.modules()``, modules marked ``enabled:False`` (which
+    CellProfiler does not run) are left out unless ``exclude_disabled`` is False.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as error:
         raise ValueError(f"{path}: cannot read the pipeline ({error.strerror or error})") from None
-    return parse_pipeline(text, source=str(path))
+    return parse_pipeline(text, source=str(path), exclude_disabled=exclude_disabled)
 
 
-def parse_pipeline(text: str, source: str = "<pipeline>") -> list[PipelineModule]:
+def parse_pipeline(text: str, source: str = "<pipeline>", exclude_disabled: bool = True) -> list[PipelineModule]:
     """Parse the text of a ``.cppipe`` file (see ``read_pipeline``)."""
     lines = text.splitlines()
     if not lines or not lines[0].startswith("CellProfiler Pipeline"):
@@ -107,4 +111,4 @@ def parse_pipeline(text: str, source: str = "<pipeline>") -> list[PipelineModule
             current["settings"] = current["settings"] + ((unescape(name), unescape(value)),)
     if current is not None:
         modules.append(PipelineModule(**current))
-    return modules
+    return [m for m in modules if m.enabled] if exclude_disabled else modules
