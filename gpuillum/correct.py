@@ -74,6 +74,9 @@ def apply(image, function, method: str = "Divide", clip_low: bool = True, clip_h
     """
     check_choice(method, "method", APPLY_METHODS)
     check_choice(on_invalid, "on_invalid", ON_INVALID)
+    for name, flag in (("clip_low", clip_low), ("clip_high", clip_high)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected True or False, got {flag!r}")
     image = check_image(image, "image", dtypes=IMAGE_DTYPES, allow_nan=True)
     function = _check_function(function, image, method, on_invalid)
     subtract = method == "Subtract"

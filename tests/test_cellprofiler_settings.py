@@ -372,6 +372,33 @@ def test_non_finite_pixels_under_the_mask_count_as_masked(rng, intensity):
         cp.calculate([poisoned], CalculateSettings(resize_factor=0.5), [mask])
 
 
+def test_calculate_input_errors_are_one_line_and_early(rng):
+    images = [rng.random((20, 20)).astype(np.float32) for _ in range(3)]
+    with pytest.raises(TypeError, match=r"^settings: expected a CalculateSettings, got str \(preset\('jump'\) makes one"):
+        cp.calculate(images, "jump")
+    with pytest.raises(ValueError, match=r"^masks: 2 masks for 3 images; expected one mask \(or None\) per image$"):
+        cp.calculate(images, CalculateSettings(), [None, None])
+    with pytest.raises(ValueError, match=r"^masks: got one 2-D array; expected one mask \(or None\) per image"):
+        cp.calculate(images, CalculateSettings(), np.ones((20, 20), bool))
+    with pytest.raises(ValueError, match=r"^masks: ran out after 2 masks while images remained"):
+        cp.calculate(iter(images), CalculateSettings(aggregation="All: Across cycles"), iter([None, None]))
+    with pytest.raises(ValueError, match=r"^masks: more masks than the 3 images"):
+        cp.calculate(iter(images), CalculateSettings(), iter([None] * 4))
+    with pytest.raises(ValueError, match=r"^resize_factor: 0.01 shrinks shape \(20, 20\) to \(0, 0\)"):
+        cp.calculate(images, CalculateSettings(resize_factor=0.01))
+    stacked = np.ones((3, 20, 20), bool)  # a 3-D array is one mask per image
+    np.testing.assert_array_equal(cp.calculate(images, CalculateSettings(), stacked), cp.calculate(images, CalculateSettings()))
+
+
+def test_each_names_the_image_that_is_fully_masked(rng):
+    # CellProfiler would return an all-zero function for it; no image can be divided by that
+    images = [rng.random((20, 20)).astype(np.float32) for _ in range(3)]
+    masks = [None, np.zeros((20, 20), bool), None]
+    with pytest.raises(ValueError, match=r"^masks: image 1 has every pixel masked; CellProfiler would give it an all-zero"):
+        cp.calculate(images, CalculateSettings(smoothing="Gaussian Filter"), masks)
+    cp.calculate(images, CalculateSettings(smoothing="Gaussian Filter", aggregation="All: Across cycles"), masks)
+
+
 def test_accumulator_errors(rng):
     image = rng.random((20, 20)).astype(np.float32)
     with pytest.raises(ValueError, match=r"^finalize: no images were added to this accumulator"):

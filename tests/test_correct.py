@@ -154,3 +154,12 @@ def test_gpu_fused_kernel_matches_numpy(cupy, rng, dtype, method):
         got = apply(cupy.asarray(image), cupy.asarray(function), method, clip_low, clip_high)
         assert isinstance(got, cupy.ndarray) and got.dtype == expected.dtype
         np.testing.assert_array_equal(got.get(), expected)
+
+
+@pytest.mark.parametrize("flag", ["clip_low", "clip_high"])
+def test_clip_flags_must_be_booleans(flag):
+    # "no" is truthy: accepting it would clip where the caller asked for no clipping
+    image = np.full((4, 5), 0.5, np.float32)
+    with pytest.raises(TypeError, match=rf"^{flag}: expected True or False, got 'no'$"):
+        apply(image, np.ones_like(image), **{flag: "no"})
+    apply(image, np.ones_like(image), **{flag: np.bool_(False)})

@@ -66,11 +66,12 @@ def upsample(grid, shape):
     return _apply_separable(grid, upsample_operator, (rows, cols))
 
 
-def cellprofiler_resize_shape(shape, factor: float) -> tuple[int, int]:
-    """Output shape of CellProfiler's Resize "by a fraction or multiple": numpy.round(L * factor)."""
+def cellprofiler_resize_shape(shape, factor: float, name: str = "factor") -> tuple[int, int]:
+    """Output shape of CellProfiler's Resize "by a fraction or multiple": numpy.round(L * factor);
+    a ValueError naming the argument ``name`` when an axis would vanish."""
     out = tuple(int(np.round(float(length) * factor)) for length in shape)
     if min(out) < 1:
-        raise ValueError(f"factor: {factor!r} shrinks shape {tuple(shape)} to {out}; need at least 1 pixel per axis")
+        raise ValueError(f"{name}: {factor!r} shrinks shape {tuple(shape)} to {out}; need at least 1 pixel per axis")
     return out
 
 
@@ -218,7 +219,7 @@ def resize_bilinear(image, factor_or_shape):
         factor = float(factor_or_shape)
         if not np.isfinite(factor) or factor <= 0:
             raise ValueError(f"factor_or_shape: expected a factor > 0 or (rows, cols), got {factor_or_shape!r}")
-        out_shape = cellprofiler_resize_shape(image.shape, factor)
+        out_shape = cellprofiler_resize_shape(image.shape, factor, "factor_or_shape")
     else:
         out_shape = _check_shape(factor_or_shape, "factor_or_shape")
     out = _apply_separable(image, resize_operator, out_shape)  # fresh: clipping it in place is safe

@@ -647,6 +647,10 @@ class IlluminationAccumulator:
             if is_cupy_array(image) != is_cupy_array(self._sum):
                 raise TypeError("image: mixes NumPy and CuPy arrays; give every image as the same kind of array as the first")
         factor = self.settings.resize_factor
+        if factor != 1.0 and self.shape is None:  # a setting too small for these images: say which
+            from ..filters.resample import cellprofiler_resize_shape
+
+            cellprofiler_resize_shape(shape, factor, "resize_factor")
         if image.dtype.kind == "f":
             image = _zero_masked_non_finite(image, mask, factor != 1.0, xp)
         linear = self.settings.intensity == "Regular" or self.settings.smoothing == "Splines"
@@ -923,7 +927,10 @@ def calculate(images, settings: CalculateSettings | None = None, masks=None):
     None) per image, in the same order.
     """
     settings = CalculateSettings() if settings is None else settings
-    pairs = zip(images, itertools.repeat(None)) if masks is None else zip(images, masks, strict=True)
+    if not isinstance(settings, CalculateSettings):
+        hint = f" (preset({settings!r}) makes one from a preset name)" if isinstance(settings, str) else ""
+        raise TypeError(f"settings: expected a CalculateSettings, got {type(settings).__name__}{hint}")
+    pairs = _image_mask_pairs(images, masks)
     if settings.is_all:
         accumulator = IlluminationAccumulator(settings)
         for image, mask in pairs:
@@ -934,13 +941,42 @@ def calculate(images, settings: CalculateSettings | None = None, masks=None):
     return _calculate_each(pairs, settings, len(images) if hasattr(images, "__len__") else None)
 
 
+_MISSING = object()  # the end of the masks, told apart from a None mask
+
+
+def _image_mask_pairs(images, masks):
+    """(image, mask) pairs; a one-line ValueError when there is not exactly one mask (or None)
+    per image, before any work when both lengths are known."""
+    if masks is None:
+        yield from zip(images, itertools.repeat(None))
+        return
+    if getattr(masks, "ndim", None) == 2:
+        raise ValueError("masks: got one 2-D array; expected one mask (or None) per image, e.g. [mask] * len(images)")
+    if hasattr(images, "__len__") and hasattr(masks, "__len__") and len(images) != len(masks):
+        raise ValueError(f"masks: {len(masks)} masks for {len(images)} images; expected one mask (or None) per image")
+    remaining = iter(masks)
+    count = 0
+    for image in images:
+        mask = next(remaining, _MISSING)
+        if mask is _MISSING:
+            raise ValueError(f"masks: ran out after {count} masks while images remained; expected one mask (or None) per image")
+        yield image, mask
+        count += 1
+    if next(remaining, _MISSING) is not _MISSING:
+        raise ValueError(f"masks: more masks than the {count} images; expected one mask (or None) per image")
+
+
 def _calculate_each(pairs, settings: CalculateSettings, count: int | None):
     """"Each" functions stacked as they come: into one array allocated after the first when the
     number of images is known (a plate of 1080^2 images then skips a final stack copy, ~14 ms of
     page faults and copying per image on the 2-core VM), else collected and stacked at the end."""
     functions, stacked, first_shape = [], None, None
     for index, (image, mask) in enumerate(pairs):
-        function = IlluminationAccumulator(settings).add(image, mask).finalize()
+        accumulator = IlluminationAccumulator(settings).add(image, mask)
+        if mask is not None and not bool(accumulator.pixel_count.any()):
+            raise ValueError(f"masks: image {index} has every pixel masked; CellProfiler would give it an all-zero "
+                             "function, which no image can be divided by")
+        function = accumulator.finalize()
         if first_shape is None:
             first_shape = function.shape
         elif function.shape != first_shape:
