@@ -64,6 +64,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _shape(text: str) -> tuple[int, int]:
+    """argparse type of demo --shape: HxW (or N for NxN), each side between 16 and DEMO_MAX_SIDE."""
+    from gpuillum.engine.demo import DEMO_MAX_SIDE
+
     parts = text.lower().replace(",", "x").split("x")
     try:
         shape = tuple(int(p) for p in parts)
@@ -71,8 +74,8 @@ def _shape(text: str) -> tuple[int, int]:
         shape = ()
     if len(shape) == 1:
         shape = shape * 2
-    if len(shape) != 2 or min(shape) < 16:
-        raise argparse.ArgumentTypeError(f"expected HxW (each >= 16), e.g. 512x512, got {text!r}")
+    if len(shape) != 2 or min(shape) < 16 or max(shape) > DEMO_MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"expected HxW (each 16 to {DEMO_MAX_SIDE}), e.g. 512x512, got {text!r}")
     return shape
 
 
@@ -132,7 +135,7 @@ def _method_options(parser):
 def _apply_options(parser):
     group = parser.add_argument_group("correcting")
     group.add_argument("--apply-method", type=_choice({}, ("Divide", "Subtract")),
-                       help="Divide or Subtract the function (default: Divide for Regular, Subtract for Background)")
+                       help="Divide or Subtract the function (default: Subtract for Background or Splines, else Divide)")
     group.add_argument("--background", choices=("median", "tophat"), help="also subtract a per-image background "
                        "(median: gpuillum.median_background; tophat: white top-hat); alone, it is the whole method")
     group.add_argument("--background-radius", type=_positive_int, metavar="R", help="radius of --background in pixels (required with --background)")
@@ -169,7 +172,7 @@ OUT_HELP = ("output folder, not inside INPUT; may hold unrelated files, but one 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gpuillum.engine.demo import DEMO_SHAPE, DEMO_SITES, DEMO_WELLS
+    from gpuillum.engine.demo import DEMO_MAX_SIDE, DEMO_SHAPE, DEMO_SITES, DEMO_WELLS
 
     parser = OneLineParser(prog="gpuillum", description="GPU-accelerated illumination correction for microscopy plates.")
     from gpuillum import __version__
@@ -216,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="make a synthetic plate, correct it, and report how close the result is to the truth")
     demo.add_argument("out", nargs="?", default="gpuillum-demo", metavar="OUT", help="output folder (default: ./gpuillum-demo)")
     demo.add_argument("--shape", type=_shape, default=DEMO_SHAPE, metavar="HxW",
-                      help=f"image size (default {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]})")
+                      help=f"image size, each side 16 to {DEMO_MAX_SIDE} (default {DEMO_SHAPE[0]}x{DEMO_SHAPE[1]})")
     demo.add_argument("--wells", type=_positive_int, default=DEMO_WELLS, metavar="N",
                       help=f"number of wells, in rows of up to 12 (default {DEMO_WELLS})")
     demo.add_argument("--sites", type=_positive_int, default=DEMO_SITES, metavar="N",
@@ -408,8 +411,13 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("gpuillum: interrupted; finished files are kept, nothing half-written was left (rerun with --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, ValueError) as error:  # JobError and the one-line argument errors of the API
+    except (UsageError, ValueError, TypeError) as error:  # JobError and the one-line argument errors of the API
         print(f"gpuillum: error: {one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError as error:  # e.g. a huge --dilation-radius; CuPy's OutOfMemoryError is one too
+        where = "GPU" if type(error).__module__.startswith("cupy") else "host"
+        print(f"gpuillum: error: out of {where} memory ({one_line(error)}); use smaller settings "
+              "(e.g. --dilation-radius, --filter-size, --shape) or images", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:  # e.g. an output folder that cannot be written
         where = f"{error.filename}: " if error.filename else ""

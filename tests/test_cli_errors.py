@@ -34,6 +34,15 @@ def corrupt(path):
     path.write_bytes(b"II*\x00" + b"\x13" * 40)
 
 
+def corrupt_pixels(path):
+    """Garble a TIFF's compressed pixel data but not its header: discovery passes, decoding fails."""
+    with tifffile.TiffFile(path) as tif:
+        start, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[start:start + count] = b"\x13" * count
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("problem, needles", [
     ("corrupt", ("P1/B02_s1_DNA.tif", "unreadable")),
     ("truncated", ("P1/B02_s1_DNA.tif",)),
@@ -287,7 +296,7 @@ def test_manifest_status_running_failed_complete_and_resume(tmp_path, capsys):
     images = write_plate(tmp_path / "in", wells=("B02", "B03"), sites=1)
     bad = tmp_path / "in" / "P1" / "B03_s1_DNA.tif"
     original = bad.read_bytes()
-    corrupt(bad)
+    corrupt_pixels(bad)  # found in pass 1 (a header problem is refused before any manifest is written)
     code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *ARGS)
     assert code == 2
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -355,3 +364,126 @@ def test_unmatched_files_are_summarised_with_a_suggestion(tmp_path, capsys):
     assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--on-error", "skip", *argv]) == 0
     out = capsys.readouterr().out
     assert "skipped 8 input(s)" in out and "... and 3 more" in out and "junk4.tif" in out and "junk5.tif" not in out
+
+
+# ----------------------------------------------------------------------------- review findings
+
+
+def test_calc_alone_is_not_refused_for_a_subtract_it_does_not_apply(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    code, err = run_cli(capsys, "calc", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--intensity", "background", *ARGS)
+    assert code == 0, err
+    assert (tmp_path / "out" / "illum" / "P1_IllumDNA.npy").is_file()
+
+
+def test_unsupported_dtype_is_a_plan_problem_a_one_line_error_or_skipped(tmp_path, capsys):
+    write_plate(tmp_path / "in", plates=("P1",), wells=("B02",), sites=1)
+    write_plate(tmp_path / "in", plates=("P2",), wells=("B02",), sites=1, dtype=np.int16)
+    assert main(["plan", str(tmp_path / "in")]) == 2
+    assert "dtype int16 is not supported" in capsys.readouterr().out
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *ARGS)
+    assert code == 2
+    assert_one_line_error(err, "P2/B02_s1_Actin.tif", "int16", "uint8, uint16, float32, float64")
+    assert not (tmp_path / "out").exists()
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--on-error", "skip", *ARGS)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {"P2/B02_s1_Actin.tif", "P2/B02_s1_DNA.tif"} <= {entry["path"] for entry in manifest["skipped"]}
+    assert sorted(p.name for p in (tmp_path / "out" / "corrected").rglob("*.tif")) == ["B02_s1_Actin.tif", "B02_s1_DNA.tif"]
+    code, err = run_cli(capsys, "run", str(tmp_path / "in" / "P2"), "-o", str(tmp_path / "out2"), "--on-error", "skip", *ARGS)
+    assert code == 2
+    assert_one_line_error(err, "no usable images", "int16")
+
+
+def test_float64_images_with_a_background_are_refused_by_name(tmp_path, capsys):
+    for channel in ("DNA", "Actin"):
+        path = tmp_path / "in" / "P1" / f"B02_s1_{channel}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(path, np.full((32, 40), 0.5))
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--background", "median",
+                        "--background-radius", "3", "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, "B02_s1_Actin.tif", "float64", "uint8, uint16, float32")
+
+
+@pytest.mark.parametrize("error, needles", [
+    (TypeError("image: dtype int16 is not supported; expected one of uint8"), ("image: dtype int16",)),
+    (MemoryError("Unable to allocate 5.24 TiB for an array"), ("out of host memory", "5.24 TiB", "--dilation-radius")),
+])
+def test_type_and_memory_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch, error, needles):
+    import gpuillum.engine.job as job
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(job, "run_plate", failing)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *ARGS)
+    assert code == 2
+    assert_one_line_error(err, *needles)
+
+
+def test_demo_shape_too_large_is_refused_at_parsing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", str(tmp_path / "demo"), "--shape", "200000x200000"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [err.strip()] and "200000x200000" in err and "4096" in err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_a_run_that_failed_before_any_output_does_not_block_the_next(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    assert main(["calc", str(tmp_path / "in"), "-o", str(tmp_path / "fn"), *ARGS]) == 0
+    dna = ["--function", f"DNA={tmp_path / 'fn' / 'illum' / 'P1_IllumDNA.npy'}", "--device", "cpu", "-q"]
+    out = tmp_path / "out"
+    code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(out), *dna, "--function", f"Actin={tmp_path / 'missing.npy'}")
+    assert code == 2
+    assert_one_line_error(err, "missing.npy")
+    assert not out.exists()  # refused before anything, manifest included, was written
+    actin = ["--function", f"Actin={tmp_path / 'fn' / 'illum' / 'P1_IllumActin.npy'}"]
+    assert main(["apply", str(tmp_path / "in"), "-o", str(out), *dna, *actin]) == 0
+    # a calc that failed in pass 1, before writing anything, leaves a manifest that lists no output
+    bad = tmp_path / "in" / "P1" / "B02_s1_Actin.tif"  # Actin: the first group
+    original = bad.read_bytes()
+    corrupt_pixels(bad)
+    assert main(["calc", str(tmp_path / "in"), "-o", str(tmp_path / "c"), *ARGS]) == 2
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["files"] == {}
+    bad.write_bytes(original)
+    code, err = run_cli(capsys, "calc", str(tmp_path / "in"), "-o", str(tmp_path / "c"), *ARGS, "--filter-size", "8")
+    assert code == 0, err
+    # a failed run that did write outputs still protects them
+    corrupt_pixels(tmp_path / "in" / "P1" / "B02_s1_DNA.tif")
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "r"), *ARGS]) == 2
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["files"]
+    bad.write_bytes(original)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "r"), *ARGS, "--filter-size", "8")
+    assert code == 2 and "different run" in err
+
+
+def test_splines_are_subtracted_and_dividing_by_them_is_refused(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=2)
+    splines = ["--smoothing", "splines", "--rescale", "no", *ARGS]
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *splines)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["settings"]["apply"]["method"] == "Subtract"
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out2"), *splines, "--apply-method", "divide")
+    assert code == 2
+    assert_one_line_error(err, "Splines", "--apply-method Subtract")
+    # the apply pass refuses to divide by the zero-mean function the run left in OUT/illum
+    code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out3"), "--functions",
+                        str(tmp_path / "out" / "illum"), "--apply-method", "divide", "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, "P1_IllumActin.npy", "negative", "--apply-method Subtract")
+    assert not (tmp_path / "out3").exists()
+
+
+def test_apply_refuses_to_subtract_a_rescaled_function(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    assert main(["calc", str(tmp_path / "in"), "-o", str(tmp_path / "fn"), *ARGS]) == 0  # jump: rescale Yes, values >= 1
+    code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--functions",
+                        str(tmp_path / "fn" / "illum"), "--apply-method", "subtract", "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, "P1_IllumActin.npy", ">= 1", "--rescale No")
+    assert not (tmp_path / "out").exists()

@@ -24,6 +24,7 @@ def demo_wells(count: int) -> tuple[str, tuple[int, ...]]:
 
 
 DEMO_WELLS, DEMO_SITES, DEMO_SHAPE = 24, 8, (384, 384)  # 192 images per channel: enough that cells average out
+DEMO_MAX_SIDE = 4096  # a large camera's frame; at 4096^2 the default plate already holds 12 GiB of pixels
 
 
 def ideal_divide_function(flat, dark, background: float):

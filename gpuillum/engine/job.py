@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from gpuillum._checks import check_choice, check_integer
 from gpuillum.io.manifest import Manifest
 
@@ -151,8 +153,12 @@ def describe_method(settings) -> str:
 
 
 def check_method(settings, apply_method: str, passes) -> None:
-    """Refuse combinations that destroy the images (one line naming the fix)."""
-    if settings is None or "calc" not in passes:
+    """Refuse a method and apply method that together destroy the images (one line naming the fix).
+
+    Only a job that both calculates and applies is checked here: calc alone applies nothing, and
+    the apply pass checks the function it is given (``_Job.check_functions``).
+    """
+    if settings is None or not {"calc", "apply"} <= set(passes):
         return
     if not settings.is_all and settings.smoothing == "No smoothing" and settings.intensity == "Regular":
         raise JobError("aggregation Each with smoothing 'No smoothing' divides each image by itself (every image "
@@ -160,11 +166,26 @@ def check_method(settings, apply_method: str, passes) -> None:
     if apply_method == "Subtract" and settings.rescale != "No":
         raise JobError(f"apply method Subtract with rescale {settings.rescale}: the rescaled function (>= 1) is subtracted "
                        "in 0..1 units and blackens every image; use --rescale No")
+    if apply_method == "Divide" and settings.smoothing == "Splines" and settings.rescale != "Yes":
+        raise JobError(f"apply method Divide with smoothing Splines and rescale {settings.rescale}: the spline function is a "
+                       "zero-mean background (negative in places) and dividing by it blackens the images; use --apply-method Subtract")
 
 
 def default_apply_method(settings) -> str:
-    """CellProfiler's convention: divide by a Regular function, subtract a Background one."""
-    return "Subtract" if settings is not None and settings.intensity == "Background" else "Divide"
+    """Subtract a background, divide by anything else: a Background function (block minima) and a
+    Splines one (a zero-mean background fit, cellprofiler.md 4.5) are subtracted, a Regular one divides."""
+    subtract = settings is not None and (settings.intensity == "Background" or settings.smoothing == "Splines")
+    return "Subtract" if subtract else "Divide"
+
+
+def supported_dtypes(background=None) -> tuple[str, ...]:
+    """The image dtypes a job corrects: those of gpuillum.correct (uint8, uint16, float32, float64),
+    without float64 when a per-image ``background`` is subtracted (its median and top-hat filters
+    take the others)."""
+    from gpuillum._checks import ORDER_DTYPES
+    from gpuillum.correct import IMAGE_DTYPES
+
+    return tuple(np.dtype(d).name for d in (IMAGE_DTYPES if background is None else ORDER_DTYPES))
 
 
 def one_line(error: BaseException) -> str:
@@ -182,17 +203,35 @@ def default_threads() -> int:
 # ----------------------------------------------------------------------------- discovery
 
 
-def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None):
-    """Discover the images of INPUT (nothing computed); returns gpuillum.io.discovery.Plan."""
+def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None, dtypes=None):
+    """Discover the images of INPUT (nothing computed); returns gpuillum.io.discovery.Plan.
+
+    Images of a dtype outside ``dtypes`` (default: ``supported_dtypes()``) are left out as problems,
+    so ``gpuillum plan`` reports them and a job refuses (or skips) them before reading any pixel.
+    """
     from gpuillum.io.discovery import discover
 
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise JobError(f"{input_dir}: input folder does not exist or is not a directory")
     try:
-        return discover(input_dir, pattern=pattern, layout=layout, loaddata=loaddata)
+        plan = discover(input_dir, pattern=pattern, layout=layout, loaddata=loaddata)
     except (ValueError, KeyError, OSError) as error:
         raise JobError(one_line(error)) from None
+    _leave_out_unsupported(plan, dtypes or supported_dtypes())
+    return plan
+
+
+def _leave_out_unsupported(plan, dtypes) -> None:
+    """Move the records of every plate x channel whose dtype is not in ``dtypes`` to the plan's problems."""
+    unsupported = {group: dtype for group, (_shape, dtype) in plan.shapes.items() if dtype not in dtypes}
+    if not unsupported:
+        return
+    for record in plan.records:
+        dtype = unsupported.get((record.plate, record.channel))
+        if dtype is not None:
+            plan.problems.append(f"{record.relpath}: dtype {dtype} is not supported; expected one of {', '.join(dtypes)}; left out")
+    plan.records = [r for r in plan.records if (r.plate, r.channel) not in unsupported]
 
 
 def _problem_relpath(problem: str) -> str | None:
@@ -267,7 +306,7 @@ class _Job:
         self.progress, self.log = progress, log
         self.client = None
         self.result = RunResult(out_dir=out_dir, device=str(device), workers=workers)
-        self.manifest = None
+        self.manifest = JobManifest()  # in memory until open_manifest: collects the files skipped before it
         self._last_save = 0.0
         self._skipped: set = set()
 
@@ -300,7 +339,11 @@ class _Job:
             self._last_save = now
 
     def open_manifest(self, manifest_settings: dict, method: str) -> None:
-        """Start this run's manifest: resume the earlier one, replace it (overwrite), or refuse to mix runs."""
+        """Start this run's manifest: resume the earlier one, replace it (overwrite), or refuse to mix runs.
+
+        An earlier manifest that lists no output (a run that failed before writing any) protects
+        nothing: it is replaced, so the corrected rerun goes ahead.
+        """
         from gpuillum.io.manifest import collect_versions
 
         path = self.out_dir / MANIFEST_NAME
@@ -311,6 +354,8 @@ class _Job:
             except (ValueError, OSError) as error:
                 if self.resume:
                     raise JobError(f"{path}: cannot resume from this manifest ({one_line(error)}); remove it or drop --resume") from None
+        if earlier is not None and not earlier.files:
+            earlier = None
         manifest_settings = json.loads(json.dumps(manifest_settings, default=str))  # as it reads back from JSON
         if self.resume and earlier is not None and earlier.settings != manifest_settings:
             raise JobError(f"{path}: --resume with different settings than the earlier run; use the same options or another -o OUT")
@@ -320,13 +365,14 @@ class _Job:
         elif earlier is not None and not self.resume and not _same_run(earlier.settings, manifest_settings):
             raise JobError(f"{self.out_dir}: holds the outputs of a different run (its {MANIFEST_NAME} has another INPUT or "
                            "other settings); use --overwrite to replace them, --resume with the same options, or another -o OUT")
+        skipped = self.manifest.skipped
         self.manifest = earlier if earlier is not None else JobManifest()
         self.manifest.settings = manifest_settings
         self.manifest.method = method
         self.manifest.status, self.manifest.error, self.manifest.warnings = "running", None, []
         self.manifest.versions = collect_versions()
         self.manifest.devices = [str(self.device)]
-        self.manifest.skipped = []
+        self.manifest.skipped = skipped
         self.manifest.timings["workers"] = self.scheduler or self.workers
         self.save_manifest(force=True)
 
@@ -383,7 +429,9 @@ class _Job:
                 shape, dtype = plan.shapes[(plate, channel)]
                 groups.append(_Group(plate, channel, records, reader=CheckedReader(shape, dtype)))
         if not groups:
-            raise JobError(f"{self.input_dir}: no usable images found")
+            skipped = self.result.skipped
+            why = f" ({len(skipped)} skipped, e.g. {skipped[0][1].removesuffix('; left out')})" if skipped else ""
+            raise JobError(f"{self.input_dir}: no usable images found{why}")
         return groups
 
     # -- pass 1
@@ -453,15 +501,32 @@ class _Job:
 
     # -- pass 2
 
-    def apply(self, group: _Group) -> None:
-        from gpuillum.correct import invalid_function_pixels
-
-        if group.function is not None:
-            bad = invalid_function_pixels(group.function, self.apply_options.method)
+    def check_functions(self, groups: list[_Group]) -> None:
+        """Before pass 2 writes anything, refuse (one line naming the file) a function it cannot use:
+        another shape than the images; a value that is not finite; for Divide a value <= 0 (a
+        zero-mean Splines function is for Subtract); for Subtract every value >= 1 (a rescaled
+        function: subtracted in 0..1 units it blackens every image)."""
+        method = self.apply_options.method
+        for group in groups:
+            function, path = group.function, group.function_path
+            if function is None:  # every image of the group was skipped
+                continue
+            if tuple(function.shape) != group.reader.shape:
+                raise JobError(f"{path}: function shape {tuple(function.shape)} does not match the images' {group.reader.shape}")
+            if method == "Divide":
+                bad = int((~(np.isfinite(function) & (function > 0))).sum())
+                if bad:
+                    raise JobError(f"{path}: {bad} pixels are zero, negative or not finite; cannot divide by it (a zero-mean "
+                                   "function, e.g. from Splines, is for --apply-method Subtract)")
+                continue
+            bad = int((~np.isfinite(function)).sum())
             if bad:
-                raise JobError(f"{group.function_path}: {bad} pixels are zero or not finite; cannot {self.apply_options.method.lower()} by it")
-            if tuple(group.function.shape) != group.reader.shape:
-                raise JobError(f"{group.function_path}: function shape {tuple(group.function.shape)} does not match the images' {group.reader.shape}")
+                raise JobError(f"{path}: {bad} pixels are not finite; cannot subtract it")
+            if function.min() >= 1:
+                raise JobError(f"{path}: every value is >= 1, a rescaled function; subtracting it in 0..1 units blackens "
+                               "every image; use --apply-method Divide, or a function calculated with --rescale No")
+
+    def apply(self, group: _Group) -> None:
         todo = []
         for record in group.records:
             if record.relpath in self._skipped:  # already found bad in pass 1
@@ -641,7 +706,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     threads = threads or default_threads()
 
     started = time.perf_counter()
-    plan = plan_plate(input_dir, pattern=pattern, layout=layout, loaddata=loaddata)
+    plan = plan_plate(input_dir, pattern=pattern, layout=layout, loaddata=loaddata, dtypes=supported_dtypes(background))
     discovery = {"pattern": pattern, "layout": layout, "loaddata": None if loaddata is None else str(loaddata)}
     job = _Job(input_dir, out_dir, settings=settings, apply_options=options, device=device, workers=workers,
                scheduler=scheduler, threads=threads, resume=resume, on_error=on_error, progress=progress, log=log,
@@ -651,6 +716,10 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         method = "; ".join(filter(None, [method if settings is not None or "calc" not in passes else "",
                                          f"{background.method} background subtraction, radius {background.radius}"]))
     job.result.method = method
+    groups = job.prepare_groups(plan)  # bad input is refused before anything is written
+    if passes == ("apply",) and not (functions is None and background is not None):
+        _functions_for(groups, functions, out_dir)
+        job.check_functions(groups)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -668,7 +737,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     }
     job.open_manifest(manifest_settings, method)
     try:
-        _run_passes(job, passes, settings, background, functions, resume, plan)
+        _run_passes(job, groups, passes, settings, resume)
     except BaseException as error:  # Ctrl-C or an error: keep the record of every file finished so far, for --resume
         message = "interrupted" if isinstance(error, KeyboardInterrupt) else one_line(error)
         with contextlib.suppress(Exception):
@@ -681,14 +750,13 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     return job.result
 
 
-def _run_passes(job: _Job, passes, settings, background, functions, resume, plan) -> None:
+def _run_passes(job: _Job, groups, passes, settings, resume) -> None:
     """Pass 1 for every group, then pass 2 for every group, then the LoadData CSV."""
     out_dir, device, workers, scheduler = job.out_dir, job.device, job.workers, job.scheduler
     if resume:
         from gpuillum.io.atomic import remove_stale_temporaries
 
         remove_stale_temporaries(out_dir)
-    groups = job.prepare_groups(plan)
     job.say(f"device: {device} ({'GPU' if device.is_gpu else 'CPU'}), {len(groups)} plate x channel group(s), "
             f"{sum(len(g.records) for g in groups)} images, workers: {scheduler or workers}")
     with open_client(workers=workers, scheduler=scheduler, gpu=device.is_gpu) as client:
@@ -697,8 +765,8 @@ def _run_passes(job: _Job, passes, settings, background, functions, resume, plan
         if calculating:
             for group in groups:
                 job.calculate(group)
-        elif passes == ("apply",) and not (functions is None and background is not None):
-            _functions_for(groups, functions, out_dir)
+            if "apply" in passes:
+                job.check_functions(groups)
         if "apply" in passes:
             for group in groups:
                 if calculating and group.function is None:
