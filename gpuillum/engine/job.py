@@ -506,6 +506,8 @@ class _Job:
         another shape than the images; a value that is not finite; for Divide a value <= 0 (a
         zero-mean Splines function is for Subtract); for Subtract every value >= 1 (a rescaled
         function: subtracted in 0..1 units it blackens every image)."""
+        from gpuillum.correct import invalid_function_pixels
+
         method = self.apply_options.method
         for group in groups:
             function, path = group.function, group.function_path
@@ -513,13 +515,13 @@ class _Job:
                 continue
             if tuple(function.shape) != group.reader.shape:
                 raise JobError(f"{path}: function shape {tuple(function.shape)} does not match the images' {group.reader.shape}")
+            bad = invalid_function_pixels(function, method)  # not finite; for Divide also zero
             if method == "Divide":
-                bad = int((~(np.isfinite(function) & (function > 0))).sum())
+                bad += int((function < 0).sum())
                 if bad:
                     raise JobError(f"{path}: {bad} pixels are zero, negative or not finite; cannot divide by it (a zero-mean "
                                    "function, e.g. from Splines, is for --apply-method Subtract)")
                 continue
-            bad = int((~np.isfinite(function)).sum())
             if bad:
                 raise JobError(f"{path}: {bad} pixels are not finite; cannot subtract it")
             if function.min() >= 1:

@@ -275,17 +275,19 @@ def _settings_from_module(module, modules, source: str) -> CalculateSettings:
 _INPUT_MODULES = ("Images", "Metadata", "NamesAndTypes", "Groups", "LoadData", "LoadImages", "LoadSingleImage")
 
 
+def _output_index(module, image_name: str) -> int | None:
+    """Index of the "Name ..." setting of ``module`` that names ``image_name`` as an output, or None."""
+    return next((i for i, (text, value) in enumerate(module.settings)
+                 if value == image_name and text.lower().startswith("name")), None)
+
+
 def _producer(image_name: str, module, modules, where: str):
     """The last enabled module before ``module`` that names ``image_name`` as an output, or None.
 
     Any "Name ..." setting is an output (a Resize's primary and additional images alike); a
     ValueError when only disabled modules make the image, as CellProfiler would not have it.
     """
-    makers = [
-        other for other in modules
-        if other.number < module.number
-        and any(value == image_name and text.lower().startswith("name") for text, value in other.settings)
-    ]
+    makers = [other for other in modules if other.number < module.number and _output_index(other, image_name) is not None]
     enabled = [other for other in makers if other.enabled]
     if makers and not enabled:
         raise ValueError(
@@ -307,7 +309,7 @@ def _resize_factor_for(image_name: str, module, modules, where: str) -> float:
     if resize is None or resize.name != "Resize":
         return 1.0
     source = f"{where}: input {image_name!r} comes from Resize module #{resize.number}"
-    output = next(i for i, (text, value) in enumerate(resize.settings) if value == image_name and text.lower().startswith("name"))
+    output = _output_index(resize, image_name)
     upstream = _producer(resize.values[output - 1], resize, modules, where) if output else None
     if upstream is not None and upstream.name == "Resize":
         raise ValueError(f"{source}, fed by Resize module #{upstream.number}; only a single Resize is emulated")
@@ -973,7 +975,7 @@ def _calculate_each(pairs, settings: CalculateSettings, count: int | None):
     functions, stacked, first_shape = [], None, None
     for index, (image, mask) in enumerate(pairs):
         accumulator = IlluminationAccumulator(settings).add(image, mask)
-        if mask is not None and not bool(accumulator.pixel_count.any()):
+        if mask is not None and not bool(accumulator._masked_count.any()):  # its mask (pixel_count would copy it)
             raise ValueError(f"masks: image {index} has every pixel masked; CellProfiler would give it an all-zero "
                              "function, which no image can be divided by")
         function = accumulator.finalize()
