@@ -428,6 +428,21 @@ def test_integer_inputs_are_scaled_like_cellprofiler(rng):
     np.testing.assert_array_equal(cp.to_cellprofiler_float(image8), image8.astype(np.float32) / np.float32(255))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("smoothing", ["No smoothing", "Median Filter", "Gaussian Filter", "Fit Polynomial"])
+def test_each_leaves_integer_images_as_they_were(rng, dtype, smoothing):
+    # an "Each" accumulator keeps an integer image as its sum without a copy; nothing may write to it
+    settings = CalculateSettings(smoothing=smoothing, rescale="No")
+    image = rng.integers(1, np.iinfo(dtype).max, (23, 31), dtype=dtype)
+    before = image.copy()
+    function = cp.calculate([image], settings)[0]
+    merged = IlluminationAccumulator(settings).merge(IlluminationAccumulator(settings).add(image)).finalize()
+    np.testing.assert_array_equal(image, before)
+    np.testing.assert_array_equal(merged, function)
+    expected = cp.smooth(cp.to_cellprofiler_float(before), None, settings)
+    np.testing.assert_allclose(function, expected, rtol=1e-6)
+
+
 def test_calculate_each_and_all_shapes(rng):
     images = [rng.random((16, 21)).astype(np.float32) for _ in range(3)]
     each = cp.calculate(iter(images), CalculateSettings(smoothing="Gaussian Filter"))

@@ -719,7 +719,10 @@ class IlluminationAccumulator:
         exact = self._scale is not None
         wide = exact and (self.count + images) * self._scale >= 2**32
         if self._sum is None:  # the first values: one copy in the sum's dtype
-            self._sum = values.astype(xp.float64 if not exact else xp.int64 if wide else xp.uint32)
+            if exact and not self.settings.is_all:  # an "Each" sum is never added to: no copy
+                self._sum = values
+            else:
+                self._sum = values.astype(xp.float64 if not exact else xp.int64 if wide else xp.uint32)
             return
         if wide and self._sum.dtype == xp.uint32:
             self._sum = self._sum.astype(xp.int64)
@@ -895,7 +898,7 @@ class IlluminationAccumulator:
         xp = get_array_module(self._sum)
         valid = self._valid_mask()
         _check_some_valid(valid)
-        raw = self._sum.astype(xp.uint8 if self._scale <= 0xFF else xp.uint16)
+        raw = self._sum.astype(xp.uint8 if self._scale <= 0xFF else xp.uint16, copy=False)
         radius = median_radius(self.settings, raw.shape)
         table = xp.asarray(_median_table(self._scale))
         if valid is None and self.settings.rescale != "No":  # the kernel counts the statistic's pixels
