@@ -390,6 +390,22 @@ def test_calculate_input_errors_are_one_line_and_early(rng):
     np.testing.assert_array_equal(cp.calculate(images, CalculateSettings(), stacked), cp.calculate(images, CalculateSettings()))
 
 
+def test_a_spline_scale_too_large_names_the_setting_or_the_mask(rng):
+    image = rng.random((40, 50)).astype(np.float32)
+    manual = CalculateSettings(smoothing="Splines", spline_automatic=False, spline_rescale=25.0)
+    with pytest.raises(ValueError, match=r"^spline_rescale: 25 shrinks the fitted region \(40, 50\) below 2 pixels"):
+        cp.calculate([image], manual)
+    large = rng.random((400, 420)).astype(np.float32)
+    mask = np.zeros(large.shape, bool)
+    mask[100:103, 50:300] = True  # 3 rows / automatic scale 2 -> 1 resampled row
+    with pytest.raises(ValueError, match=r"^masks: the valid pixels span only \(3, 250\), which the automatic spline "
+                                         r"scale 2 \(shortest image side / 200\) shrinks below 2 pixels per side; set "
+                                         r"spline_automatic=False with a smaller spline_rescale$"):
+        cp.calculate([large], CalculateSettings(smoothing="Splines"), [mask])
+    smaller = CalculateSettings(smoothing="Splines", spline_automatic=False, spline_rescale=1.0)
+    assert np.isfinite(cp.calculate([large], smaller, [mask])).all()
+
+
 def test_each_names_the_image_that_is_fully_masked(rng):
     # CellProfiler would return an all-zero function for it; no image can be divided by that
     images = [rng.random((20, 20)).astype(np.float32) for _ in range(3)]

@@ -475,23 +475,28 @@ def _median_table(scale: int) -> np.ndarray:
 
 
 def _spline_smooth(pixels, mask, settings: CalculateSettings, xp):
-    from .splines import spline_background
+    from .splines import ScaleTooLarge, automatic_spline_scale, spline_background
 
-    if settings.spline_automatic:
-        shortest = min(pixels.shape)
-        scale = 1.0 if shortest < 200 else float(shortest) / 200
-        background = spline_background(pixels, mask, scale=scale)
-    else:
-        background = spline_background(
-            pixels,
-            mask,
-            mode=settings.spline_mode,
-            threshold=settings.spline_threshold,
-            points=settings.spline_points,
-            scale=settings.spline_rescale,
-            max_iterations=settings.spline_max_iterations,
-            convergence=settings.spline_convergence,
-        )
+    try:
+        if settings.spline_automatic:
+            background = spline_background(pixels, mask, scale=automatic_spline_scale(pixels.shape))
+        else:
+            background = spline_background(
+                pixels,
+                mask,
+                mode=settings.spline_mode,
+                threshold=settings.spline_threshold,
+                points=settings.spline_points,
+                scale=settings.spline_rescale,
+                max_iterations=settings.spline_max_iterations,
+                convergence=settings.spline_convergence,
+            )
+    except ScaleTooLarge as error:  # say which setting (or mask) to change
+        if not settings.spline_automatic:
+            raise ScaleTooLarge(error.scale, error.region, "spline_rescale") from None
+        raise ValueError(f"masks: the valid pixels span only {error.region}, which the automatic spline scale "
+                         f"{error.scale:g} (shortest image side / 200) shrinks below 2 pixels per side; "
+                         "set spline_automatic=False with a smaller spline_rescale") from None
     # zero-mean over the mask (the background is meant for Subtract), in the background's float32
     # as CellProfiler does: with rescale the 2 % divisor sits near 0, where a float64 mean moves
     # the function by up to ~1e-4 of its maximum

@@ -43,6 +43,14 @@ _MIN_RCOND = 1e-8
 _DENSE_BELOW = 2
 
 
+class ScaleTooLarge(ValueError):
+    """``scale`` leaves fewer than 2 resampled pixels on a side of the fitted region."""
+
+    def __init__(self, scale: float, region: tuple, name: str = "scale"):
+        self.scale, self.region = scale, region
+        super().__init__(f"{name}: {scale:g} shrinks the fitted region {region} below 2 pixels per side")
+
+
 def automatic_spline_scale(shape) -> float:
     """CellProfiler's automatic resampling factor: shrink the shorter side to 200 pixels."""
     shortest = min(int(s) for s in shape[:2])
@@ -100,9 +108,7 @@ def _spline_background_host(image, mask, mode, threshold, points, scale, max_ite
     crop_shape = np.array([rows.stop - rows.start, cols.stop - cols.start])
     small_shape = (crop_shape / scale).astype(int)
     if small_shape.min() < 2:
-        raise ValueError(
-            f"scale: {scale:g} shrinks the fitted region {tuple(crop_shape.tolist())} below 2 pixels per side"
-        )
+        raise ScaleTooLarge(scale, tuple(crop_shape.tolist()))
     ratio = (crop_shape - 1.0) / (small_shape - 1.0)
 
     small = _resample(image[rows, cols], ratio, small_shape, order=2)
