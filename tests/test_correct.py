@@ -96,6 +96,17 @@ def test_zero_or_non_finite_function_raises(pair, bad):
         apply(image, function)
 
 
+@pytest.mark.parametrize("method", ["Divide", "Subtract"])
+def test_float64_function_beyond_float32_range_is_named(pair, method):
+    image, function = pair
+    function = function.astype(np.float64)
+    function[2, 3] = 1e300
+    with pytest.raises(ValueError, match=r"^function: 1 pixels are finite but beyond float32's range"):
+        apply(image, function, method)
+    function[2, 3] = 3e38  # still a float32 value: accepted
+    assert np.isfinite(apply(image, function, method)).all()
+
+
 def test_subtract_accepts_zero_but_not_nan(pair):
     image, function = pair
     function = function.copy()
