@@ -39,6 +39,18 @@ def check_image(image, name: str = "image", dtypes=ORDER_DTYPES, allow_nan: bool
     return image
 
 
+def check_float32_range(array, name: str) -> None:
+    """Refuse finite values a cast to float32 would turn into inf (a float64 array beyond +-3.4e38)."""
+    if array.dtype.kind != "f" or array.dtype.itemsize <= 4:
+        return
+    xp = get_array_module(array)
+    limit = np.finfo(np.float32).max
+    beyond = int(xp.count_nonzero(xp.isfinite(array) & (xp.abs(array) > limit)))
+    if beyond:
+        raise ValueError(f"{name}: {beyond} pixels are finite but beyond float32's range (|value| > {limit:.1e}), "
+                         "and illumination functions are float32")
+
+
 def check_integer(value, name: str, minimum: int = 1) -> int:
     """Check that ``value`` is an integer >= ``minimum`` (bools and floats are refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):

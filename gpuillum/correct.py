@@ -27,7 +27,7 @@ import functools
 
 import numpy as np
 
-from ._checks import check_choice, check_image
+from ._checks import check_choice, check_float32_range, check_image
 from .backend import get_array_module, is_cupy_array
 
 APPLY_METHODS = ("Divide", "Subtract")
@@ -54,11 +54,8 @@ def _check_function(function, image, method: str, on_invalid: str):
     if is_cupy_array(function) != is_cupy_array(image):
         raise TypeError("function: must live on the same backend as the image (both NumPy or both CuPy)")
     xp = get_array_module(function)
-    if on_invalid == "raise" and function.dtype.itemsize > 4 and function.dtype.kind == "f":
-        beyond = int(xp.count_nonzero(xp.isfinite(function) & (xp.abs(function) > np.finfo(np.float32).max)))
-        if beyond:  # the float32 cast below would turn them into inf
-            raise ValueError(f"function: {beyond} pixels are finite but beyond float32's range (|value| > 3.4e38), "
-                             "and the correction runs in float32")
+    if on_invalid == "raise":
+        check_float32_range(function, "function")
     function = function.astype(xp.float32, copy=False)
     if on_invalid == "raise":
         count = invalid_function_pixels(function, method)

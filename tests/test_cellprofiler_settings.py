@@ -321,6 +321,20 @@ def test_load_errors(tmp_path):
         load_function(tmp_path / "x.tif")
 
 
+def test_float64_values_beyond_float32_are_refused_not_saved_as_inf(tmp_path):
+    function = np.ones((4, 5))
+    function[1, 2] = -1e300
+    with pytest.raises(ValueError, match=r"^function: 1 pixels are finite but beyond float32's range"):
+        save_function(tmp_path / "f.npy", function)
+    assert not (tmp_path / "f.npy").exists()
+    np.save(tmp_path / "big.npy", function)  # e.g. written by another tool
+    with pytest.raises(ValueError, match=r"big.npy: 1 pixels are finite but beyond float32's range"):
+        load_function(tmp_path / "big.npy")
+    function[1, 2] = np.inf  # already not finite: loaded as it is, the apply pass reports it
+    np.save(tmp_path / "inf.npy", function)
+    assert np.isinf(load_function(tmp_path / "inf.npy")[1, 2])
+
+
 def test_load_the_cellprofiler_mat(data_dir):
     function = load_function(data_dir / "bbbc013_plate" / "Channel1ILLUM.mat")
     assert function.shape == (640, 640) and function.dtype == np.float32

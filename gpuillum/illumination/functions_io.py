@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import check_float32_range
 from ..backend import to_numpy
 from ..io.atomic import atomic_save_npy
 
@@ -33,6 +34,7 @@ def _as_function(array, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected a non-empty 2-D illumination function, got shape {tuple(array.shape)}")
     if array.dtype.kind not in "fiu":
         raise TypeError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+    check_float32_range(array, name)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
