@@ -28,10 +28,11 @@ def _params(params: dict) -> str:
 
 
 def kernels_table(files: list[Path]) -> str:
-    """One row per (kernel, size, field level, parameters); a case measured twice keeps the newer file's row."""
+    """One row per (kernel, size, field level, parameters); a case measured twice keeps the row of the
+    later run, by the date and time each file records (file times do not survive a git clone)."""
     rows, machines = {}, set()
-    for path in sorted(files, key=lambda p: p.stat().st_mtime):
-        data = json.loads(path.read_text())
+    runs = [json.loads(path.read_text()) for path in files]
+    for data in sorted(runs, key=lambda run: run["machine"].get("date", "")):
         machines.add(_machine(data["machine"]))
         level = data["args"].get("background", 400.0)
         for entry in data["results"]:
@@ -79,7 +80,7 @@ def cellprofiler_table(path: Path) -> str:
 
 def plate_table(path: Path) -> str:
     data = json.loads(path.read_text())
-    lines = [f"{data['images']} sites x 2 channels of {data['shape'][0]}x{data['shape'][1]} uint16, recipe {data['recipe']}", "",
+    lines = [f"{data['images']} images (sites x channels) of {data['shape'][0]}x{data['shape'][1]} uint16, recipe {data['recipe']}", "",
              "| variant | seconds | images/s |", "|---|---|---|"]
     for r in data["results"]:
         lines.append(f"| {r['variant']} | {r['seconds']:.2f} | {r['images_per_s']:.1f} |")

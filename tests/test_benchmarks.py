@@ -82,7 +82,8 @@ def test_plate_benchmark_smoke_run(results_dir):
     assert ("gpuillum gpu" in variants) == gpu_available()
     assert [v for v in variants if v != "gpuillum gpu"] == ["io-floor", "gpuillum cpu workers=1", "cellprofiler path"]
     assert data["images"] == 32 and data["summary"]["best_cpu_variant"] == "gpuillum cpu workers=1"
-    assert "| io-floor |" in summarize.plate_table(sorted(results_dir.glob("plate-*.json"))[0])
+    table = summarize.plate_table(sorted(results_dir.glob("plate-*.json"))[0])
+    assert "| io-floor |" in table and table.startswith("32 images (sites x channels)")  # 16 sites x 2 channels
 
 
 def test_summary_leaves_out_quick_runs(tmp_path):
@@ -90,3 +91,21 @@ def test_summary_leaves_out_quick_runs(tmp_path):
         (tmp_path / name).write_text("{}")
     assert [p.name for p in summarize.full_runs(tmp_path, "plate")] == ["plate-cpu-20260101.json"]
     assert summarize.full_runs(tmp_path, "kernels") == []
+
+
+def test_summary_keeps_the_later_run_by_its_recorded_date_not_the_file_time(tmp_path):
+    """A fresh clone gives every file the same modification time: the run's own date decides."""
+    import os
+
+    def run(date: str, ours_s: float) -> str:
+        entry = {"kernel": "median_filter", "params": {"size": 48, "radius": 3}, "best_peer": "skimage",
+                 "peers": {"skimage": {"median_s": 1.0}}, "gpuillum": {"median_s": ours_s}}
+        return json.dumps({"machine": {"date": date, "cpu_count": 2}, "args": {}, "results": [entry]})
+
+    newer = tmp_path / "kernels-cpu-20260102.json"
+    older = tmp_path / "kernels-cpu-20260101.json"
+    newer.write_text(run("2026-01-02T08:00:00+00:00", 0.5))
+    older.write_text(run("2026-01-01T08:00:00+00:00", 0.25))
+    os.utime(newer, (1_000, 1_000))  # the older run's file looks modified last
+    table = summarize.kernels_table(summarize.full_runs(tmp_path, "kernels"))
+    assert "| median_filter | 48 | 400 | radius 3 | 500.0 |" in table and "250.0" not in table
