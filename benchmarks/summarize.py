@@ -1,7 +1,8 @@
 """Markdown tables of the benchmark results in benchmarks/results/ (for the README).
 
-Usage: ``python benchmarks/summarize.py [RESULTS_DIR]``. Reads every kernels-*.json, cellprofiler-*.json
-and plate-*.json file (not the `--quick` smoke runs) and prints one table per benchmark with the machine each ran on.
+Usage: ``python benchmarks/summarize.py [RESULTS_DIR]``. Reads every kernels-*.json,
+cellprofiler-*.json, plate-*.json and accuracy-median-background-*.json file (not the `--quick`
+smoke runs) and prints one table per benchmark with the machine each ran on.
 """
 from __future__ import annotations
 
@@ -91,6 +92,21 @@ def plate_table(path: Path) -> str:
     return "\n".join(lines) + f"\n\nMachine: {_machine(data['machine'])}.\n"
 
 
+def accuracy_table(path: Path) -> str:
+    """``median_background`` against the exact median and the true background (medians over fields)."""
+    data = json.loads(path.read_text())
+    args = data["arguments"]
+    lines = [f"{args['seeds']} fields of {args['size']}x{args['size']}, {100 * args['cell_fraction']:.0f} % of pixels in cells, "
+             "Poisson noise; medians over the fields", "",
+             "| radius | factor | vs exact median: max / mean | vs true background: mean (exact median's own) |",
+             "|---|---|---|---|"]
+    for r in data["results"]:
+        mark = " (auto)" if r["downsample"] == "auto" else ""
+        lines.append(f"| {r['radius']} | {r['factor']}{mark} | {100 * r['max_vs_exact']:.1f} % / {100 * r['mean_vs_exact']:.2f} % | "
+                     f"{100 * r['mean_vs_truth']:.2f} % ({100 * r['exact_mean_vs_truth']:.2f} %) |")
+    return "\n".join(lines) + f"\n\nMachine: {_machine(data['machine'])}.\n"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     folder = Path(argv[0]) if argv else Path(__file__).resolve().parent / "results"
@@ -103,6 +119,8 @@ def main(argv=None) -> int:
         print(f"### CellProfiler settings ({path.name})\n\n" + cellprofiler_table(path))
     for path in full_runs(folder, "plate"):
         print(f"### Plate job ({path.name})\n\n" + plate_table(path))
+    for path in full_runs(folder, "accuracy-median-background"):
+        print(f"### median_background accuracy ({path.name})\n\n" + accuracy_table(path))
     return 0
 
 

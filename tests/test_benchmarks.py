@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +110,23 @@ def test_summary_keeps_the_later_run_by_its_recorded_date_not_the_file_time(tmp_
     os.utime(newer, (1_000, 1_000))  # the older run's file looks modified last
     table = summarize.kernels_table(summarize.full_runs(tmp_path, "kernels"))
     assert "| median_filter | 48 | 400 | radius 3 | 500.0 |" in table and "250.0" not in table
+
+
+def test_median_background_accuracy_smoke_run(results_dir):
+    from benchmarks import accuracy_median_background
+
+    assert accuracy_median_background.main(["--quick"]) == 0
+    data = _only_result(results_dir, "accuracy-median-background")
+    assert [(r["radius"], r["downsample"]) for r in data["results"]] == list(accuracy_median_background.CASES)
+    for row in data["results"]:
+        assert len(row["per_field"]) == 2 and 0 < row["mean_vs_exact"] <= row["max_vs_exact"]
+    path = sorted(results_dir.glob("accuracy-median-background-*.json"))[0]
+    assert "| 16 | 2 (auto) |" in summarize.accuracy_table(path)
+
+
+def test_cell_field_covers_the_requested_share():
+    from benchmarks.accuracy_median_background import cell_field
+
+    image, truth = cell_field(np.random.default_rng(0), 96, 0.2)
+    assert image.dtype == np.uint16 and image.shape == truth.shape == (96, 96)
+    assert 0.15 < np.mean(image > 1.5 * truth) < 0.3  # noise blurs the 1.5x edge a little
