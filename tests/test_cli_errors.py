@@ -98,6 +98,21 @@ def test_out_inside_or_equal_to_input_is_refused(tmp_path, capsys, where):
     assert sorted(p.name for p in (tmp_path / "in").rglob("*")) == before
 
 
+@pytest.mark.parametrize("link, target", [("corrected", "."), ("corrected/P1", "P1"), ("illum", ".")],
+                         ids=["corrected", "corrected-plate", "illum"])
+def test_output_folder_linked_into_input_is_refused(tmp_path, capsys, link, target):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    before = {p: p.read_bytes() for p in (tmp_path / "in").rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    (out / link).parent.mkdir(parents=True)
+    (out / link).symlink_to((tmp_path / "in" / target).resolve(), target_is_directory=True)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(out), *ARGS)
+    assert code == 2
+    assert_one_line_error(err, str(out / link), "leads into the input folder")
+    assert {p: p.read_bytes() for p in (tmp_path / "in").rglob("*") if p.is_file()} == before
+    assert not (out / "manifest.json").exists()
+
+
 def test_unwritable_out(tmp_path, capsys):
     write_plate(tmp_path / "in", wells=("B02",), sites=1)
     blocker = tmp_path / "a_file"

@@ -112,6 +112,19 @@ def check_paths(input_dir, out_dir) -> tuple[Path, Path]:
     return input_dir, Path(out_dir)
 
 
+def check_output_folders(input_dir: Path, out_dir: Path, records) -> None:
+    """No folder an output goes to (OUT/illum, OUT/corrected and the folders under it) may lead into
+    INPUT through a symbolic link: the outputs would replace the input images."""
+    source = input_dir.resolve()
+    folders = {out_dir / "illum", out_dir / "corrected"}
+    folders.update(corrected_path(out_dir, record).parent for record in records)
+    for folder in sorted(folders):
+        real = Path(os.path.realpath(folder))  # also for folders not made yet: their existing part decides
+        if real == source or source in real.parents:
+            raise JobError(f"{folder}: leads into the input folder {input_dir} (as {real}, through a symbolic link); "
+                           "gpuillum never writes inside INPUT: remove the link or choose another -o OUT")
+
+
 def resolve_settings(settings=None, preset: str | None = None):
     """The CalculateSettings of the job: ``settings`` if given, else ``preset(name)``."""
     from gpuillum.illumination import cellprofiler
@@ -719,6 +732,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
                                          f"{background.method} background subtraction, radius {background.radius}"]))
     job.result.method = method
     groups = job.prepare_groups(plan)  # bad input is refused before anything is written
+    check_output_folders(input_dir, out_dir, [record for group in groups for record in group.records])
     if passes == ("apply",) and not (functions is None and background is not None):
         _functions_for(groups, functions, out_dir)
         job.check_functions(groups)
