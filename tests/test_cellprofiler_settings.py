@@ -615,3 +615,22 @@ def test_rescale_table_refuses_an_unmasked_histogram_with_a_mask():
         cp._rescale_table(levels, table, levels > 2, "Yes", counts=np.bincount(levels.ravel()))
     with_counts = cp._rescale_table(levels, table, None, "Yes", counts=np.bincount(levels.ravel()))
     np.testing.assert_array_equal(with_counts, cp._rescale_table(levels, table, None, "Yes"))
+
+
+def test_median_filter_refuses_float_images_that_would_wrap(rng):
+    counts = (rng.random((40, 50)) * 4000 + 300).astype(np.float32)  # raw counts stored as float
+    for aggregation in ("Each", "All: Across cycles"):
+        settings = CalculateSettings(smoothing="Median Filter", aggregation=aggregation)
+        with pytest.raises(ValueError, match=r"float values span \[300.*wraps values outside \[0, 1\]"):
+            cp.calculate([counts], settings)
+        cp.calculate([counts / np.float32(4400)], settings)  # scaled to [0, 1]: fine
+    mask = np.ones(counts.shape, bool)
+    mask[5, 6] = False
+    image = counts / np.float32(4400)
+    image[5, 6] = 7.0  # under the mask: set to 0 before the median, never quantised
+    cp.calculate([image], CalculateSettings(smoothing="Median Filter"), masks=[mask])
+    # a hair above 1 truncates to 65535 without wrapping, as in CellProfiler
+    cp.calculate([np.full((20, 20), 1.00001, np.float32)], CalculateSettings(smoothing="Median Filter", rescale="No"))
+    # methods without the quantisation take float counts (the function is relative anyway)
+    function = cp.calculate([counts], CalculateSettings(smoothing="Gaussian Filter", aggregation="All: Across cycles"))
+    assert function.min() == 1.0

@@ -502,3 +502,49 @@ def test_apply_refuses_to_subtract_a_rescaled_function(tmp_path, capsys):
     assert code == 2
     assert_one_line_error(err, "P1_IllumActin.npy", ">= 1", "--rescale No")
     assert not (tmp_path / "out").exists()
+
+
+def write_float_plate(root, scale: float):
+    """P1 with 3 sites x 2 channels of float32 images: the test plate's counts times ``scale``."""
+    images = write_plate(root, wells=("B02",), sites=3)
+    for relpath, image in images.items():
+        tifffile.imwrite(root / relpath, (image * scale).astype(np.float32))
+    return images
+
+
+@pytest.mark.parametrize("passes", [("run",), ("calc",)])
+def test_float_images_outside_0_1_are_refused_by_name(tmp_path, capsys, passes):
+    write_float_plate(tmp_path / "in", 1.0)  # raw counts stored as float32: CellProfiler would wrap and clip them
+    code, err = run_cli(capsys, *passes, str(tmp_path / "in"), "-o", str(tmp_path / "out"), *ARGS)
+    assert code == 2
+    assert_one_line_error(err, "P1/B02_s1_", ".tif: float pixel values span [", "scaled to [0, 1]")
+
+
+def test_bad_float_images_are_skipped_by_name_and_the_rest_corrected(tmp_path, capsys):
+    images = write_float_plate(tmp_path / "in", 1 / 65535)  # scaled like CellProfiler's floats
+    bad = {"P1/B02_s2_DNA.tif": np.float32(np.nan), "P1/B02_s3_Actin.tif": np.float32(1.5)}
+    for relpath, value in bad.items():
+        image = tifffile.imread(tmp_path / "in" / relpath)
+        image[3, 4] = value
+        tifffile.imwrite(tmp_path / "in" / relpath, image)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "fail"), *ARGS)
+    assert code == 2
+    assert_one_line_error(err)
+    assert "P1/B02_s3_Actin.tif: float pixel values span [" in err or "P1/B02_s2_DNA.tif: contains NaN or infinite" in err
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--on-error", "skip", *ARGS)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    reasons = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
+    assert "NaN or infinite" in reasons["P1/B02_s2_DNA.tif"] and "span [" in reasons["P1/B02_s3_Actin.tif"]
+    written = {p.relative_to(tmp_path / "out" / "corrected").as_posix() for p in (tmp_path / "out" / "corrected").rglob("*.tif")}
+    assert written == set(images) - set(bad)
+
+
+def test_a_background_alone_takes_float_counts(tmp_path, capsys):
+    images = write_float_plate(tmp_path / "in", 1.0)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--background", "tophat",
+                        "--background-radius", "4", "--device", "cpu", "-q")
+    assert code == 0, err
+    corrected = tifffile.imread(tmp_path / "out" / "corrected" / "P1" / "B02_s1_DNA.tif")
+    assert corrected.dtype == np.float32 and corrected.max() > 100  # counts kept, nothing clipped to [0, 1]
+    assert len(images) == 6

@@ -310,8 +310,9 @@ class _Job:
     """State of one run: options, manifest, client, result; the passes are its methods."""
 
     def __init__(self, input_dir, out_dir, *, settings, apply_options, device, workers, scheduler, threads,
-                 resume, on_error, progress, log, overwrite=False):
+                 resume, on_error, progress, log, overwrite=False, uses_function=True):
         self.input_dir, self.out_dir = input_dir, out_dir
+        self.uses_function = uses_function  # an illumination function is computed or applied: floats in [0, 1]
         self.overwrite = overwrite
         self.settings, self.apply_options = settings, apply_options
         self.device, self.workers, self.scheduler = device, workers, scheduler
@@ -440,7 +441,7 @@ class _Job:
             records = [r for r in records if r not in outside]
             if records:
                 shape, dtype = plan.shapes[(plate, channel)]
-                groups.append(_Group(plate, channel, records, reader=CheckedReader(shape, dtype)))
+                groups.append(_Group(plate, channel, records, reader=CheckedReader(shape, dtype, unit_floats=self.uses_function)))
         if not groups:
             skipped = self.result.skipped
             why = f" ({len(skipped)} skipped, e.g. {skipped[0][1].removesuffix('; left out')})" if skipped else ""
@@ -723,9 +724,10 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     started = time.perf_counter()
     plan = plan_plate(input_dir, pattern=pattern, layout=layout, loaddata=loaddata, dtypes=supported_dtypes(background))
     discovery = {"pattern": pattern, "layout": layout, "loaddata": None if loaddata is None else str(loaddata)}
+    uses_function = settings is not None if "calc" in passes else not (functions is None and background is not None)
     job = _Job(input_dir, out_dir, settings=settings, apply_options=options, device=device, workers=workers,
                scheduler=scheduler, threads=threads, resume=resume, on_error=on_error, progress=progress, log=log,
-               overwrite=overwrite)
+               overwrite=overwrite, uses_function=uses_function)
     method = describe_method(settings) if "calc" in passes else "existing illumination functions" if functions is not None or background is None else ""
     if background is not None:
         method = "; ".join(filter(None, [method if settings is not None or "calc" not in passes else "",

@@ -5,15 +5,20 @@ from collections import deque
 
 
 class CheckedReader:
-    """``reader(record) -> image``: reads a TIFF and checks it has the channel's shape and dtype.
+    """``reader(record) -> image``: reads a TIFF and checks it has the channel's shape and dtype,
+    and that a float image is finite and, with ``unit_floats``, within [0, 1].
 
-    A picklable callable, so Dask workers can use it. Unreadable files and mismatches raise
-    ImageReadError (a ValueError) whose message names the file.
+    [0, 1] is CellProfiler's convention for float images, which illumination functions rely on:
+    the Median Filter's uint16 quantisation wraps other values and applying a function clips the
+    result to [0, 1], so a float image of raw counts would come out as a constant. A per-image
+    background alone works on any finite floats. A picklable callable, so Dask workers can use it.
+    Unreadable files and mismatches raise ImageReadError (a ValueError) whose message names the file.
     """
 
-    def __init__(self, shape, dtype):
+    def __init__(self, shape, dtype, unit_floats: bool = False):
         self.shape = tuple(shape)
         self.dtype = str(dtype)
+        self.unit_floats = unit_floats
 
     def __call__(self, record):
         return self.read_with_info(record)[0]
@@ -27,7 +32,21 @@ class CheckedReader:
             raise ImageReadError(record.path, f"shape {tuple(image.shape)} differs from the channel's {self.shape}")
         if str(image.dtype) != self.dtype:
             raise ImageReadError(record.path, f"dtype {image.dtype} differs from the channel's {self.dtype}")
+        if image.dtype.kind == "f":
+            self._check_float_values(record, image)
         return image, info
+
+    def _check_float_values(self, record, image) -> None:
+        import numpy as np
+
+        from gpuillum.io.tiff import ImageReadError
+
+        low, high = float(np.min(image)), float(np.max(image))  # NaN if any pixel is NaN
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise ImageReadError(record.path, "contains NaN or infinite pixel values")
+        if self.unit_floats and not (0.0 <= low and high <= 1.0):
+            raise ImageReadError(record.path, f"float pixel values span [{low:.6g}, {high:.6g}]; illumination functions "
+                                 "need float images scaled to [0, 1] (CellProfiler's convention): rescale them or store integers")
 
 
 def ordered_map(function, items, pool, depth: int):

@@ -440,9 +440,21 @@ def dilate(pixels, mask, radius: int):
     return _normalised_convolution(pixels, mask, dilation_kernel(radius), get_array_module(pixels))
 
 
-def _median_quantise(pixels, xp):
-    """CellProfiler's median input ``uint16(x * 65535)``: float32 product, truncation, wrapping like x86."""
+def _median_quantise(pixels, xp, mask=None):
+    """CellProfiler's median input ``uint16(x * 65535)``: float32 product, truncation, wrapping like x86.
+
+    A value that would wrap (a float outside about [0, 1]) among the ``mask`` pixels (None: all) is
+    a ValueError: CellProfiler silently turns 1.5 into 32766 there, a function no one wants (float
+    images must be scaled to [0, 1], as CellProfiler assumes)."""
     scaled = pixels * xp.float32(65535)
+    wraps = (scaled >= 65536) | (scaled <= -1)
+    if mask is not None:
+        wraps &= mask
+    if bool(wraps.any()):
+        checked = pixels if mask is None else pixels[mask]
+        raise ValueError(f"images: float values span [{float(checked.min()):.6g}, {float(checked.max()):.6g}], "
+                         "but the Median Filter quantises them as uint16(x * 65535) (CellProfiler), which wraps "
+                         "values outside [0, 1]; scale float images to [0, 1]")
     return (scaled.astype(xp.int64) & 0xFFFF).astype(xp.uint16)
 
 
@@ -456,7 +468,7 @@ def _median_smooth(pixels, mask, radius: int, xp):
     in-bounds disk median, dequantise."""
     from ..filters.median import median_filter
 
-    quantised = _median_quantise(pixels, xp)
+    quantised = _median_quantise(pixels, xp, mask)
     if mask is not None:
         quantised = xp.where(mask, quantised, xp.uint16(0))
     filtered = median_filter(quantised, radius, footprint="disk", mode="ignore")
