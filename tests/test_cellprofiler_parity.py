@@ -330,3 +330,10 @@ def test_gpu_matches_cpu(cupy, smoothing, intensity, aggregation, dilate):
         assert np.max(np.abs(got.get().astype(np.float64) - expected)) <= 1.001 * level
     else:
         assert relative_difference(got.get(), expected) <= 1e-5
+
+
+def test_a_dilation_kernel_larger_than_the_image_is_cut_to_the_same_function():
+    # radius 30: CellProfiler's kernel spans 181^2 pixels, gpuillum's stops at the 83-pixel image side
+    settings = CalculateSettings(aggregation="All: Across cycles", smoothing="Gaussian Filter", dilate=True, dilation_radius=30)
+    images, masks = dataset("61x83", True)
+    assert relative_difference(calculate(images[:3], settings, masks[:3]), oracle.calculate(settings, images[:3], masks[:3])) <= 1e-6

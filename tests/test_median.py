@@ -340,3 +340,25 @@ def test_gpu_many_distinct_float_values_match_cpu(cupy, rng):
 def test_gpu_rejects_nan(cupy):
     with pytest.raises(ValueError, match="NaN"):
         median_filter(cupy.asarray(np.array([[1.0, np.nan]], np.float32)), 1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("footprint", ["disk", "square"])
+def test_a_radius_beyond_the_image_is_the_median_of_every_pixel(rng, dtype, footprint):
+    # every window holds the whole image: each output is element n // 2 of all the sorted pixels
+    image = (rng.random((23, 31)) * 1000).astype(dtype)
+    expected = np.sort(image, axis=None)[image.size // 2]
+    for radius in (39, 40, 10**9):  # 10**9 would need 2e9 chords if it were not cut to the image
+        assert (median_filter(image, radius, footprint=footprint) == expected).all()
+
+
+def test_covering_radius_is_the_smallest_disk_reaching_every_pixel():
+    from gpuillum.filters.footprints import covering_radius
+
+    for shape in [(1, 1), (1, 7), (5, 1), (4, 4), (23, 31), (100, 3)]:
+        dy, dx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+        farthest = int((dy**2 + dx**2).max())
+        covering = covering_radius(10**12, shape)
+        assert covering**2 >= farthest and (covering == 1 or (covering - 1) ** 2 < farthest), shape
+        assert covering_radius(3, shape) == min(3, covering)
+        assert covering_radius(10**12, shape, "square") == max(1, max(shape) - 1)

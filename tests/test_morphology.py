@@ -207,3 +207,11 @@ def test_cupy_disk_in_several_row_bands_is_exact(cupy, rng, monkeypatch):
     for radius in (1, 5, 17):
         got = morphology.grey_erosion(cupy.asarray(image), radius)
         np.testing.assert_array_equal(cupy.asnumpy(got), morphology.grey_erosion(image, radius))
+
+
+@pytest.mark.parametrize("footprint", FOOTPRINTS)
+def test_a_radius_beyond_the_image_opens_to_the_global_minimum(rng, footprint):
+    image = random_image(rng, (17, 29), np.uint16)
+    for radius in (40, 10**9):
+        assert (morphology.grey_opening(image, radius, footprint=footprint) == image.min()).all()
+        np.testing.assert_array_equal(morphology.white_tophat(image, radius, footprint=footprint), image - image.min())

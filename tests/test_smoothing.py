@@ -68,3 +68,24 @@ def test_gpu_matches_cpu(cupy, rng, masked):
     out = gaussian_filter(cupy.asarray(image), 8.5, mask=None if mask is None else cupy.asarray(mask))
     assert isinstance(out, cupy.ndarray) and out.dtype == np.float32
     np.testing.assert_allclose(out.get(), expected, rtol=1e-5, atol=1e-7)
+
+
+def reference_normalised_gaussian(image, sigma, mask):
+    """CellProfiler's normalised convolution with SciPy's full (uncut) kernel."""
+    weights = np.ones(image.shape) if mask is None else mask.astype(np.float64)
+    values = image.astype(np.float64) * weights
+    return ndi.gaussian_filter(values, sigma, mode="constant") / (ndi.gaussian_filter(weights, sigma, mode="constant") + np.finfo(float).eps)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_kernel_longer_than_the_image_is_cut_without_changing_the_result(masked):
+    rng = np.random.default_rng(5)
+    image = (rng.random((23, 31)) * 1000).astype(np.float32)
+    mask = rng.random(image.shape) > 0.3 if masked else None
+    for sigma in (7.0, 20.0, 300.0):  # 4 sigma from 28 (longer than 23 rows) to 1200 pixels
+        got = gaussian_filter(image, sigma, mask=mask)
+        np.testing.assert_allclose(got, reference_normalised_gaussian(image, sigma, mask), rtol=1e-6)
+    # a sigma of 1e9 (8e9 kernel taps in SciPy) is flat over the image: the (masked) mean everywhere
+    flat = gaussian_filter(image, 1e9, mask=mask)
+    mean = image.mean(dtype=np.float64) if mask is None else image[mask].mean(dtype=np.float64)
+    np.testing.assert_allclose(flat, mean, rtol=1e-6)

@@ -6,11 +6,29 @@ chords: for each row offset dy in [-r, r], the half-width of the footprint on th
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .._checks import check_choice, check_radius
 
 FOOTPRINTS = ("disk", "square")
+
+
+def covering_radius(radius: int, shape, footprint: str = "disk") -> int:
+    """``radius``, or the smallest radius whose footprint already reaches every pixel of a ``shape``
+    image from every other pixel, when that is smaller (at least 1).
+
+    Where only in-bounds pixels count (the borders-ignored mode), a larger footprint sees the same
+    pixels, so results are unchanged while a radius of 10^9 costs no more than the image's own size.
+    """
+    height, width = shape
+    if footprint == "square":
+        full = max(height, width) - 1
+    else:  # the farthest offset is a corner to corner one: ceil(sqrt((H-1)^2 + (W-1)^2))
+        farthest = (height - 1) ** 2 + (width - 1) ** 2
+        full = math.isqrt(farthest - 1) + 1 if farthest else 0
+    return max(1, min(int(radius), full))
 
 
 def chord_half_widths(radius: int, footprint: str = "disk") -> np.ndarray:

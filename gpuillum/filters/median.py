@@ -23,7 +23,7 @@ import numpy as np
 from .._checks import INTEGER_DTYPES, ORDER_DTYPES, check_choice, check_image, check_radius
 from ..backend import cuda_kernel, get_array_module, on_input_device
 from .bands import cpu_threads, run_jobs
-from .footprints import FOOTPRINTS, chord_half_widths
+from .footprints import FOOTPRINTS, chord_half_widths, covering_radius
 from .ranks import dense_ranks
 
 MODES = ("ignore", "reflect", "nearest", "mirror", "constant")
@@ -65,6 +65,7 @@ def _median(image, radius, footprint, mode, cval, count: bool):
     if mode == "ignore":
         source = xp.ascontiguousarray(image)
         origin = 0
+        radius = covering_radius(radius, image.shape, footprint)  # the same windows, however large
     else:
         fill = _cval_as(cval, image.dtype) if mode == "constant" else None
         source = _pad(image, radius, mode, fill, xp)

@@ -37,7 +37,7 @@ import numpy as np
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_radius
 from ..backend import cuda_kernel, get_array_module, on_input_device
 from .bands import cpu_threads, run_jobs
-from .footprints import FOOTPRINTS, chord_half_widths
+from .footprints import FOOTPRINTS, chord_half_widths, covering_radius
 from .neutral import never_wins
 
 __all__ = ["grey_erosion", "grey_dilation", "grey_opening", "grey_closing", "white_tophat", "black_tophat"]
@@ -104,7 +104,7 @@ def _validated(image, radius, footprint):
     image = check_image(image, "image", ORDER_DTYPES)
     radius = check_radius(radius, "radius")
     check_choice(footprint, "footprint", FOOTPRINTS)
-    return get_array_module(image).ascontiguousarray(image), radius
+    return get_array_module(image).ascontiguousarray(image), covering_radius(radius, image.shape, footprint)
 
 
 def _flip(image):

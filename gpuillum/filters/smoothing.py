@@ -27,17 +27,27 @@ def _check_sigma(sigma) -> float:
     return float(sigma)
 
 
+def _truncate(sigma: float, length: int) -> float:
+    """SciPy's ``truncate`` (kernel reach in sigmas) for a zero-padded pass along ``length`` pixels:
+    4, or a reach of ``length`` pixels when 4 sigma is longer. Taps that far out never meet a pixel,
+    so the cut only renormalises the kernel, which the normalised convolution divides out (to float
+    rounding), and a huge sigma costs no more than the image (SciPy would allocate 8 sigma taps)."""
+    return min(TRUNCATE, length / sigma)
+
+
 def _gaussian_1d(ndi, sigma: float, dtype):
     """A zero-padded 1-D Gaussian pass ``(image, axis) -> image`` summing in float64, result in ``dtype``."""
     def gaussian(image, axis):
-        summed = ndi.gaussian_filter1d(image.astype(np.float64), sigma, axis=axis, mode="constant", cval=0, truncate=TRUNCATE)
+        truncate = _truncate(sigma, image.shape[axis])
+        summed = ndi.gaussian_filter1d(image.astype(np.float64), sigma, axis=axis, mode="constant", cval=0, truncate=truncate)
         return summed.astype(dtype, copy=False)
     return gaussian
 
 
 def gaussian_float64(image, sigma: float):
     """``scipy.ndimage.gaussian_filter(image, sigma, mode="constant")`` of a 2-D image in float64,
-    the same bytes, with each pass split across the CPU cores (or on the GPU for CuPy)."""
+    the same bytes while 4 sigma fits in the image (else see ``_truncate``), with each pass split
+    across the CPU cores (or on the GPU for CuPy)."""
     xp = get_array_module(image)
     ndi = get_ndimage(xp)
     gaussian = _gaussian_1d(ndi, sigma, np.float64)
@@ -73,7 +83,7 @@ def gaussian_filter(image, sigma: float, *, mask=None):
         numerator = _gaussian_float32(pixels, sigma, ndi)
         # the Gaussian of an all-ones image is the outer product of the two 1-D edge profiles
         profiles = [
-            ndi.gaussian_filter1d(xp.ones(n, dtype=xp.float64), sigma, mode="constant", cval=0, truncate=TRUNCATE)
+            ndi.gaussian_filter1d(xp.ones(n, dtype=xp.float64), sigma, mode="constant", cval=0, truncate=_truncate(sigma, n))
             for n in image.shape
         ]
         weight = profiles[0][:, None] * profiles[1][None, :]

@@ -403,18 +403,21 @@ def to_cellprofiler_float(image):
     return image.astype(xp.float32, copy=False)
 
 
-def dilation_kernel(radius: int) -> np.ndarray:
+def dilation_kernel(radius: int, reach: int | None = None) -> np.ndarray:
     """CellProfiler's ``circular_gaussian_kernel(sd=radius, radius=3 * radius)``, float64, sum 1.
 
     The kernel divides the coordinates by sd and the exponent by 2 sd^2 again, so its effective
     sigma is radius^2 (cellprofiler.md 4.3); kept for parity, evaluated in the same float64 order.
+    ``reach``: cut the kernel to offsets within it (the same taps, renormalised), for an image
+    whose pixels are never farther apart: a normalised convolution divides the renormalisation out.
     """
     extent = 3 * radius
-    unit = np.mgrid[-extent : extent + 1, -extent : extent + 1].astype(float) / extent
+    cut = extent if reach is None else max(1, min(extent, reach))
+    unit = np.mgrid[-cut : cut + 1, -cut : cut + 1].astype(float) / extent
     inside = unit[0] ** 2 + unit[1] ** 2 <= 1
     rows = unit[0] * extent / radius
     cols = unit[1] * extent / radius
-    kernel = np.zeros((2 * extent + 1, 2 * extent + 1))
+    kernel = np.zeros((2 * cut + 1, 2 * cut + 1))
     kernel[inside] = np.e ** (-(rows[inside] ** 2 + cols[inside] ** 2) / (2 * radius**2))
     return kernel / np.sum(kernel)
 
@@ -437,7 +440,8 @@ def _normalised_convolution(pixels, mask, kernel, xp):
 
 def dilate(pixels, mask, radius: int):
     """The "Dilate objects" stage: normalised convolution with ``dilation_kernel(radius)``, float32."""
-    return _normalised_convolution(pixels, mask, dilation_kernel(radius), get_array_module(pixels))
+    reach = max(pixels.shape) - 1  # a radius of 10^6 would otherwise make a 6e6^2 kernel
+    return _normalised_convolution(pixels, mask, dilation_kernel(radius, reach), get_array_module(pixels))
 
 
 def _median_quantise(pixels, xp, mask=None):
