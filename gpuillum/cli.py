@@ -254,18 +254,10 @@ def settings_from_args(args):
     if args.cppipe_module and not args.cppipe:
         raise UsageError("--cppipe-module needs --cppipe")
     try:
-        if args.preset:
+        if args.cppipe:
+            base = _settings_from_cppipe(args)
+        elif args.preset:
             base = cp.preset(args.preset)
-        elif args.cppipe:
-            module = args.cppipe_module
-            if module is None:
-                from gpuillum.illumination.cppipe import read_pipeline
-
-                numbers = [m.number for m in read_pipeline(args.cppipe) if m.name == "CorrectIlluminationCalculate"]
-                module = numbers[0] if numbers else 1
-            elif module.isdigit():
-                module = int(module)
-            base = cp.CalculateSettings.from_cppipe(args.cppipe, module)
         elif changes:
             base = cp.preset(DEFAULT_PRESET)  # options modify the jump preset, never CellProfiler's bare defaults
         else:
@@ -273,6 +265,24 @@ def settings_from_args(args):
         return base.replace(**changes) if changes else base
     except (ValueError, TypeError, KeyError, OSError) as error:
         raise UsageError(_option_names(one_line(error))) from None
+
+
+def _settings_from_cppipe(args):
+    """The CorrectIlluminationCalculate settings of --cppipe (--cppipe-module, else its first such
+    module); a problem is a UsageError in the pipeline's own terms, not in command-line options."""
+    from gpuillum.illumination import cellprofiler as cp
+    from gpuillum.illumination.cppipe import read_pipeline
+
+    try:
+        module = args.cppipe_module
+        if module is None:
+            numbers = [m.number for m in read_pipeline(args.cppipe) if m.name == "CorrectIlluminationCalculate"]
+            module = numbers[0] if numbers else 1
+        elif module.isdigit():
+            module = int(module)
+        return cp.CalculateSettings.from_cppipe(args.cppipe, module)
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        raise UsageError(one_line(error)) from None
 
 
 def background_from_args(args):
@@ -312,7 +322,8 @@ def _option_names(text: str) -> str:
     """``text`` with internal setting names (resize_factor, manual_size, ...) replaced by their options."""
     import re
 
-    return re.sub(r"(?<![-\w])(" + "|".join(OPTION_NAMES) + r")(?!\w)", lambda m: OPTION_NAMES[m.group(1)], text)
+    # not inside a quoted choice such as 'No smoothing'
+    return re.sub(r"(?<![-\w])(" + "|".join(OPTION_NAMES) + r")(?![\w'\"])", lambda m: OPTION_NAMES[m.group(1)], text)
 
 
 def _logger(args):

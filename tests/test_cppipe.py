@@ -164,3 +164,29 @@ def test_cli_without_cppipe_module_skips_disabled_modules(tmp_path):
     path = disabled_first(tmp_path)
     args = build_parser().parse_args(["calc", str(tmp_path), "-o", str(tmp_path / "out"), "--cppipe", str(path)])
     assert settings_from_args(args) == CalculateSettings.from_cppipe(path, 3)
+
+
+def test_cli_errors_from_a_pipeline_keep_its_own_terms(tmp_path):
+    from gpuillum.cli import UsageError
+
+    path = pipeline(tmp_path, calculate(2, "DNA", "IllumDNA", smoothing="Bogus"))
+    args = build_parser().parse_args(["calc", str(tmp_path), "-o", str(tmp_path / "out"), "--cppipe", str(path)])
+    with pytest.raises(UsageError) as error:
+        settings_from_args(args)
+    message = str(error.value)
+    assert message.startswith(f"{path}: module #2: smoothing: expected one of 'No smoothing', ")
+    assert "--smoothing" not in message and "got 'Bogus'" in message
+    # an option's own bad value is still named as the option
+    good = pipeline(tmp_path, calculate(2, "DNA", "IllumDNA"), name="good.cppipe")
+    args = build_parser().parse_args(["calc", str(tmp_path), "-o", str(tmp_path / "out"), "--cppipe", str(good),
+                                      "--resize-factor", "7"])
+    with pytest.raises(UsageError) as error:
+        settings_from_args(args)
+    assert str(error.value).startswith("--resize-factor: ")
+
+
+def test_option_names_leave_quoted_choices_alone():
+    from gpuillum.cli import _option_names
+
+    text = "smoothing: expected one of 'No smoothing', 'Median Filter'; resize_factor too"
+    assert _option_names(text) == "--smoothing: expected one of 'No smoothing', 'Median Filter'; --resize-factor too"
