@@ -3,19 +3,22 @@
 Commands: ``run`` (the whole plate job), ``plan`` (what would be processed, nothing computed),
 ``calc`` and ``apply`` (the two passes on their own), ``demo`` (a synthetic plate end to end).
 User errors print one line ``gpuillum: error: ...`` and exit with code 2; Ctrl-C exits with 130
-and leaves no partial files.
+(SIGTERM with 143) and leaves no partial files.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from gpuillum.engine.job import one_line
 from gpuillum.io.tiff import COMPRESSION_CHOICES as COMPRESSIONS
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
 DEFAULT_PRESET = "jump"
 SHOWN_SKIPPED = 5  # skipped inputs listed in the run summary; the manifest has them all
 
@@ -412,16 +415,39 @@ def cmd_demo(args) -> int:
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "calc": cmd_calc, "apply": cmd_apply, "demo": cmd_demo}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, Docker and kill send): stops the job exactly as Ctrl-C does."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_stops_like_ctrl_c():
+    """Within the block SIGTERM raises Terminated in the main thread (elsewhere it is left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     """Entry point of ``gpuillum`` and ``python -m gpuillum``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: OneLineParser prints one line and exits with 2
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # bad files are reported once, by us
     try:
-        return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("gpuillum: interrupted; finished files are kept, nothing half-written was left (rerun with --resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        with _sigterm_stops_like_ctrl_c():
+            return COMMANDS[args.command](args)
+    except KeyboardInterrupt as stop:
+        how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        print(f"gpuillum: {how}; finished files are kept, nothing half-written was left (rerun with --resume)", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
     except (UsageError, ValueError, TypeError) as error:  # JobError and the one-line argument errors of the API
         print(f"gpuillum: error: {one_line(error)}", file=sys.stderr)
         return EXIT_USAGE

@@ -205,6 +205,33 @@ def test_ctrl_c_exits_130_without_partial_files(tmp_path, capsys, monkeypatch):
         tifffile.imread(path)  # every file present is complete
 
 
+def test_sigterm_exits_143_without_partial_files_and_resumes(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    images = write_plate(tmp_path / "in")
+    import gpuillum.io.tiff as tiff
+
+    real, calls = tiff.tifffile.imwrite, []
+
+    def terminated(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 5:  # what SLURM or docker stop sends, in the middle of the apply pass
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(tiff.tifffile, "imwrite", terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--threads", "1", *ARGS)
+    assert code == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is only installed while a command runs
+    assert [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name] == []
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "failed"
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--resume", *ARGS)
+    assert code == 0, err
+    assert len(list((tmp_path / "out" / "corrected").rglob("*.tif"))) == len(images)
+
+
 # ----------------------------------------------------------------------------- QA findings
 
 
