@@ -724,18 +724,19 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     started = time.perf_counter()
     plan = plan_plate(input_dir, pattern=pattern, layout=layout, loaddata=loaddata, dtypes=supported_dtypes(background))
     discovery = {"pattern": pattern, "layout": layout, "loaddata": None if loaddata is None else str(loaddata)}
+    # an illumination function is computed, or (apply alone) one is loaded: not a background alone
     uses_function = settings is not None if "calc" in passes else not (functions is None and background is not None)
     job = _Job(input_dir, out_dir, settings=settings, apply_options=options, device=device, workers=workers,
                scheduler=scheduler, threads=threads, resume=resume, on_error=on_error, progress=progress, log=log,
                overwrite=overwrite, uses_function=uses_function)
-    method = describe_method(settings) if "calc" in passes else "existing illumination functions" if functions is not None or background is None else ""
+    method = describe_method(settings) if "calc" in passes else "existing illumination functions" if uses_function else ""
     if background is not None:
         method = "; ".join(filter(None, [method if settings is not None or "calc" not in passes else "",
                                          f"{background.method} background subtraction, radius {background.radius}"]))
     job.result.method = method
     groups = job.prepare_groups(plan)  # bad input is refused before anything is written
     check_output_folders(input_dir, out_dir, [record for group in groups for record in group.records])
-    if passes == ("apply",) and not (functions is None and background is not None):
+    if passes == ("apply",) and uses_function:
         _functions_for(groups, functions, out_dir)
         job.check_functions(groups)
     try:
