@@ -286,6 +286,28 @@ def test_rgb_and_stack_are_refused(tmp_path, rng):
         read_tiff_info(stack)
 
 
+@pytest.mark.parametrize("second_shape", [(16, 16), (8, 12)])
+def test_pages_appended_as_separate_images_are_refused_not_dropped(tmp_path, rng, second_shape):
+    # Each appended page is a series of its own, so series 0 alone looks like a valid 2-D image.
+    path = tmp_path / "appended.tif"
+    tifffile.imwrite(path, rng.integers(0, 255, (16, 16), dtype=np.uint8))
+    tifffile.imwrite(path, rng.integers(0, 255, second_shape, dtype=np.uint8), append=True)
+    for read in (read_tiff, read_tiff_info):
+        with pytest.raises(ImageReadError, match="holds 2 images .*one 2-D grey plane per file") as caught:
+            read(path)
+        _assert_single_line(caught.value, path)
+
+
+def test_reduced_resolution_preview_page_is_ignored(tmp_path, rng):
+    path = tmp_path / "with_preview.tif"
+    image = rng.integers(0, 65535, (16, 16), dtype=np.uint16)
+    tifffile.imwrite(path, image)
+    tifffile.imwrite(path, image[::4, ::4], append=True, subfiletype=1)
+    read, info = read_tiff(path)
+    np.testing.assert_array_equal(read, image)
+    assert info.n_pages == 2
+
+
 def test_image_read_error_pickles_and_is_a_value_error(tmp_path):
     error = ImageReadError(tmp_path / "x.tif", "no such file")
     clone = pickle.loads(pickle.dumps(error))

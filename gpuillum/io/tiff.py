@@ -12,6 +12,10 @@ belongs to the caller, across files.
 OME-XML is kept as text but not interpreted (``is_ome=False``): in multi-file OME datasets each
 file's own first page is the image, never a stack assembled from its sibling files.
 
+A file holding several full-resolution pages (a stack or time series) is refused rather than read
+as its first page: silently dropping images would skew a plate's statistics. Reduced-resolution
+preview pages are ignored.
+
 Anything that keeps a file from giving one 2-D grey image raises :class:`ImageReadError`, a
 ValueError whose one-line message is ``"<path>: <reason>"``.
 """
@@ -116,6 +120,11 @@ def _check_data_present(path: Path, page) -> None:
         raise ImageReadError(path, f"truncated: image data ends at byte {max(ends)} but the file has {size} bytes")
 
 
+def _count_full_resolution_pages(tif: tifffile.TiffFile) -> int:
+    """How many pages hold an image of their own; reduced-resolution previews (thumbnails) do not count."""
+    return sum(1 for page in tif.pages if not int(getattr(page, "subfiletype", 0)) & 1)
+
+
 def _info(path: Path, tif: tifffile.TiffFile) -> TiffInfo:
     """Build TiffInfo from an open file and check it is one 2-D grey image."""
     if not tif.pages or not tif.series:
@@ -130,6 +139,10 @@ def _info(path: Path, tif: tifffile.TiffFile) -> TiffInfo:
         )
     if len(shape) != 2:
         raise ImageReadError(path, f"{len(shape)}-D image of shape {shape}; expected one 2-D grey plane")
+    images = _count_full_resolution_pages(tif)
+    if images > 1:
+        raise ImageReadError(path, f"holds {images} images (a stack, time series or multi-page file); "
+                             "expected one 2-D grey plane per file: split it into one file per image")
     _check_data_present(path, page)
     x_resolution = _tag_value(page, "XResolution")
     y_resolution = _tag_value(page, "YResolution")
