@@ -259,6 +259,15 @@ def test_each_without_smoothing_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out" / "corrected").exists()
 
 
+def test_images_too_small_for_the_resize_factor_are_refused_before_writing(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1, shape=(30, 40))
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--resize-factor", "0.01",
+                        "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, "P1/B02_s1_", "are 30x40", "resize factor 0.01")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("rescale", ["Yes", "Median"])
 def test_subtract_with_rescale_is_refused(tmp_path, capsys, rescale):
     write_plate(tmp_path / "in", wells=("B02",), sites=1)

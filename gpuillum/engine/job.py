@@ -184,6 +184,22 @@ def check_method(settings, apply_method: str, passes) -> None:
                        "zero-mean background (negative in places) and dividing by it blackens the images; use --apply-method Subtract")
 
 
+def check_resize(settings, groups, passes) -> None:
+    """Refuse, before anything is written, images that the resize factor shrinks to nothing."""
+    if settings is None or settings.resize_factor == 1 or "calc" not in passes:
+        return
+    from gpuillum.filters.resample import cellprofiler_resize_shape
+
+    for group in groups:
+        shape = group.reader.shape
+        try:
+            cellprofiler_resize_shape(shape, settings.resize_factor)
+        except ValueError:
+            raise JobError(f"{group.records[0].path}: images of {group.plate}/{group.channel} are {shape[0]}x{shape[1]}, "
+                           f"too small for resize factor {settings.resize_factor:g} (it leaves no pixel on an axis); "
+                           "use a larger resize factor or 1") from None
+
+
 def default_apply_method(settings) -> str:
     """Subtract a background, divide by anything else: a Background function (block minima) and a
     Splines one (a zero-mean background fit, cellprofiler.md 4.5) are subtracted, a Regular one divides."""
@@ -735,6 +751,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
                                          f"{background.method} background subtraction, radius {background.radius}"]))
     job.result.method = method
     groups = job.prepare_groups(plan)  # bad input is refused before anything is written
+    check_resize(settings, groups, passes)
     check_output_folders(input_dir, out_dir, [record for group in groups for record in group.records])
     if passes == ("apply",) and uses_function:
         _functions_for(groups, functions, out_dir)
