@@ -13,6 +13,7 @@ import pytest
 
 from gpuillum.cli import main
 from gpuillum.engine.job import run_plate
+from gpuillum.io.run_lock import LOCK_NAME
 
 from test_cli import ARGS_RESUME, read_all
 from test_engine import FAST, write_plate
@@ -96,3 +97,40 @@ def test_sigkill_mid_run_then_resume(tmp_path, plate):
     assert main(["run", str(source), "-o", str(out), *ARGS_RESUME, "--resume"]) == 0
     assert outputs(out) == reference
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert not (out / LOCK_NAME).exists()  # the killed run's lock was taken over, then released
+
+
+def test_a_plain_rerun_removes_temporaries_a_killed_run_left(tmp_path, plate):
+    source, reference = plate
+    run_plate(source, tmp_path / "out", settings=FAST, device="cpu")
+    leftovers = [tmp_path / "out" / "corrected" / "P1" / ".B02_s1_DNA.tif.tmp-999999-0badf00d",
+                 tmp_path / "out" / ".manifest.json.tmp-999999-deadbeef"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a file")
+    run_plate(source, tmp_path / "out", settings=FAST, device="cpu")  # same run, no --resume
+    assert not [path for path in leftovers if path.exists()]
+    assert outputs(tmp_path / "out") == reference
+
+
+def test_an_unreadable_manifest_protects_the_outputs_unless_overwrite(tmp_path, plate, capsys):
+    source, reference = plate
+    out = tmp_path / "out"
+    run_plate(source, out, settings=FAST, device="cpu")
+    (out / "manifest.json").write_text("{ not json")
+    code = main(["run", str(source), "-o", str(out), *ARGS_RESUME])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "manifest.json: unreadable" in err and "--overwrite" in err
+    assert outputs(out) == reference  # nothing removed
+    assert main(["run", str(source), "-o", str(out), *ARGS_RESUME, "--overwrite"]) == 0
+    assert outputs(out) == reference
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_an_unreadable_manifest_alone_does_not_block_a_run(tmp_path, plate):
+    source, reference = plate
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text("{ not json")
+    run_plate(source, out, settings=FAST, device="cpu")
+    assert outputs(out) == reference

@@ -11,7 +11,8 @@ its two passes on their own. Per plate x channel:
 
 ``OUT/manifest.json`` records settings, versions, devices, per-file checksums, timings and
 skipped files; it is rewritten atomically as files complete, so ``resume=True`` finishes a
-crashed run by skipping every output whose checksum still matches.
+crashed run by skipping every output whose checksum still matches. A run holds OUT's lock
+(io.run_lock) while it writes, so no second run mixes its files or manifest into it.
 
 Memory bound (host, per process, independent of the plate size). T threads, images of P pixels
 of b bytes, working resolution P' (= P, or P/25 with the jump preset's 0.2x resize):
@@ -42,6 +43,7 @@ import numpy as np
 
 from gpuillum._checks import check_choice, check_integer
 from gpuillum.io.manifest import Manifest
+from gpuillum.io.run_lock import FolderLocked, folder_lock
 
 from .accumulate import OrderedMerge, accumulate_records, fixed_batches
 from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records, corrected_path, os_error_text
@@ -372,7 +374,8 @@ class _Job:
         """Start this run's manifest: resume the earlier one, replace it (overwrite), or refuse to mix runs.
 
         An earlier manifest that lists no output (a run that failed before writing any) protects
-        nothing: it is replaced, so the corrected rerun goes ahead.
+        nothing: it is replaced, so the corrected rerun goes ahead. An unreadable one cannot say
+        whose outputs illum/ and corrected/ hold, so they are kept unless ``overwrite``.
         """
         from gpuillum.io.manifest import collect_versions
 
@@ -384,13 +387,14 @@ class _Job:
             except (ValueError, OSError) as error:
                 if self.resume:
                     raise JobError(f"{path}: cannot resume from this manifest ({one_line(error)}); remove it or drop --resume") from None
+                self.replace_unreadable_manifest(path, error)
         if earlier is not None and not earlier.files:
             earlier = None
         manifest_settings = json.loads(json.dumps(manifest_settings, default=str))  # as it reads back from JSON
         if self.resume and earlier is not None and earlier.settings != manifest_settings:
             raise JobError(f"{path}: --resume with different settings than the earlier run; use the same options or another -o OUT")
         if earlier is not None and self.overwrite:
-            self.remove_earlier_outputs(earlier)
+            self.remove_earlier_outputs(earlier.files)
             earlier = None
         elif earlier is not None and not self.resume and not _same_run(earlier.settings, manifest_settings):
             raise JobError(f"{self.out_dir}: holds the outputs of a different run (its {MANIFEST_NAME} has another INPUT or "
@@ -406,14 +410,23 @@ class _Job:
         self.manifest.timings["workers"] = self.scheduler or self.workers
         self.save_manifest(force=True)
 
-    def remove_earlier_outputs(self, earlier) -> None:
-        """--overwrite: delete the files the earlier manifest lists (inside OUT only), illum/, corrected/
+    def replace_unreadable_manifest(self, path: Path, error: BaseException) -> None:
+        """An unreadable manifest: with ``overwrite`` remove illum/, corrected/ and it; else refuse
+        when those folders exist (they may hold another run's outputs)."""
+        if self.overwrite:
+            self.remove_earlier_outputs(())
+        elif any((self.out_dir / folder).exists() for folder in ("illum", "corrected")):
+            raise JobError(f"{path}: unreadable ({one_line(error)}), so the outputs in {self.out_dir} may belong to another "
+                           "run; use --overwrite to replace them (illum/, corrected/ and the manifest), or another -o OUT")
+
+    def remove_earlier_outputs(self, files) -> None:
+        """--overwrite: delete ``files`` (the earlier manifest's, inside OUT only), illum/, corrected/
         and the manifest itself; nothing else in OUT is touched."""
         import shutil
 
         root = self.out_dir.resolve()
         try:
-            for relpath in earlier.files:
+            for relpath in files:
                 target = (self.out_dir / relpath).resolve()
                 if root in target.parents and target.is_file():
                     target.unlink()
@@ -771,14 +784,18 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         "input": str(input_dir.resolve()),
         "discovery": discovery,
     }
-    job.open_manifest(manifest_settings, method)
     try:
-        _run_passes(job, groups, passes, settings, resume)
-    except BaseException as error:  # Ctrl-C or an error: keep the record of every file finished so far, for --resume
-        message = "interrupted" if isinstance(error, KeyboardInterrupt) else one_line(error)
-        with contextlib.suppress(Exception):
-            job.finish("failed", message)
-        raise
+        with folder_lock(out_dir):  # one run at a time writes into OUT
+            job.open_manifest(manifest_settings, method)
+            try:
+                _run_passes(job, groups, passes, settings)
+            except BaseException as error:  # Ctrl-C or an error: keep the record of every file finished so far, for --resume
+                message = "interrupted" if isinstance(error, KeyboardInterrupt) else one_line(error)
+                with contextlib.suppress(Exception):
+                    job.finish("failed", message)
+                raise
+    except FolderLocked as error:
+        raise JobError(str(error)) from None
     job.manifest.timings["total"] = time.perf_counter() - started
     job.finish("complete")
     job.result.manifest = out_dir / MANIFEST_NAME
@@ -786,13 +803,16 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     return job.result
 
 
-def _run_passes(job: _Job, groups, passes, settings, resume) -> None:
-    """Pass 1 for every group, then pass 2 for every group, then the LoadData CSV."""
-    out_dir, device, workers, scheduler = job.out_dir, job.device, job.workers, job.scheduler
-    if resume:
-        from gpuillum.io.atomic import remove_stale_temporaries
+def _run_passes(job: _Job, groups, passes, settings) -> None:
+    """Pass 1 for every group, then pass 2 for every group, then the LoadData CSV.
 
-        remove_stale_temporaries(out_dir)
+    Temporaries that a run killed outright left in OUT are removed first: this run holds OUT's lock,
+    so no other run is writing them.
+    """
+    from gpuillum.io.atomic import remove_stale_temporaries
+
+    out_dir, device, workers, scheduler = job.out_dir, job.device, job.workers, job.scheduler
+    remove_stale_temporaries(out_dir)
     job.say(f"device: {device} ({'GPU' if device.is_gpu else 'CPU'}), {len(groups)} plate x channel group(s), "
             f"{sum(len(g.records) for g in groups)} images, workers: {scheduler or workers}")
     with open_client(workers=workers, scheduler=scheduler, gpu=device.is_gpu) as client:
