@@ -8,14 +8,12 @@ User errors print one line ``gpuillum: error: ...`` and exit with code 2; Ctrl-C
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from gpuillum.engine.job import one_line
+from gpuillum.engine.stopping import Terminated, stop_on_signals
 from gpuillum.io.tiff import COMPRESSION_CHOICES as COMPRESSIONS
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 2, 130, 143
@@ -415,34 +413,13 @@ def cmd_demo(args) -> int:
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "calc": cmd_calc, "apply": cmd_apply, "demo": cmd_demo}
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (what SLURM, Docker and kill send): stops the job exactly as Ctrl-C does."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
-@contextlib.contextmanager
-def _sigterm_stops_like_ctrl_c():
-    """Within the block SIGTERM raises Terminated in the main thread (elsewhere it is left alone)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv=None) -> int:
     """Entry point of ``gpuillum`` and ``python -m gpuillum``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)  # usage errors: OneLineParser prints one line and exits with 2
     logging.getLogger("tifffile").setLevel(logging.ERROR)  # bad files are reported once, by us
     try:
-        with _sigterm_stops_like_ctrl_c():
+        with stop_on_signals():
             return COMMANDS[args.command](args)
     except KeyboardInterrupt as stop:
         how = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"

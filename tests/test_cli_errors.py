@@ -232,6 +232,50 @@ def test_sigterm_exits_143_without_partial_files_and_resumes(tmp_path, capsys, m
     assert len(list((tmp_path / "out" / "corrected").rglob("*.tif"))) == len(images)
 
 
+def test_a_ctrl_c_whose_exception_is_swallowed_still_stops_the_run(tmp_path, capsys, monkeypatch):
+    # A KeyboardInterrupt raised inside a gc callback or __del__ (Dask installs a gc callback) is
+    # printed and dropped by Python; the latched request stops the run at the next batch anyway.
+    import os
+    import signal
+
+    from gpuillum.engine import progress
+
+    write_plate(tmp_path / "in")
+    real, counts = progress.Progress.update, []
+
+    def swallowing(bar, count=1):
+        counts.extend([count] if bar.label.startswith("apply") else [])
+        if len(counts) == 3 and bar.label.startswith("apply"):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # its handler runs here, in the main thread
+            except KeyboardInterrupt:
+                pass  # what Python does to an exception raised in a gc callback
+        return real(bar, count)
+
+    monkeypatch.setattr(progress.Progress, "update", swallowing)
+    previous = signal.getsignal(signal.SIGINT)
+    code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--threads", "1", *ARGS)
+    assert code == 130 and "interrupted" in err
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed"
+    assert len([name for name in manifest["files"] if name.startswith("corrected/")]) <= 3  # stopped there, not at the end
+    assert signal.getsignal(signal.SIGINT) == previous
+
+
+def test_ignored_signals_stay_ignored_while_a_command_runs():
+    import signal
+
+    from gpuillum.engine.stopping import stop_on_signals
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with stop_on_signals():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # ----------------------------------------------------------------------------- QA findings
 
 

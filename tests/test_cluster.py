@@ -10,7 +10,7 @@ from gpuillum.engine.cluster import map_in_order, open_client, per_gpu_worker_sp
 from gpuillum.engine.job import run_plate  # noqa: E402
 
 from test_engine import FAST, write_plate  # noqa: E402
-from test_resume import outputs  # noqa: E402
+from test_resume import outputs, wait_for_a_corrected_file  # noqa: E402
 
 
 def _slow_square(value):
@@ -55,3 +55,59 @@ def test_per_gpu_workers_each_see_one_device(monkeypatch):
             assert all(info["nthreads"] == 1 for info in client.scheduler_info()["workers"].values())
     finally:
         cluster.close()
+
+
+SLOW_WRITES = """
+import time
+import gpuillum.engine.apply as apply_module
+
+_write = apply_module.write_corrected
+
+
+def _slow_write(*args, **kwargs):
+    time.sleep(0.1)
+    return _write(*args, **kwargs)
+
+
+apply_module.write_corrected = _slow_write
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name, exit_code, word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_signal_to_the_whole_process_group_stops_a_dask_run_in_one_line(tmp_path, signal_name, exit_code, word):
+    # Ctrl-C reaches every process of the terminal's group, scancel every process of the job:
+    # the workers must leave the stop to the client (no traceback each, no restarts).
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from gpuillum.io.run_lock import LOCK_NAME
+
+    from test_cli import ARGS_RESUME
+
+    write_plate(tmp_path / "in", wells=("B02", "B03", "B04", "C02", "C03", "C04"), sites=4)
+    reference = tmp_path / "reference"
+    run_plate(tmp_path / "in", reference, settings=FAST, device="cpu")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_WRITES)  # every process, workers included, writes slowly
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), GPUILLUM_DISABLE_GPU="1")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "gpuillum", "run", str(tmp_path / "in"), "-o", str(out), *ARGS_RESUME, "--workers", "2"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    wait_for_a_corrected_file(out, process, seconds=120)
+    assert process.poll() is None, "the run ended before it could be stopped"
+    os.killpg(process.pid, getattr(signal, signal_name))
+    err = process.communicate(timeout=60)[1]
+    assert process.returncode == exit_code, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"gpuillum: {word}"), err
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name] and not (out / LOCK_NAME).exists()
+    from gpuillum.cli import main
+
+    assert main(["run", str(tmp_path / "in"), "-o", str(out), *ARGS_RESUME, "--resume"]) == 0
+    assert outputs(out) == outputs(reference)

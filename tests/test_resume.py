@@ -24,6 +24,19 @@ def outputs(folder):
     return {name: data for name, data in read_all(folder).items() if name.endswith((".tif", ".npy", ".png"))}
 
 
+def wait_for_a_corrected_file(out, process, seconds: float) -> None:
+    """Return once the manifest of a run in ``process`` lists a corrected image, or the run ended."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            files = json.loads((out / "manifest.json").read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            files = {}
+        if any(name.startswith("corrected/") for name in files):
+            return
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def plate(tmp_path):
     write_plate(tmp_path / "in", plates=("P1", "P2"))
@@ -82,15 +95,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, plate):
     env = dict(os.environ, GPUILLUM_DISABLE_GPU="1")
     command = [sys.executable, "-m", "gpuillum", "run", str(source), "-o", str(out), *ARGS_RESUME, "--threads", "1"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            files = json.loads((out / "manifest.json").read_text())["files"]
-        except (OSError, ValueError, KeyError):
-            files = {}
-        if any(name.startswith("corrected/") for name in files):
-            break
-        time.sleep(0.02)
+    wait_for_a_corrected_file(out, process, seconds=60)
     if process.poll() is None:
         process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)

@@ -14,6 +14,7 @@ merges partial sums in a fixed order and holds only a few of them at a time.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections import deque
 
@@ -55,6 +56,33 @@ def _gpu_cluster(workers: int):
 
 
 @contextlib.contextmanager
+def _signals_left_to_the_client():
+    """Start worker processes that ignore SIGINT and SIGTERM.
+
+    Ctrl-C reaches the whole process group and SLURM's scancel every process of the job. The client
+    turns either into a clean stop (no partial files, manifest marked, workers shut down); workers
+    that took the signal themselves would print a traceback each, or be restarted by their nanny.
+    An ignored signal stays ignored in a spawned child, so the dispositions are set to "ignore"
+    while the cluster starts and restored afterwards (only the main thread can set them). Workers
+    still exit when the client's process goes away.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for number in saved:
+            signal.signal(number, signal.SIG_IGN)
+        yield
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+
+
+@contextlib.contextmanager
 def open_client(*, workers: int = 1, scheduler: str | None = None, gpu: bool = False):
     """A dask.distributed Client for the job, or None to run in-process; closed on exit."""
     if scheduler is None and workers <= 1:
@@ -67,10 +95,12 @@ def open_client(*, workers: int = 1, scheduler: str | None = None, gpu: bool = F
         if scheduler is not None:
             client = Client(scheduler)
         else:
-            if gpu:
-                cluster = _gpu_cluster(workers)
-            else:
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            with _signals_left_to_the_client():
+                if gpu:
+                    cluster = _gpu_cluster(workers)
+                else:
+                    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                           silence_logs=logging.ERROR)  # no warnings about tasks cancelled by a stop
             client = Client(cluster)
         try:
             yield client

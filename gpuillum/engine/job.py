@@ -51,6 +51,7 @@ from .background import BackgroundSettings
 from .cluster import map_in_order, open_client
 from .progress import Progress
 from .reading import CheckedReader
+from .stopping import raise_if_stop_requested
 
 ON_ERROR = ("fail", "skip")
 PASSES = ("calc", "apply")
@@ -517,22 +518,28 @@ class _Job:
         label = f"calc  {group.plate}/{group.channel}"
         with Progress(len(group.records), label, enabled=self.progress) as bar:
             if self.client is None:
+                def tick(count=1):
+                    bar.update(count)
+                    raise_if_stop_requested()
+
                 total, skipped = accumulate_records(group.records, self.settings, self.device, group.reader,
-                                                    threads=self.threads, on_error=self.on_error, tick=bar.update)
+                                                    threads=self.threads, on_error=self.on_error, tick=tick)
                 for relpath, reason in skipped:
                     self.skip(relpath, reason)
                 return total
             merged = OrderedMerge()
             batches = fixed_batches(group.records)
-            results = map_in_order(self.client, _accumulate_task, batches, self.settings, group.reader,
-                                   self.worker_device, 2, self.on_error)
-            for index, (batch, (partial, skipped, error)) in enumerate(zip(batches, results)):
-                if error is not None:
-                    raise JobError(error)
-                for relpath, reason in skipped:
-                    self.skip(relpath, reason)
-                merged.push(index, partial)
-                bar.update(len(batch))
+            # closing: tasks still queued are cancelled on an error while the client is still open
+            with contextlib.closing(map_in_order(self.client, _accumulate_task, batches, self.settings, group.reader,
+                                                 self.worker_device, 2, self.on_error)) as results:
+                for index, (batch, (partial, skipped, error)) in enumerate(zip(batches, results)):
+                    if error is not None:
+                        raise JobError(error)
+                    for relpath, reason in skipped:
+                        self.skip(relpath, reason)
+                    merged.push(index, partial)
+                    bar.update(len(batch))
+                    raise_if_stop_requested()
             return merged.result()
 
     def preview(self, group: _Group, function) -> None:
@@ -595,6 +602,7 @@ class _Job:
                 def tick(written):
                     done(written)
                     bar.update()
+                    raise_if_stop_requested()
 
                 try:
                     _written, skipped = apply_records(todo, group.function, self.apply_options, self.out_dir, group.reader,
@@ -607,16 +615,17 @@ class _Job:
             else:
                 function = None if group.function is None else self.client.scatter(group.function, broadcast=True)
                 batches = fixed_batches(todo)
-                results = map_in_order(self.client, _apply_task, batches, function, self.apply_options, self.out_dir,
-                                       group.reader, self.worker_device, 2, self.on_error)
-                for batch, (written, skipped, error) in zip(batches, results):
-                    if error is not None:
-                        raise JobError(error)
-                    for item in written:
-                        done(item)
-                    for relpath, reason in skipped:
-                        self.skip(relpath, reason)
-                    bar.update(len(batch))
+                with contextlib.closing(map_in_order(self.client, _apply_task, batches, function, self.apply_options,
+                                                     self.out_dir, group.reader, self.worker_device, 2, self.on_error)) as results:
+                    for batch, (written, skipped, error) in zip(batches, results):
+                        if error is not None:
+                            raise JobError(error)
+                        for item in written:
+                            done(item)
+                        for relpath, reason in skipped:
+                            self.skip(relpath, reason)
+                        bar.update(len(batch))
+                        raise_if_stop_requested()
         self.manifest.timings[f"apply {group.plate}/{group.channel}"] = time.perf_counter() - started
         self.save_manifest(force=True)
 
