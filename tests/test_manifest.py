@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from gpuillum.io.manifest import Manifest, collect_versions, file_sha256
+from gpuillum.io.manifest import Manifest, collect_versions, file_sha256, input_stamp
 
 
 def _file(path, data: bytes):
@@ -25,8 +25,9 @@ def test_file_sha256_streams_large_files(tmp_path, rng):
 def test_record_file(tmp_path):
     path = _file(tmp_path / "P" / "a.tif", b"corrected pixels")
     manifest = Manifest()
-    entry = manifest.record_file("P/a.tif", path, "corrected", source="P/a.tif")
-    assert entry == {"sha256": hashlib.sha256(b"corrected pixels").hexdigest(), "bytes": 16, "role": "corrected", "source": "P/a.tif"}
+    entry = manifest.record_file("P/a.tif", path, "corrected", source="P/a.tif", inputs="stamp")
+    assert entry == {"sha256": hashlib.sha256(b"corrected pixels").hexdigest(), "bytes": 16, "role": "corrected",
+                     "source": "P/a.tif", "inputs": "stamp"}
     assert manifest.files == {"P/a.tif": entry}
 
 
@@ -47,6 +48,35 @@ def test_is_complete_detects_tampering(tmp_path):
     assert not manifest.is_complete("a.tif", path)
     path.unlink()
     assert not manifest.is_complete("a.tif", path)
+
+
+def test_is_complete_compares_the_inputs_stamp_when_given(tmp_path):
+    path = _file(tmp_path / "a.tif", b"0123456789")
+    manifest = Manifest()
+    manifest.record_file("a.tif", path, "corrected", inputs="made-from-A")
+    assert manifest.is_complete("a.tif", path, "made-from-A") and manifest.is_complete("a.tif", path)
+    assert not manifest.is_complete("a.tif", path, "made-from-B")
+
+
+def test_input_stamp_follows_size_mtime_names_and_extra_not_path_spelling(tmp_path, monkeypatch):
+    import os
+
+    a, b = _file(tmp_path / "a.tif", b"aaaa"), _file(tmp_path / "b.tif", b"bb")
+    stamp = input_stamp([("a.tif", a), ("b.tif", b)])
+    assert stamp == input_stamp([("a.tif", a), ("b.tif", b)])
+    monkeypatch.chdir(tmp_path)
+    assert stamp == input_stamp([("a.tif", "a.tif"), ("b.tif", "./b.tif")])  # INPUT spelled otherwise
+    assert stamp != input_stamp([("a.tif", a), ("b.tif", b)], extra="function sha")
+    assert stamp != input_stamp([("a.tif", a)])
+    assert stamp != input_stamp([("x.tif", a), ("b.tif", b)])
+    status = b.stat()
+    os.utime(b, ns=(status.st_atime_ns, status.st_mtime_ns + 1))  # touched: same bytes, new mtime
+    assert stamp != input_stamp([("a.tif", a), ("b.tif", b)])
+    touched = input_stamp([("a.tif", a), ("b.tif", b)])
+    b.write_bytes(b"bbb")
+    os.utime(b, ns=(status.st_atime_ns, status.st_mtime_ns + 1))  # same mtime, other size
+    assert touched != input_stamp([("a.tif", a), ("b.tif", b)])
+    assert input_stamp([("gone.tif", tmp_path / "gone.tif")]) == "unreadable"
 
 
 def test_save_load_round_trip(tmp_path):

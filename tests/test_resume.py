@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
+import tifffile
 
 from gpuillum.cli import main
 from gpuillum.engine.job import run_plate
@@ -139,3 +141,34 @@ def test_an_unreadable_manifest_alone_does_not_block_a_run(tmp_path, plate):
     (out / "manifest.json").write_text("{ not json")
     run_plate(source, out, settings=FAST, device="cpu")
     assert outputs(out) == reference
+
+
+def test_resume_redoes_what_a_changed_input_feeds_and_keeps_the_rest(tmp_path, plate):
+    source, _ = plate
+    out = tmp_path / "out"
+    run_plate(source, out, settings=FAST, device="cpu")
+    changed = source / "P1" / "B02_s1_DNA.tif"
+    image = tifffile.imread(changed)
+    tifffile.imwrite(changed, (image // 2).astype(image.dtype), compression="zlib")  # e.g. re-exported
+    result = run_plate(source, out, settings=FAST, device="cpu", resume=True)
+    # the P1/DNA function is recomputed, so every P1/DNA image is redone; nothing else is
+    redone = sorted(w.relpath for w in result.written)
+    assert redone == sorted(name for name in read_all(source) if name.startswith("P1/") and name.endswith("_DNA.tif"))
+    assert list(result.functions) == [("P1", "DNA")]
+    assert result.reused and not [name for name in result.reused if name in redone]
+    run_plate(source, tmp_path / "fresh", settings=FAST, device="cpu")
+    assert outputs(out) == outputs(tmp_path / "fresh")
+
+
+def test_resume_redoes_images_corrected_with_a_function_that_changed(tmp_path, plate):
+    source, _ = plate
+    out = tmp_path / "out"
+    run_plate(source, tmp_path / "functions", settings=FAST, device="cpu", passes=("calc",))
+    functions = tmp_path / "functions" / "illum"
+    run_plate(source, out, functions=functions, device="cpu", passes=("apply",))
+    first = outputs(out)
+    scaled = np.load(functions / "P2_IllumActin.npy") * np.float32(1.5)
+    np.save(functions / "P2_IllumActin.npy", scaled)
+    result = run_plate(source, out, functions=functions, device="cpu", passes=("apply",), resume=True)
+    assert {w.relpath.split("/")[0] + "/" + w.relpath.rsplit("_", 1)[1] for w in result.written} == {"P2/Actin.tif"}
+    assert outputs(out) != first

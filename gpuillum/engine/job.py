@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from gpuillum._checks import check_choice, check_integer
-from gpuillum.io.manifest import Manifest
+from gpuillum.io.manifest import Manifest, input_stamp
 from gpuillum.io.run_lock import FolderLocked, folder_lock
 
 from .accumulate import OrderedMerge, accumulate_records, fixed_batches
@@ -450,8 +450,9 @@ class _Job:
         if self.log is not None:
             self.log(f"warning: {text}")
 
-    def intact(self, relpath: str, path: Path) -> bool:
-        return self.resume and self.manifest.is_complete(relpath, path)
+    def intact(self, relpath: str, path: Path, inputs: str) -> bool:
+        """--resume: the output at ``path`` is recorded, undamaged and made from the same ``inputs``."""
+        return self.resume and self.manifest.is_complete(relpath, path, inputs)
 
     # -- groups
 
@@ -487,7 +488,8 @@ class _Job:
         name = function_filename(group.plate, group.channel)
         path = self.out_dir / "illum" / name
         group.function_path = path
-        if self.intact(f"illum/{name}", path):
+        inputs = input_stamp((record.relpath, record.path) for record in group.records)
+        if self.intact(f"illum/{name}", path, inputs):
             group.function = load_function(path)
             self.say(f"{group.plate}/{group.channel}: function {path} intact, reused")
             return
@@ -505,11 +507,11 @@ class _Job:
             function = to_numpy(total.finalize(group.reader.shape))
         try:
             save_function(path, function)
-            self.preview(group, function)
+            self.preview(group, function, inputs)
         except OSError as error:
             raise JobError(f"{error.filename or path}: {os_error_text(error)}") from None
         group.function = function
-        self.manifest.record_file(f"illum/{name}", path, "illum")
+        self.manifest.record_file(f"illum/{name}", path, "illum", inputs=inputs)
         self.manifest.timings[f"calc {group.plate}/{group.channel}"] = time.perf_counter() - started
         self.result.functions[(group.plate, group.channel)] = path
         self.save_manifest(force=True)
@@ -542,12 +544,12 @@ class _Job:
                     raise_if_stop_requested()
             return merged.result()
 
-    def preview(self, group: _Group, function) -> None:
+    def preview(self, group: _Group, function, inputs: str) -> None:
         from gpuillum.qc.figures import function_preview
 
         png = group.function_path.with_suffix(".png")
         function_preview(function, png, title=f"{group.plate} {group.channel}")
-        self.manifest.record_file(png.relative_to(self.out_dir).as_posix(), png, "preview")
+        self.manifest.record_file(png.relative_to(self.out_dir).as_posix(), png, "preview", inputs=inputs)
 
     # -- pass 2
 
@@ -579,12 +581,17 @@ class _Job:
                                "every image; use --apply-method Divide, or a function calculated with --rescale No")
 
     def apply(self, group: _Group) -> None:
-        todo = []
+        from gpuillum.io.manifest import file_sha256
+
+        # a corrected image depends on its source and on the function it was divided by
+        function_sha = "" if group.function_path is None or group.function is None else file_sha256(group.function_path)
+        todo, stamps = [], {}
         for record in group.records:
             if record.relpath in self._skipped:  # already found bad in pass 1
                 continue
             path = corrected_path(self.out_dir, record)
-            if self.intact(path.relative_to(self.out_dir).as_posix(), path):  # the key write_corrected records
+            stamps[record.relpath] = input_stamp([(record.relpath, record.path)], extra=function_sha)
+            if self.intact(path.relative_to(self.out_dir).as_posix(), path, stamps[record.relpath]):  # the key write_corrected records
                 self.result.reused.append(record.relpath)
             else:
                 todo.append(record)
@@ -593,7 +600,8 @@ class _Job:
         def done(written: WrittenFile) -> None:
             self.result.written.append(written)
             # checksummed by the task that wrote it (in parallel), so recorded directly
-            self.manifest.record_entry(written.output, written.sha256, written.size, "corrected", written.relpath)
+            self.manifest.record_entry(written.output, written.sha256, written.size, "corrected", written.relpath,
+                                       stamps[written.relpath])
             self.save_manifest()
 
         label = f"apply {group.plate}/{group.channel}"

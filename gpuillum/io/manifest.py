@@ -32,6 +32,24 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
+def input_stamp(files, extra: str = "") -> str:
+    """A short hex digest of ``files`` ((name, path) pairs) with each path's size and modification
+    time in ns, plus ``extra``; "unreadable" when a path cannot be stat'ed (it matches no record).
+
+    What ``make`` and ``rsync`` compare: an input replaced or edited since an output was made
+    changes its stamp, so ``--resume`` redoes that output, without reading the inputs again.
+    Names, not paths, enter the digest, so INPUT may be spelled differently on resume.
+    """
+    digest = hashlib.sha256(extra.encode())
+    for name, path in files:
+        try:
+            status = Path(path).stat()
+        except OSError:
+            return "unreadable"
+        digest.update(f"\n{name}\t{status.st_size}\t{status.st_mtime_ns}".encode())
+    return digest.hexdigest()[:32]
+
+
 def collect_versions(packages=("gpuillum", "numpy", "scipy", "tifffile", "imagecodecs", "dask", "cupy-cuda13x", "cupy-cuda12x")) -> dict:
     """Python and installed package versions for the manifest (packages not installed are left out)."""
     versions = {"python": platform.python_version()}
@@ -46,8 +64,9 @@ def collect_versions(packages=("gpuillum", "numpy", "scipy", "tifffile", "imagec
 @dataclasses.dataclass
 class Manifest:
     """A plate job's record. ``files`` maps an output's relative path to
-    ``{"sha256", "bytes", "role", "source"}`` (role: corrected, illum or preview; source: the input
-    relpath it came from, or None); ``skipped`` lists ``{"path", "reason"}``.
+    ``{"sha256", "bytes", "role", "source", "inputs"}`` (role: corrected, illum or preview; source:
+    the input relpath it came from, or None; inputs: a stamp of everything it was made from, see
+    :func:`input_stamp`, or None); ``skipped`` lists ``{"path", "reason"}``.
 
     ``record_file`` and ``add_skipped`` may be called from several threads; ``save`` writes a
     consistent snapshot.
@@ -72,16 +91,17 @@ class Manifest:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def record_file(self, relpath: str, path, role: str, source: str | None = None) -> dict:
+    def record_file(self, relpath: str, path, role: str, source: str | None = None, inputs: str | None = None) -> dict:
         """Checksum the written file at ``path`` and record it under ``relpath``; returns the entry."""
         path = Path(path)
-        return self.record_entry(relpath, file_sha256(path), path.stat().st_size, role, source)
+        return self.record_entry(relpath, file_sha256(path), path.stat().st_size, role, source, inputs)
 
-    def record_entry(self, relpath: str, sha256: str, size: int, role: str, source: str | None = None) -> dict:
+    def record_entry(self, relpath: str, sha256: str, size: int, role: str, source: str | None = None,
+                     inputs: str | None = None) -> dict:
         """Record a file whose checksum and size are already known (e.g. computed by the writer)."""
         if role not in ROLES:
             raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
-        entry = {"sha256": sha256, "bytes": int(size), "role": role, "source": source}
+        entry = {"sha256": sha256, "bytes": int(size), "role": role, "source": source, "inputs": inputs}
         with self._lock:
             self.files[str(relpath)] = entry
         return entry
@@ -91,11 +111,14 @@ class Manifest:
         with self._lock:
             self.skipped.append({"path": str(path), "reason": str(reason)})
 
-    def is_complete(self, relpath: str, path) -> bool:
-        """True when ``relpath`` is recorded and the file at ``path`` has its size and sha256."""
+    def is_complete(self, relpath: str, path, inputs: str | None = None) -> bool:
+        """True when ``relpath`` is recorded, the file at ``path`` has its size and sha256 and, if
+        ``inputs`` is given, it was recorded as made from the same inputs."""
         entry = self.files.get(str(relpath))
         path = Path(path)
         if entry is None or not path.is_file():
+            return False
+        if inputs is not None and entry.get("inputs") != inputs:
             return False
         if path.stat().st_size != entry.get("bytes"):
             return False
