@@ -262,6 +262,30 @@ def test_a_ctrl_c_whose_exception_is_swallowed_still_stops_the_run(tmp_path, cap
     assert signal.getsignal(signal.SIGINT) == previous
 
 
+def test_a_stop_raised_inside_del_is_latched_and_not_reported_as_ignored(monkeypatch):
+    import gc
+    import os
+    import signal
+    import sys
+
+    from gpuillum.engine.stopping import raise_if_stop_requested, stop_on_signals
+
+    class SignalsWhenCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler's KeyboardInterrupt is raised inside __del__
+
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)  # what would print "Exception ignored in ..."
+    with pytest.raises(KeyboardInterrupt):
+        with stop_on_signals():
+            SignalsWhenCollected()
+            gc.collect()
+            raise_if_stop_requested()
+    assert reported == []
+    assert sys.unraisablehook == reported.append  # restored
+    raise_if_stop_requested()  # the latch is cleared when the command ends
+
+
 def test_ignored_signals_stay_ignored_while_a_command_runs():
     import signal
 

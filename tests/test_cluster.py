@@ -111,3 +111,19 @@ def test_a_signal_to_the_whole_process_group_stops_a_dask_run_in_one_line(tmp_pa
 
     assert main(["run", str(tmp_path / "in"), "-o", str(out), *ARGS_RESUME, "--resume"]) == 0
     assert outputs(out) == outputs(reference)
+
+
+def _die(value):
+    import os
+
+    os._exit(3)
+
+
+@pytest.mark.slow
+def test_a_task_whose_workers_keep_dying_is_one_line_not_a_dask_traceback():
+    from gpuillum.engine.cluster import WorkerLost
+
+    with open_client(workers=2) as client:
+        with pytest.raises(WorkerLost, match=r"died \d+ times running task .*out of memory") as caught:
+            list(map_in_order(client, _die, range(2)))
+    assert "\n" not in str(caught.value)

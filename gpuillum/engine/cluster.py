@@ -29,12 +29,23 @@ def visible_gpus() -> list[str]:
     return [str(index) for index in range(gpu_count())]
 
 
+# Clusters this module starts keep their logs to themselves: what goes wrong in a task comes back to
+# the client as its result or exception, and shutting down can log harmless races (a heartbeat to a
+# scheduler that already closed) that would read like failures.
+CLUSTER_LOG_LEVEL = logging.CRITICAL
+
+
+class WorkerLost(ValueError):
+    """A worker process died while running a task (killed for memory, or crashed); one line."""
+
+
 def per_gpu_worker_specs(gpu_ids) -> dict:
     """SpecCluster worker specs: one single-threaded Nanny per GPU, pinned with CUDA_VISIBLE_DEVICES."""
     from distributed import Nanny
 
     return {
-        f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(gpu)}}}
+        f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(gpu)},
+                                                 "silence_logs": CLUSTER_LOG_LEVEL}}
         for gpu in gpu_ids
     }
 
@@ -52,7 +63,8 @@ def _gpu_cluster(workers: int):
             workers=per_gpu_worker_specs(gpu_ids),
             scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
         )
-    return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpu_ids), threads_per_worker=1, dashboard_address=None)
+    return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpu_ids), threads_per_worker=1, dashboard_address=None,
+                            silence_logs=CLUSTER_LOG_LEVEL)
 
 
 @contextlib.contextmanager
@@ -100,7 +112,7 @@ def open_client(*, workers: int = 1, scheduler: str | None = None, gpu: bool = F
                     cluster = _gpu_cluster(workers)
                 else:
                     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                           silence_logs=logging.ERROR)  # no warnings about tasks cancelled by a stop
+                                           silence_logs=CLUSTER_LOG_LEVEL)
             client = Client(cluster)
         try:
             yield client
@@ -121,7 +133,10 @@ def map_in_order(client, function, items, *args, in_flight: int | None = None, *
 
     At most ``in_flight`` tasks are submitted at a time (default: twice the workers), which bounds
     the results waiting on the client. Remaining tasks are cancelled if the caller stops early.
+    A task whose workers kept dying raises :class:`WorkerLost`.
     """
+    from distributed import KilledWorker
+
     items = list(items)
     limit = in_flight or 2 * worker_count(client)
     pending: deque = deque()
@@ -131,7 +146,12 @@ def map_in_order(client, function, items, *args, in_flight: int | None = None, *
             while position < len(items) and len(pending) < limit:
                 pending.append(client.submit(function, items[position], *args, pure=False, **kwargs))
                 position += 1
-            yield pending.popleft().result()
+            try:
+                result = pending.popleft().result()
+            except KilledWorker as error:
+                raise WorkerLost(f"Dask worker processes died {error.allowed_failures + 1} times running task {error.task}; "
+                                 "they may have run out of memory: use fewer --workers, or smaller images") from None
+            yield result
     finally:
         if pending:
             client.cancel(list(pending))

@@ -4,12 +4,14 @@ A signal handler's exception is raised in whatever Python code the main thread r
 moment. When that is a garbage-collector callback or a ``__del__`` (Dask's scheduler installs a
 gc callback), Python prints "Exception ignored" and goes on: the run would finish as if nobody had
 pressed Ctrl-C. So the handler also latches the request, and the job calls
-:func:`raise_if_stop_requested` after every batch: a lost exception is raised again there.
+:func:`raise_if_stop_requested` after every batch: a lost exception is raised again there (and
+Python's "Exception ignored" report of it is not printed).
 """
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 
@@ -24,6 +26,16 @@ def _stop(signum, frame):
     global _requested
     _requested = Terminated if signum == signal.SIGTERM else KeyboardInterrupt
     raise _requested()
+
+
+def _quiet_about_latched_stops(previous_hook):
+    """An unraisable-exception hook that drops the stop exceptions the latch will raise again."""
+    def hook(unraisable):
+        if _requested is not None and isinstance(unraisable.exc_value, KeyboardInterrupt):
+            return
+        previous_hook(unraisable)
+
+    return hook
 
 
 def raise_if_stop_requested() -> None:
@@ -45,9 +57,12 @@ def stop_on_signals():
     previous = {number: signal.signal(number, _stop) for number in (signal.SIGINT, signal.SIGTERM)
                 if signal.getsignal(number) is not signal.SIG_IGN}
     _requested = None
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_about_latched_stops(previous_hook)
     try:
         yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        sys.unraisablehook = previous_hook
         _requested = None
