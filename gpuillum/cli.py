@@ -406,7 +406,8 @@ def cmd_demo(args) -> int:
     summary = run_demo(Path(args.out), shape=args.shape, wells=args.wells, sites=args.sites, seed=args.seed,
                        device=args.device, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
                        on_error=args.on_error, progress=args.progress, log=_logger(args))
-    print(summary)
+    if not args.quiet:
+        print(summary)
     return EXIT_OK
 
 

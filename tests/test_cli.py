@@ -135,7 +135,7 @@ def test_cppipe_settings(tmp_path, data_dir):
 
 
 def test_demo_small(tmp_path, capsys):
-    assert main(["demo", str(tmp_path / "demo"), "--shape", "96x96", "--wells", "2", "--sites", "2", "--device", "cpu", "-q"]) == 0
+    assert main(["demo", str(tmp_path / "demo"), "--shape", "96x96", "--wells", "2", "--sites", "2", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "r = " in text and "flat-field CV" in text and "before_after.png" in text
     assert (tmp_path / "demo" / "before_after.png").read_bytes()[:4] == b"\x89PNG"
@@ -155,6 +155,26 @@ def test_demo_small(tmp_path, capsys):
     assert "camera offset included" in line
     assert float(re.search(r"r = ([-0-9.]+)", line).group(1)) == pytest.approx(expected["pearson_r"], abs=6e-4)
     assert "DNA: vs true flat field: r = " in text and "method: Regular, All: Across cycles" in text
+
+
+def test_demo_again_into_the_same_out_replaces_the_earlier_demo_and_quiet_prints_nothing(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", str(out), "--shape", "64x64", "--wells", "3", "--sites", "2", "--device", "cpu", "-q"]) == 0
+    assert main(["demo", str(out), "--shape", "48x40", "--wells", "1", "--sites", "2", "--device", "cpu", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    for folder in (out / "plate" / "DEMO", out / "results" / "corrected" / "DEMO"):
+        images = sorted(folder.glob("*.tif"))
+        assert len(images) == 4 and {tifffile.imread(path).shape for path in images} == {(48, 40)}
+    assert np.load(out / "results" / "illum" / "DEMO_IllumDNA.npy").shape == (48, 40)
+
+
+def test_demo_refuses_an_out_whose_plate_folder_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "demo" / "plate").mkdir(parents=True)
+    (tmp_path / "demo" / "plate" / "mine.tif").write_bytes(b"precious")
+    assert main(["demo", str(tmp_path / "demo"), "--shape", "32", "--wells", "1", "--sites", "1", "--device", "cpu", "-q"]) == 2
+    assert "is not a gpuillum demo plate" in capsys.readouterr().err
+    assert (tmp_path / "demo" / "plate" / "mine.tif").read_bytes() == b"precious"
 
 
 def test_demo_defaults_use_enough_images():

@@ -1,7 +1,7 @@
 """``gpuillum demo``: a synthetic plate with known illumination, corrected end to end and scored.
 
 Writes OUT/plate (the synthetic images and their ground truth), OUT/results (the job's outputs)
-and OUT/before_after.png, and returns a short report: where things are, how close each recovered
+and OUT/before_after.png, replacing those of an earlier demo into the same OUT, and returns a short report: where things are, how close each recovered
 function is to the true flat field, and the flat-field CV before and after correction.
 """
 from __future__ import annotations
@@ -34,6 +34,27 @@ def ideal_divide_function(flat, dark, background: float):
     return (ideal / ideal.mean()).astype("float32")
 
 
+def clear_earlier_demo(out: Path) -> bool:
+    """Remove the plate an earlier demo left in OUT (regenerating it is cheap and deterministic), so
+    a demo of another shape or size never mixes with it; returns whether there was one.
+
+    OUT/plate is removed only when it holds a demo's ``truth/truth.json``; any other OUT/plate is
+    refused (ValueError naming it), never deleted.
+    """
+    import shutil
+
+    plate = out / "plate"
+    if not plate.exists():
+        return False
+    if not (plate / "truth" / "truth.json").is_file():
+        raise ValueError(f"{plate}: exists and is not a gpuillum demo plate (no truth/truth.json); choose another demo OUT")
+    try:
+        shutil.rmtree(plate)
+    except OSError as error:
+        raise ValueError(f"{error.filename or plate}: cannot remove the earlier demo plate ({error.strerror or error})") from None
+    return True
+
+
 def run_demo(out, *, shape=DEMO_SHAPE, wells: int = DEMO_WELLS, sites: int = DEMO_SITES, seed: int = 0,
              channels=("DNA", "Actin"), **job_options) -> str:
     """Make the plate, run the jump-preset job on it, score it; returns the report text.
@@ -56,12 +77,14 @@ def run_demo(out, *, shape=DEMO_SHAPE, wells: int = DEMO_WELLS, sites: int = DEM
 
     out = Path(out)
     rows, cols = demo_wells(wells)
+    earlier = clear_earlier_demo(out)
     started = time.perf_counter()
     plate = make_synthetic_plate(out / "plate", plate="DEMO", rows=rows, cols=cols, sites=sites, channels=channels,
                                  shape=tuple(shape), seed=seed)
     made = time.perf_counter() - started
     truth = json.loads(Path(plate.truth_json).read_text())["channels"]
-    result = run_plate(out / "plate", out / "results", preset="jump", layout="gpuillum", **job_options)
+    # the results of an earlier demo into this OUT are replaced, not mixed with these
+    result = run_plate(out / "plate", out / "results", preset="jump", layout="gpuillum", overwrite=earlier, **job_options)
     per_channel = len(plate.images) // len(plate.channels)
     lines = [f"synthetic plate: {len(plate.images)} images ({per_channel} per channel) {shape[0]}x{shape[1]} {plate.dtype} "
              f"under {out / 'plate'} ({made:.1f} s)",
