@@ -598,6 +598,24 @@ def test_splines_are_subtracted_and_dividing_by_them_is_refused(tmp_path, capsys
     assert not (tmp_path / "out3").exists()
 
 
+@pytest.mark.parametrize("key", ["DAPI", ("P9", "DNA")])
+def test_a_function_for_a_channel_the_input_lacks_is_refused(tmp_path, capsys, key):
+    from gpuillum.engine.job import JobError, run_plate
+
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    function = tmp_path / "flat.npy"
+    np.save(function, np.ones((64, 80), np.float32))
+    given = {"DNA": function, "Actin": function, key: function}
+    with pytest.raises(JobError, match=r"function given for .*(DAPI|P9).*: INPUT has no such channel .* P1/Actin, P1/DNA"):
+        run_plate(tmp_path / "in", tmp_path / "out", functions=given, passes=("apply",), device="cpu")
+    if isinstance(key, str):  # the CLI's --function CHANNEL=FILE
+        code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--function", f"DNA={function}",
+                            "--function", f"Actin={function}", "--function", f"{key}={function}", "--device", "cpu", "-q")
+        assert code == 2
+        assert_one_line_error(err, f"function given for '{key}'")
+    assert not (tmp_path / "out").exists()
+
+
 def test_apply_refuses_to_subtract_a_rescaled_function(tmp_path, capsys):
     write_plate(tmp_path / "in", wells=("B02",), sites=1)
     assert main(["calc", str(tmp_path / "in"), "-o", str(tmp_path / "fn"), *ARGS]) == 0  # jump: rescale Yes, values >= 1

@@ -694,6 +694,14 @@ def _functions_for(groups, functions, out_dir) -> None:
     """Attach existing functions (apply-only): a folder of <plate>_Illum<channel> files or a mapping."""
     from gpuillum.illumination.functions_io import function_filename, load_function
 
+    if isinstance(functions, dict):
+        found = {(group.plate, group.channel) for group in groups}
+        names = set(found) | {channel for _plate, channel in found}
+        unknown = [key for key in functions if (tuple(key) if isinstance(key, (list, tuple)) else key) not in names]
+        if unknown:
+            listed = ", ".join(f"{plate}/{channel}" for plate, channel in sorted(found))
+            raise JobError(f"function given for {unknown[0]!r}: INPUT has no such channel (or plate and channel); it has "
+                           f"{listed}")
     for group in groups:
         if isinstance(functions, dict):
             path = functions.get((group.plate, group.channel)) or functions.get(group.channel)
