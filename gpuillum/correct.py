@@ -16,8 +16,9 @@ uint8 / uint16 images keep their dtype (the function stays in CellProfiler's flo
   ``clip_low`` / ``clip_high`` moot for integers (nothing outside the dtype range survives).
   All arithmetic is float32 with one rounding per operation on both backends.
 
-Division by zero or by a non-finite function value is refused by default (``on_invalid="raise"``)
-instead of silently producing inf/NaN; ``on_invalid="ignore"`` gives CellProfiler's unguarded
+Division by zero, by a negative or by a non-finite function value is refused by default
+(``on_invalid="raise"``) instead of silently producing inf/NaN or a black image (no illumination is
+negative: such a function is a zero-mean background, e.g. Splines with rescale No, to subtract); ``on_invalid="ignore"`` gives CellProfiler's unguarded
 behaviour (for integer output +inf then clamps to M and NaN becomes 0). On the GPU one fused
 ``cupy.ElementwiseKernel`` does the arithmetic, clipping and dtype conversion in a single pass.
 """
@@ -36,12 +37,13 @@ IMAGE_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
 
 def invalid_function_pixels(function, method: str = "Divide") -> int:
-    """Number of function pixels ``method`` cannot use: zero or non-finite for Divide, non-finite for Subtract."""
+    """Number of function pixels ``method`` cannot use: zero, negative or non-finite for Divide,
+    non-finite for Subtract."""
     check_choice(method, "method", APPLY_METHODS)
     xp = get_array_module(function)
     bad = ~xp.isfinite(function)
     if method == "Divide":
-        bad |= function == 0
+        bad |= function <= 0
     return int(bad.sum())
 
 
@@ -60,7 +62,7 @@ def _check_function(function, image, method: str, on_invalid: str):
     if on_invalid == "raise":
         count = invalid_function_pixels(function, method)
         if count:
-            what = "zero or not finite" if method == "Divide" else "not finite"
+            what = "zero, negative or not finite" if method == "Divide" else "not finite"
             raise ValueError(
                 f"function: {count} pixels are {what}; {method} would produce inf/NaN "
                 "(fix the function, or pass on_invalid='ignore' for CellProfiler's unguarded arithmetic)"

@@ -86,14 +86,15 @@ def test_integer_rounding_is_half_to_even():
     np.testing.assert_array_equal(got, [[0, 2, 2, 4]])
 
 
-@pytest.mark.parametrize("bad", [0.0, np.inf, np.nan])
-def test_zero_or_non_finite_function_raises(pair, bad):
+@pytest.mark.parametrize("bad", [0.0, -0.5, np.inf, np.nan])
+def test_zero_negative_or_non_finite_function_raises(pair, bad):
     image, function = pair
     function = function.copy()
     function[3, 4] = bad
     function[5, 6] = bad
-    with pytest.raises(ValueError, match=r"^function: 2 pixels are zero or not finite"):
+    with pytest.raises(ValueError, match=r"^function: 2 pixels are zero, negative or not finite"):
         apply(image, function)
+    assert apply(image, function, on_invalid="ignore").shape == image.shape  # CellProfiler's unguarded arithmetic
 
 
 @pytest.mark.parametrize("method", ["Divide", "Subtract"])
@@ -132,8 +133,8 @@ def test_ignore_gives_cellprofiler_unguarded_division(pair):
 
 
 def test_invalid_function_pixels_counts_per_method():
-    function = np.array([[0.0, np.inf, 1.0, np.nan]], np.float32)
-    assert invalid_function_pixels(function, "Divide") == 3
+    function = np.array([[0.0, np.inf, 1.0, np.nan, -1.0]], np.float32)
+    assert invalid_function_pixels(function, "Divide") == 4
     assert invalid_function_pixels(function, "Subtract") == 2
 
 

@@ -567,9 +567,8 @@ class _Job:
                 continue
             if tuple(function.shape) != group.reader.shape:
                 raise JobError(f"{path}: function shape {tuple(function.shape)} does not match the images' {group.reader.shape}")
-            bad = invalid_function_pixels(function, method)  # not finite; for Divide also zero
+            bad = invalid_function_pixels(function, method)  # not finite; for Divide also zero or negative
             if method == "Divide":
-                bad += int((function < 0).sum())
                 if bad:
                     raise JobError(f"{path}: {bad} pixels are zero, negative or not finite; cannot divide by it (a zero-mean "
                                    "function, e.g. from Splines, is for --apply-method Subtract)")
