@@ -60,6 +60,17 @@ def check_integer(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_shape(shape, name: str = "shape") -> tuple[int, int]:
+    """Check that ``shape`` is (rows, cols), two integers >= 1; returns it as a tuple of ints."""
+    if (
+        not isinstance(shape, (tuple, list))
+        or len(shape) != 2
+        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape)
+    ):
+        raise ValueError(f"{name}: expected two integers >= 1 (rows, cols), got {shape!r}")
+    return int(shape[0]), int(shape[1])
+
+
 def check_radius(radius, name: str = "radius", minimum: int = 1) -> int:
     """Check that ``radius`` is an integer >= ``minimum``."""
     return check_integer(radius, name, minimum)

@@ -202,6 +202,16 @@ def test_calculate_without_images_says_so(rng):
             cp.calculate(iter([]), CalculateSettings(aggregation=aggregation), masks=[])
 
 
+@pytest.mark.parametrize("aggregation", ["All: Across cycles", "Each"])
+def test_calculate_of_one_bare_2d_image_says_to_wrap_it(rng, aggregation):
+    image = rng.random((20, 30)).astype(np.float32)
+    settings = CalculateSettings(aggregation=aggregation, smoothing="Gaussian Filter")
+    with pytest.raises(ValueError, match=r"^images: got one 2-D array of shape \(20, 30\);.*pass \[image\]$"):
+        cp.calculate(image, settings)
+    assert cp.calculate([image], settings).shape in ((20, 30), (1, 20, 30))
+    assert cp.calculate(np.stack([image, image]), settings).shape in ((20, 30), (2, 20, 30))
+
+
 def test_from_cppipe_revision_1_gets_spline_defaults(tmp_path):
     values = [v.format(agg="Each") for v in V2_VALUES[:16]]
     s = CalculateSettings.from_cppipe(write(tmp_path, cppipe_text(1, values, escape=False)), 4)
@@ -289,6 +299,13 @@ def test_save_and_load_roundtrip(tmp_path, rng):
     assert loaded.dtype == np.float32
     np.testing.assert_array_equal(loaded, function.astype(np.float32))
     assert sorted(p.name for p in path.parent.iterdir()) == ["P1_IllumER.npy"]  # no temporary left
+
+
+def test_save_to_a_directory_names_it_and_suggests_a_file_name(tmp_path):
+    (tmp_path / "illum.npy").mkdir()
+    with pytest.raises(ValueError, match=r"illum.npy: is a directory; expected the function's file name"):
+        save_function(tmp_path / "illum.npy", np.ones((3, 3)))
+    assert [p.name for p in (tmp_path / "illum.npy").iterdir()] == []
 
 
 def test_save_is_atomic_on_failure(tmp_path):
@@ -634,3 +651,12 @@ def test_median_filter_refuses_float_images_that_would_wrap(rng):
     # methods without the quantisation take float counts (the function is relative anyway)
     function = cp.calculate([counts], CalculateSettings(smoothing="Gaussian Filter", aggregation="All: Across cycles"))
     assert function.min() == 1.0
+
+
+@pytest.mark.parametrize("shape", ["x", (20,), (20.5, 30), (0, 30), (True, 30)])
+def test_finalize_names_a_bad_shape(rng, shape):
+    accumulator = cp.IlluminationAccumulator(CalculateSettings(resize_factor=0.5))
+    accumulator.add(rng.random((20, 30)).astype(np.float32))
+    with pytest.raises(ValueError, match=r"^shape: expected two integers >= 1 \(rows, cols\)"):
+        accumulator.finalize(shape)
+    assert accumulator.finalize([40, 60]).shape == (40, 60)

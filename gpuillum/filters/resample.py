@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 import scipy.sparse
 
-from .._checks import check_image
+from .._checks import check_image, check_shape
 from ..backend import get_array_module, is_cupy_array, on_input_device
 
 RESAMPLE_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
@@ -31,16 +31,6 @@ def _linear_taps(positions: np.ndarray, length: int):
     lower = np.minimum(np.floor(positions).astype(np.int64), length - 1)
     upper = np.minimum(lower + 1, length - 1)
     return lower, upper, positions - lower
-
-
-def _check_shape(shape, name: str = "shape") -> tuple[int, int]:
-    if (
-        not isinstance(shape, (tuple, list))
-        or len(shape) != 2
-        or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape)
-    ):
-        raise ValueError(f"{name}: expected two integers >= 1 (rows, cols), got {shape!r}")
-    return int(shape[0]), int(shape[1])
 
 
 def edge_anchored_positions(n: int, length: int) -> np.ndarray:
@@ -62,7 +52,7 @@ def upsample(grid, shape):
     in float64 with the cached ``upsample_operator`` matrices and rounded once to float32.
     """
     grid = check_image(grid, "grid", dtypes=RESAMPLE_DTYPES, allow_nan=True)
-    rows, cols = _check_shape(shape)
+    rows, cols = check_shape(shape)
     return _apply_separable(grid, upsample_operator, (rows, cols))
 
 
@@ -221,7 +211,7 @@ def resize_bilinear(image, factor_or_shape):
             raise ValueError(f"factor_or_shape: expected a factor > 0 or (rows, cols), got {factor_or_shape!r}")
         out_shape = cellprofiler_resize_shape(image.shape, factor, "factor_or_shape")
     else:
-        out_shape = _check_shape(factor_or_shape, "factor_or_shape")
+        out_shape = check_shape(factor_or_shape, "factor_or_shape")
     out = _apply_separable(image, resize_operator, out_shape)  # fresh: clipping it in place is safe
     xp = get_array_module(out)
     return xp.clip(out, image.min(), image.max(), out=out)  # the input dtype's min/max: a cheaper pass
@@ -243,7 +233,7 @@ def resize_mask(mask, shape):
     xp = get_array_module(mask)
     if mask.ndim != 2 or mask.dtype != bool:
         raise ValueError(f"mask: expected a 2-D bool array, got {mask.ndim}-D {mask.dtype}")
-    rows, cols = _check_shape(shape)
+    rows, cols = check_shape(shape)
     row_index = xp.asarray(nearest_indices(mask.shape[0], rows))
     col_index = xp.asarray(nearest_indices(mask.shape[1], cols))
     return mask[row_index[:, None], col_index[None, :]]

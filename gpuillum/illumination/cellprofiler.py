@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._checks import check_choice, check_image, check_mask
+from .._checks import check_choice, check_image, check_mask, check_shape
 from ..backend import device_of, get_array_module, get_ndimage, is_cupy_array, same_backend, to_numpy
 from ..correct import apply  # re-exported: CorrectIlluminationApply
 from ..filters.bands import lookup, with_halo
@@ -878,7 +878,7 @@ class IlluminationAccumulator:
             else:
                 pixels = self._function()
             xp = get_array_module(pixels)
-            target = self.shape if shape is None else tuple(int(n) for n in shape)
+            target = self.shape if shape is None else check_shape(shape)
             if tuple(pixels.shape) != target:
                 from ..filters.resample import resize_bilinear
 
@@ -956,6 +956,10 @@ def calculate(images, settings: CalculateSettings | None = None, masks=None):
     if not isinstance(settings, CalculateSettings):
         hint = f" (preset({settings!r}) makes one from a preset name)" if isinstance(settings, str) else ""
         raise TypeError(f"settings: expected a CalculateSettings, got {type(settings).__name__}{hint}")
+    dimensions = getattr(images, "ndim", None)
+    if dimensions is not None and dimensions != 3:
+        raise ValueError(f"images: got one {dimensions}-D array of shape {tuple(images.shape)}; expected a sequence of "
+                         "2-D images or a 3-D stack (n, H, W): for one image pass [image]")
     pairs = _image_mask_pairs(images, masks)
     if settings.is_all:
         accumulator = IlluminationAccumulator(settings)

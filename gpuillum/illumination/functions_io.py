@@ -43,6 +43,8 @@ def save_function(path, function) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".npy":
         raise ValueError(f"path: illumination functions are saved as .npy, got {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory; expected the function's file name, e.g. {path / 'Plate1_IllumDNA.npy'}")
     atomic_save_npy(path, _as_function(function, "function"))
     return path
 
