@@ -171,6 +171,35 @@ def test_compat_5_keeps_the_mask(smoothing, dilate):
         assert relative_difference(calculate(images, cp4, masks), calculate(images, cp5, masks)) > 1e-4
 
 
+def _degenerate_mask(shape, kind):
+    mask = np.zeros(shape, bool)
+    if kind == "one row":
+        mask[shape[0] // 3, :] = True
+    elif kind == "one column":
+        mask[:, 2] = True
+    elif kind == "diagonal":
+        mask = np.eye(*shape, dtype=bool)
+    elif kind == "two rows":
+        mask[[1, shape[0] - 4], :] = True
+    elif kind == "three pixels":
+        mask[[1, 5, 9], [3, 20, 7]] = True
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["one row", "one column", "diagonal", "two rows", "three pixels"])
+@pytest.mark.parametrize("aggregation", ["Each", "All: Across cycles"])
+@pytest.mark.parametrize("rescale", ["Yes", "No"])
+@pytest.mark.parametrize("compat", ["4.2", "5"])
+def test_fit_polynomial_on_a_mask_that_does_not_fix_the_surface(kind, aggregation, rescale, compat):
+    # Many quadratics fit pixels on one line or two equally well; CellProfiler's is scipy's
+    # minimum-norm lstsq in its x, y, x^2, y^2, xy, 1 basis, which gpuillum reproduces.
+    shape = (23, 31)
+    images = synthetic_images(shape, 3, seed=5, integer=False)
+    masks = [_degenerate_mask(shape, kind)] * len(images)
+    settings = CalculateSettings(smoothing="Fit Polynomial", aggregation=aggregation, rescale=rescale, compat=compat)
+    check(settings, images, masks)  # within 1e-5 of the function maximum (the parity tolerance)
+
+
 def test_some_images_masked_in_all_mode():
     images, masks = dataset("96x96", True)
     masks = [masks[0], None, masks[2], None, masks[4]]

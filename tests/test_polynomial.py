@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gpuillum.filters.polynomial import fit_polynomial, legendre_columns
+from gpuillum.filters.polynomial import UndeterminedFit, fit_polynomial, legendre_columns
 
 smooth = pytest.importorskip("centrosome.smooth")
 
@@ -128,6 +128,23 @@ def test_rejects_bad_input(rng):
         fit_polynomial(np.full((4, 4), np.nan, np.float32))
 
 
+@pytest.mark.parametrize("degree, rows", [(2, [4]), (2, [2, 9]), (1, [6]), (4, [0, 3, 6, 9])])
+def test_pixels_on_a_curve_of_the_degree_leave_the_fit_undetermined(rng, degree, rows):
+    image = rng.random((12, 15)).astype(np.float32) + 0.1
+    mask = np.zeros(image.shape, bool)
+    mask[rows, :] = True
+    with pytest.raises(UndeterminedFit, match=f"curve of degree {degree}"):
+        fit_polynomial(image, degree, mask=mask, undetermined="raise")
+    surface = fit_polynomial(image, degree, mask=mask)  # default: the minimum-norm coefficients
+    assert np.isfinite(surface).all()
+    mask[1, 1] = mask[11, 3] = mask[7, 13] = mask[10, 10] = True  # off the curve: determined again
+    if degree < 4:
+        np.testing.assert_array_equal(fit_polynomial(image, degree, mask=mask, undetermined="raise"),
+                                      fit_polynomial(image, degree, mask=mask))
+    with pytest.raises(ValueError, match="undetermined: expected one of 'minimum-norm', 'raise'"):
+        fit_polynomial(image, degree, undetermined="ignore")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("robust", [False, True])
 def test_gpu_matches_cpu(cupy, rng, robust):
@@ -137,3 +154,21 @@ def test_gpu_matches_cpu(cupy, rng, robust):
     out = fit_polynomial(cupy.asarray(image), 6, mask=cupy.asarray(mask), robust=robust)
     assert isinstance(out, cupy.ndarray) and out.dtype == np.float32
     np.testing.assert_allclose(out.get(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["one row", "three pixels"])
+def test_gpu_cellprofiler_fit_on_an_undetermined_mask_matches_cpu(cupy, rng, kind):
+    from gpuillum.illumination.cellprofiler import CalculateSettings, calculate
+
+    image = rng.random((23, 31)).astype(np.float32) + 0.05
+    mask = np.zeros(image.shape, bool)
+    if kind == "one row":
+        mask[7, :] = True
+    else:
+        mask[[1, 5, 9], [3, 20, 7]] = True
+    settings = CalculateSettings(smoothing="Fit Polynomial", aggregation="Each", rescale="No")
+    expected = calculate([image], settings, masks=[mask])
+    out = calculate([cupy.asarray(image)], settings, masks=[cupy.asarray(mask)])
+    assert isinstance(out, cupy.ndarray)
+    np.testing.assert_allclose(out.get(), expected, rtol=1e-6, atol=1e-7)

@@ -18,11 +18,12 @@ import numbers
 
 import numpy as np
 
-from .._checks import check_image, check_mask
+from .._checks import check_choice, check_image, check_mask
 from ..backend import get_array_module, on_input_device, to_numpy
 from .blocks import block_reduce
 
 MAX_DEGREE = 8
+UNDETERMINED_CHOICES = ("minimum-norm", "raise")
 FIT_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 TUKEY_C = 4.685
 MAD_TO_SIGMA = 1.4826
@@ -67,9 +68,26 @@ def _normal_equations(values, weights, p_rows, p_cols, degree: int):
     return g, moments[rows_a, cols_b]
 
 
-def _solve(values, weights, p_rows, p_cols, degree: int) -> np.ndarray:
-    """Coefficients as a (d+1, d+1) host matrix K (K[a, b] = 0 for a + b > d)."""
+class UndeterminedFit(ValueError):
+    """The valid pixels do not fix every coefficient (they lie on a curve of the fit's degree, e.g.
+    one row or two lines for a quadratic): many surfaces fit them equally well."""
+
+
+# smallest / largest eigenvalue of the Legendre normal matrix below which the fit is undetermined:
+# about 1e-16 when it is (rounding), and at least ~1 / (number of valid pixels) when one pixel off
+# the curve fixes the last coefficient
+_UNDETERMINED = 1e-9
+
+
+def _solve(values, weights, p_rows, p_cols, degree: int, undetermined: str = "minimum-norm") -> np.ndarray:
+    """Coefficients as a (d+1, d+1) host matrix K (K[a, b] = 0 for a + b > d); an undetermined fit
+    gets the minimum-norm coefficients, or raises UndeterminedFit with ``undetermined="raise"``."""
     g, rhs = _normal_equations(values, weights, p_rows, p_cols, degree)
+    if undetermined == "raise":
+        eigenvalues = np.linalg.eigvalsh(g)
+        if eigenvalues[0] <= _UNDETERMINED * eigenvalues[-1]:
+            raise UndeterminedFit(f"mask: the valid pixels lie on a curve of degree {degree} (e.g. one row), so they do "
+                                  "not fix a single polynomial surface")
     solution = np.linalg.lstsq(g, rhs, rcond=None)[0]  # minimum norm when the data cannot fix a term
     k = np.zeros((degree + 1, degree + 1))
     for (a, b), c in zip(_terms(degree), solution):
@@ -127,7 +145,8 @@ def _robust_coefficients(image, valid, degree: int) -> np.ndarray:
 
 
 @on_input_device
-def fit_polynomial(image, degree: int = 2, *, mask=None, robust: bool = False, exclude_zeros: bool = True, clip=None):
+def fit_polynomial(image, degree: int = 2, *, mask=None, robust: bool = False, exclude_zeros: bool = True, clip=None,
+                   undetermined: str = "minimum-norm"):
     """Least-squares polynomial surface of total degree ``degree`` (0..8) fitted to ``image``, float32.
 
     Valid pixels: ``mask`` (all when None) and, with ``exclude_zeros``, pixels > 0 (CellProfiler
@@ -142,11 +161,17 @@ def fit_polynomial(image, degree: int = 2, *, mask=None, robust: bool = False, e
     pixels the robust degree-4/6 fit is within 0.3-0.7 % (mean) of the true field, where plain
     least squares is off by ~10-25 %; once cells cover ~35 % or more, many block medians are
     cells themselves and the robust fit degrades to 3-9 %.
+
+    When the valid pixels do not fix every coefficient (all on one row, one line, or, for degree 2,
+    two lines) the fit takes the coefficients of minimum norm in its Legendre basis, or, without
+    ``robust`` and with ``undetermined="raise"``, raises :class:`UndeterminedFit` (for a caller
+    that follows another convention).
     """
     image = check_image(image, dtypes=FIT_DTYPES)
     degree = _check_degree(degree)
     mask = check_mask(mask, image)
     clip = _check_clip(clip)
+    check_choice(undetermined, "undetermined", UNDETERMINED_CHOICES)
     xp = get_array_module(image)
     valid = xp.ones(image.shape, dtype=bool) if mask is None else mask
     if exclude_zeros:
@@ -158,7 +183,7 @@ def fit_polynomial(image, degree: int = 2, *, mask=None, robust: bool = False, e
     if robust:
         coefficients = _robust_coefficients(image, valid, degree)
     else:
-        coefficients = _solve(image.astype(xp.float64), valid.astype(xp.float64), p_rows, p_cols, degree)
+        coefficients = _solve(image.astype(xp.float64), valid.astype(xp.float64), p_rows, p_cols, degree, undetermined)
     surface = p_rows @ xp.asarray(coefficients) @ p_cols.T
     if clip is not None:
         surface = xp.clip(surface, clip[0], clip[1])

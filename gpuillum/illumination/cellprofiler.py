@@ -522,6 +522,34 @@ def _spline_smooth(pixels, mask, settings: CalculateSettings, xp):
     return xp.where(mask, background - xp.mean(background[mask]), background)
 
 
+def _fit_polynomial(pixels, mask, xp):
+    """centrosome's ``fit_polynomial`` (clip=True) in float32.
+
+    The same least squares as gpuillum's degree-2 fit. Where the valid pixels (mask, and > 0) do
+    not fix every coefficient, e.g. a mask of one row or two lines, many surfaces fit equally well
+    and CellProfiler's is scipy's minimum-norm ``lstsq`` solution in its own basis (x, y, x^2, y^2,
+    xy, 1 of the raw row and column indices): that case is solved as it does, on the host, from
+    the valid pixels, which lie on at most two lines.
+    """
+    import scipy.linalg
+
+    from ..filters.polynomial import UndeterminedFit, fit_polynomial
+
+    try:
+        return fit_polynomial(pixels, 2, mask=mask, exclude_zeros=True, clip=(0, 1), undetermined="raise")
+    except UndeterminedFit:
+        pass
+    valid = pixels > 0 if mask is None else mask & (pixels > 0)
+    rows, cols = (to_numpy(index).astype(np.float64) for index in xp.nonzero(valid))
+    values = to_numpy(pixels[valid]).astype(np.float64)
+    design = np.stack([rows, cols, rows * rows, cols * cols, rows * cols, np.ones_like(rows)], axis=1)
+    coefficients = scipy.linalg.lstsq(design, values)[0]
+    x, y = (index.astype(xp.float64) for index in xp.meshgrid(xp.arange(pixels.shape[0]), xp.arange(pixels.shape[1]),
+                                                               indexing="ij"))
+    surface = sum(float(c) * term for c, term in zip(coefficients, (x, y, x * x, y * y, x * y, xp.ones_like(x))))
+    return xp.clip(surface, 0, 1).astype(xp.float32)
+
+
 def smooth(pixels, mask, settings: CalculateSettings):
     """The smoothing stage on a float32 plane; ``mask`` None means every pixel. Returns float32."""
     xp = get_array_module(pixels)
@@ -529,9 +557,7 @@ def smooth(pixels, mask, settings: CalculateSettings):
     if method == "No smoothing":
         return pixels
     if method == "Fit Polynomial":
-        from ..filters.polynomial import fit_polynomial
-
-        out = fit_polynomial(pixels, 2, mask=mask, exclude_zeros=True, clip=(0, 1))
+        out = _fit_polynomial(pixels, mask, xp)
     elif method == "Gaussian Filter":
         from ..filters.smoothing import gaussian_filter
 
