@@ -620,7 +620,10 @@ class _Job:
                     self.skip(relpath, reason)
                     bar.update()
             else:
-                function = None if group.function is None else self.client.scatter(group.function, broadcast=True)
+                # hash=False: a key of its own per group. Two groups with identical functions (e.g. flat ones)
+                # would otherwise share a content-hashed key, which releasing the first group's future
+                # can drop while the second group's tasks still need it ("lost dependencies")
+                function = None if group.function is None else self.client.scatter(group.function, broadcast=True, hash=False)
                 batches = fixed_batches(todo)
                 with contextlib.closing(map_in_order(self.client, _apply_task, batches, function, self.apply_options,
                                                      self.out_dir, group.reader, self.worker_device, 2, self.on_error)) as results:
