@@ -33,6 +33,9 @@ def visible_gpus() -> list[str]:
 # the client as its result or exception, and shutting down can log harmless races (a heartbeat to a
 # scheduler that already closed) that would read like failures.
 CLUSTER_LOG_LEVEL = logging.CRITICAL
+# No dashboard; the scheduler's HTTP endpoints (health, metrics) take a free port instead of trying
+# 8787 and warning when another cluster on the host has it.
+SCHEDULER_HTTP = {"dashboard": False, "dashboard_address": ":0"}
 
 
 class WorkerLost(ValueError):
@@ -61,10 +64,10 @@ def _gpu_cluster(workers: int):
 
         return SpecCluster(
             workers=per_gpu_worker_specs(gpu_ids),
-            scheduler={"cls": Scheduler, "options": {"dashboard_address": None}},
+            scheduler={"cls": Scheduler, "options": SCHEDULER_HTTP},
         )
     return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpu_ids), threads_per_worker=1, dashboard_address=None,
-                            silence_logs=CLUSTER_LOG_LEVEL)
+                            scheduler_kwargs=SCHEDULER_HTTP, silence_logs=CLUSTER_LOG_LEVEL)
 
 
 @contextlib.contextmanager
@@ -112,7 +115,7 @@ def open_client(*, workers: int = 1, scheduler: str | None = None, gpu: bool = F
                     cluster = _gpu_cluster(workers)
                 else:
                     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                           silence_logs=CLUSTER_LOG_LEVEL)
+                                           scheduler_kwargs=SCHEDULER_HTTP, silence_logs=CLUSTER_LOG_LEVEL)
             client = Client(cluster)
         try:
             yield client
