@@ -175,6 +175,23 @@ def test_demo_refuses_an_out_whose_plate_folder_it_did_not_make(tmp_path, capsys
     assert main(["demo", str(tmp_path / "demo"), "--shape", "32", "--wells", "1", "--sites", "1", "--device", "cpu", "-q"]) == 2
     assert "is not a gpuillum demo plate" in capsys.readouterr().err
     assert (tmp_path / "demo" / "plate" / "mine.tif").read_bytes() == b"precious"
+    assert not (tmp_path / "demo" / "results").exists()
+
+
+def test_a_second_demo_into_an_out_where_one_runs_is_refused(tmp_path, capsys):
+    import threading
+
+    from gpuillum.io.run_lock import folder_lock
+
+    (tmp_path / "demo" / "results").mkdir(parents=True)
+    codes = []
+    with folder_lock(tmp_path / "demo" / "results"):  # the demo running there
+        thread = threading.Thread(target=lambda: codes.append(main(["demo", str(tmp_path / "demo"), "--shape", "32",
+                                                                      "--wells", "1", "--sites", "1", "-q"])))
+        thread.start()
+        thread.join()
+    assert codes == [2] and "another gpuillum run" in capsys.readouterr().err
+    assert not (tmp_path / "demo" / "plate").exists()
 
 
 def test_demo_defaults_use_enough_images():

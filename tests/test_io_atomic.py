@@ -87,22 +87,34 @@ def test_atomic_save_npy_interrupted_leaves_nothing(tmp_path, monkeypatch):
     assert _names(tmp_path) == []
 
 
-def test_remove_stale_temporaries(tmp_path):
-    (tmp_path / "sub").mkdir()
-    stale = [tmp_path / ".a.tif.tmp-999999-0123abcd", tmp_path / "sub" / ".b.npy.tmp-12-deadbeef"]
-    own = tmp_path / f".c.tif.tmp-{os.getpid()}-00000000"
-    keep = [tmp_path / "a.tif", tmp_path / ".hidden", tmp_path / ".d.tmp-notapid-0123abcd", own]
-    for path in stale + keep:
-        path.write_bytes(b"x")
-    removed = remove_stale_temporaries(tmp_path)
-    assert sorted(removed) == sorted(stale)
-    assert all(path.exists() for path in keep)
-    assert not any(path.exists() for path in stale)
+def test_remove_stale_temporaries_keeps_those_of_live_processes(tmp_path):
+    import subprocess
+    import sys
+
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "sub").mkdir()
+        stale = [tmp_path / f".a.tif.tmp-{finished.pid}-0123abcd", tmp_path / "sub" / f".b.npy.tmp-{finished.pid}-deadbeef",
+                 tmp_path / ".e.tif.tmp-99999999999-0123abcd"]
+        own = tmp_path / f".c.tif.tmp-{os.getpid()}-00000000"
+        other_live_run = tmp_path / "sub" / f".f.tif.tmp-{running.pid}-00000000"
+        keep = [tmp_path / "a.tif", tmp_path / ".hidden", tmp_path / ".d.tmp-notapid-0123abcd", own, other_live_run]
+        for path in stale + keep:
+            path.write_bytes(b"x")
+        removed = remove_stale_temporaries(tmp_path)
+        assert sorted(removed) == sorted(stale)
+        assert all(path.exists() for path in keep)
+        assert not any(path.exists() for path in stale)
+    finally:
+        running.kill()
+        running.wait()
 
 
 def test_remove_stale_temporaries_not_recursive(tmp_path):
     (tmp_path / "sub").mkdir()
-    nested = tmp_path / "sub" / ".b.npy.tmp-12-deadbeef"
+    nested = tmp_path / "sub" / ".b.npy.tmp-99999999999-deadbeef"
     nested.write_bytes(b"x")
     assert remove_stale_temporaries(tmp_path, recursive=False) == []
     assert nested.exists()

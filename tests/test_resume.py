@@ -119,6 +119,23 @@ def test_a_plain_rerun_removes_temporaries_a_killed_run_left(tmp_path, plate):
     assert outputs(tmp_path / "out") == reference
 
 
+def test_temporaries_are_cleared_only_where_runs_write(tmp_path):
+    # OUT may hold INPUT (run plate -o .) and other folders: files there that merely look like
+    # temporaries of a dead process are not gpuillum's to delete
+    work = tmp_path / "work"
+    write_plate(work / "plate", wells=("B02",), sites=1)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    lookalikes = [work / "plate" / "P1" / f".B02_s1_DNA.tif.tmp-{finished.pid}-0badf00d",
+                  work / "other" / f".x.npy.tmp-{finished.pid}-cafebabe"]
+    stale = work / "corrected" / "P1" / f".B02_s1_DNA.tif.tmp-{finished.pid}-deadbeef"
+    for path in lookalikes + [stale]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"somebody else's bytes")
+    run_plate(work / "plate", work, settings=FAST, device="cpu")
+    assert all(path.exists() for path in lookalikes) and not stale.exists()
+
+
 def test_an_unreadable_manifest_protects_the_outputs_unless_overwrite(tmp_path, plate, capsys):
     source, reference = plate
     out = tmp_path / "out"

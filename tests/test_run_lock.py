@@ -1,11 +1,14 @@
-"""One run at a time per OUT: the lock names its holder, goes away with its run (errors and Ctrl-C
-included), and a lock whose process died on this host is taken over."""
+"""One run at a time per OUT: a second run is refused naming the first; the lock goes away with its
+run however the run ends (errors, Ctrl-C, SIGKILL), so a leftover lock file never blocks anyone."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -15,24 +18,52 @@ from gpuillum.io.run_lock import LOCK_NAME, FolderLocked, folder_lock
 
 from test_engine import FAST, write_plate
 
-
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
-
-
-def write_lock(folder, host, pid):
-    (folder / LOCK_NAME).write_text(json.dumps({"host": host, "pid": pid, "started": "2026-01-01T00:00:00"}))
+HOLD = """
+import sys, time
+from gpuillum.io.run_lock import folder_lock
+with folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
 
 
-def test_lock_is_held_inside_the_block_and_removed_after(tmp_path):
+@pytest.fixture
+def held_by_another_process(tmp_path):
+    """A folder whose lock a live process holds; yields (folder, that process's pid)."""
+    folder = tmp_path / "held"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    yield folder, holder.pid
+    holder.kill()
+    holder.wait()
+
+
+def test_lock_records_its_run_and_is_removed_after(tmp_path):
     with folder_lock(tmp_path) as path:
-        assert json.loads(path.read_text())["host"] == socket.gethostname()
-        with pytest.raises(FolderLocked, match=f"{LOCK_NAME}: another gpuillum run"):
+        record = json.loads(path.read_text())
+        assert record["host"] == socket.gethostname() and record["pid"] == os.getpid()
+        with folder_lock(tmp_path) as nested:  # the same thread again: a nested block goes ahead
+            assert nested == path
+        assert path.exists()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_another_thread_of_the_same_process_is_refused(tmp_path):
+    caught = []
+
+    def second():
+        try:
             with folder_lock(tmp_path):
                 pass
-    assert not (tmp_path / LOCK_NAME).exists()
+        except FolderLocked as error:
+            caught.append(error)
+
+    with folder_lock(tmp_path):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join()
+    assert len(caught) == 1 and f"pid {os.getpid()}" in str(caught[0])
 
 
 def test_lock_is_removed_when_the_block_raises(tmp_path):
@@ -42,37 +73,30 @@ def test_lock_is_removed_when_the_block_raises(tmp_path):
     assert not (tmp_path / LOCK_NAME).exists()
 
 
-def test_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
-    write_lock(tmp_path, socket.gethostname(), dead_pid())
+@pytest.mark.parametrize("content", ["", "{not json", None])
+def test_a_lock_file_nobody_holds_is_taken_over(tmp_path, content):
+    # left by a run killed outright (even one with this very pid, as a restarted container's pid 1)
+    record = {"host": socket.gethostname(), "pid": os.getpid(), "started": "2026-01-01T00:00:00"}
+    (tmp_path / LOCK_NAME).write_text(json.dumps(record) if content is None else content)
     with folder_lock(tmp_path) as path:
-        assert json.loads(path.read_text())["pid"] != dead_pid()
+        assert json.loads(path.read_text())["started"] != "2026-01-01T00:00:00"
     assert not (tmp_path / LOCK_NAME).exists()
 
 
-@pytest.mark.parametrize("host, pid", [("another-node", 12345), ("this", "live")])
-def test_lock_of_a_live_or_unknowable_run_is_refused(tmp_path, host, pid):
-    if host == "this":
-        host, pid = socket.gethostname(), subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        write_lock(tmp_path, host, pid if isinstance(pid, int) else pid.pid)
-        with pytest.raises(FolderLocked, match=f"pid .* on {host}, started 2026-01-01.*delete this lock file"):
-            with folder_lock(tmp_path):
-                pass
-        assert (tmp_path / LOCK_NAME).exists()  # another run's lock is never removed
-    finally:
-        if not isinstance(pid, int):
-            pid.kill()
-            pid.wait()
+def test_a_live_holder_is_refused_by_name_and_keeps_its_lock(held_by_another_process):
+    folder, pid = held_by_another_process
+    with pytest.raises(FolderLocked, match=f"{LOCK_NAME}: another gpuillum run \\(pid {pid} on .*\\) is writing"):
+        with folder_lock(folder):
+            pass
+    assert json.loads((folder / LOCK_NAME).read_text())["pid"] == pid
 
 
-def test_a_run_into_a_locked_out_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
+def test_a_run_into_a_locked_out_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys, held_by_another_process):
+    out, pid = held_by_another_process
     write_plate(tmp_path / "in", wells=("B02",), sites=1)
-    out = tmp_path / "out"
-    out.mkdir()
-    write_lock(out, "another-node", 4242)
     code = main(["run", str(tmp_path / "in"), "-o", str(out), "--device", "cpu", "-q"])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "pid 4242 on another-node" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and f"pid {pid} on" in err
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
 
 
@@ -89,3 +113,33 @@ def test_run_plate_releases_the_lock_after_success_and_failure(tmp_path, monkeyp
     with pytest.raises((JobError, OSError)):
         run_plate(tmp_path / "in", tmp_path / "out2", settings=FAST, device="cpu")
     assert not (tmp_path / "out2" / LOCK_NAME).exists()
+
+
+def test_a_lock_that_cannot_be_written_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    real_write = os.write
+
+    def full(descriptor, data):
+        if os.fstat(descriptor).st_ino == os.stat(tmp_path / LOCK_NAME).st_ino:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space left") as caught:
+        with folder_lock(tmp_path):
+            pass
+    assert caught.value.filename == str(tmp_path / LOCK_NAME)
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch):
+    import fcntl
+
+    def unsupported(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with folder_lock(tmp_path) as lock:
+        assert lock is None
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    result = run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, device="cpu")
+    assert any("cannot lock files" in warning for warning in result.warnings)

@@ -34,6 +34,16 @@ def ideal_divide_function(flat, dark, background: float):
     return (ideal / ideal.mean()).astype("float32")
 
 
+def _holds_an_earlier_demo(out: Path) -> bool:
+    """Whether OUT/plate is an earlier demo's; ValueError naming it when it exists and is not."""
+    plate = out / "plate"
+    if not plate.exists():
+        return False
+    if not (plate / "truth" / "truth.json").is_file():
+        raise ValueError(f"{plate}: exists and is not a gpuillum demo plate (no truth/truth.json); choose another demo OUT")
+    return True
+
+
 def clear_earlier_demo(out: Path) -> bool:
     """Remove the plate an earlier demo left in OUT (regenerating it is cheap and deterministic), so
     a demo of another shape or size never mixes with it; returns whether there was one.
@@ -44,10 +54,8 @@ def clear_earlier_demo(out: Path) -> bool:
     import shutil
 
     plate = out / "plate"
-    if not plate.exists():
+    if not _holds_an_earlier_demo(out):
         return False
-    if not (plate / "truth" / "truth.json").is_file():
-        raise ValueError(f"{plate}: exists and is not a gpuillum demo plate (no truth/truth.json); choose another demo OUT")
     try:
         shutil.rmtree(plate)
     except OSError as error:
@@ -64,6 +72,25 @@ def run_demo(out, *, shape=DEMO_SHAPE, wells: int = DEMO_WELLS, sites: int = DEM
     darkfield term, so the second comparison is the fair one. The flat-field CV is measured on the
     signal above the true dark field (before: raw - dark; after: corrected - dark / function).
     """
+    from gpuillum.io.run_lock import FolderLocked, folder_lock
+
+    out = Path(out)
+    demo_wells(wells)  # a bad count or a foreign OUT/plate is refused before anything is written
+    _holds_an_earlier_demo(out)
+    try:
+        (out / "results").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{error.filename or out}: cannot create the demo folder ({error.strerror or error})") from None
+    try:
+        # one demo at a time in OUT: another one would delete this one's plate while it runs
+        with folder_lock(out / "results"):
+            return _make_run_and_score(out, shape, wells, sites, seed, channels, job_options)
+    except FolderLocked as error:
+        raise ValueError(str(error)) from None
+
+
+def _make_run_and_score(out: Path, shape, wells: int, sites: int, seed: int, channels, job_options) -> str:
+    """run_demo's work, under OUT's lock."""
     import json
 
     import numpy as np
@@ -75,7 +102,6 @@ def run_demo(out, *, shape=DEMO_SHAPE, wells: int = DEMO_WELLS, sites: int = DEM
 
     from .job import run_plate
 
-    out = Path(out)
     rows, cols = demo_wells(wells)
     earlier = clear_earlier_demo(out)
     started = time.perf_counter()

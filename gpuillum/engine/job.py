@@ -812,10 +812,16 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         "discovery": discovery,
     }
     try:
-        with folder_lock(out_dir):  # one run at a time writes into OUT
+        with folder_lock(out_dir) as lock:  # one run at a time writes into OUT, its manifest included
             job.open_manifest(manifest_settings, method)
+            if lock is None:
+                job.warn(f"{out_dir}: its file system cannot lock files, so a second run into it at the same time "
+                         "would not be refused")
             try:
                 _run_passes(job, groups, passes, settings)
+                raise_if_stop_requested()  # a stop whose exception was swallowed after the last batch
+                job.manifest.timings["total"] = time.perf_counter() - started
+                job.finish("complete")
             except BaseException as error:  # Ctrl-C or an error: keep the record of every file finished so far, for --resume
                 message = "interrupted" if isinstance(error, KeyboardInterrupt) else one_line(error)
                 with contextlib.suppress(Exception):
@@ -823,8 +829,6 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
                 raise
     except FolderLocked as error:
         raise JobError(str(error)) from None
-    job.manifest.timings["total"] = time.perf_counter() - started
-    job.finish("complete")
     job.result.manifest = out_dir / MANIFEST_NAME
     job.result.timings = {"total": time.perf_counter() - started}
     return job.result
@@ -833,13 +837,17 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
 def _run_passes(job: _Job, groups, passes, settings) -> None:
     """Pass 1 for every group, then pass 2 for every group, then the LoadData CSV.
 
-    Temporaries that a run killed outright left in OUT are removed first: this run holds OUT's lock,
-    so no other run is writing them.
+    Temporaries that a run killed outright left where runs write (OUT itself, illum/, corrected/)
+    are removed first: this run holds OUT's lock, so no other run is writing them. Anything else
+    in OUT (INPUT, another job's folder) is not looked at.
     """
     from gpuillum.io.atomic import remove_stale_temporaries
 
     out_dir, device, workers, scheduler = job.out_dir, job.device, job.workers, job.scheduler
-    remove_stale_temporaries(out_dir)
+    remove_stale_temporaries(out_dir, recursive=False)
+    for folder in (out_dir / "illum", out_dir / "corrected"):
+        if folder.is_dir() and not folder.is_symlink():
+            remove_stale_temporaries(folder)
     job.say(f"device: {device} ({'GPU' if device.is_gpu else 'CPU'}), {len(groups)} plate x channel group(s), "
             f"{sum(len(g.records) for g in groups)} images, workers: {scheduler or workers}")
     with open_client(workers=workers, scheduler=scheduler, gpu=device.is_gpu) as client:

@@ -71,11 +71,24 @@ def atomic_save_npy(path, array) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    except (OverflowError, ValueError):  # not a pid
+        return False
+    return True
+
+
 def remove_stale_temporaries(folder, *, recursive: bool = True) -> list[Path]:
     """Delete temporaries left by :func:`atomic_path` in a crashed run; return what was removed.
 
-    Temporaries of the calling process (its pid) are kept, since they may be writes in flight.
-    Do not call this while another job writes into the same folder.
+    Temporaries named with the pid of a process alive on this machine (this one included) are
+    kept, since they may be writes in flight. Do not call this while a job on another machine
+    writes into the same folder.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -84,7 +97,7 @@ def remove_stale_temporaries(folder, *, recursive: bool = True) -> list[Path]:
     removed = []
     for candidate in sorted(candidates):
         match = _TEMPORARY_NAME.fullmatch(candidate.name)
-        if match is None or int(match["pid"]) == os.getpid() or not candidate.is_file():
+        if match is None or _process_exists(int(match["pid"])) or not candidate.is_file():
             continue
         with contextlib.suppress(FileNotFoundError):
             candidate.unlink()

@@ -1,23 +1,31 @@
-"""One run at a time per output folder: a lock file that names the run holding it.
+"""One run at a time per output folder: an advisory lock on a file that names the run holding it.
 
 Two jobs writing into the same OUT would overwrite each other's manifest (losing the record of
-finished files that ``--resume`` relies on) and delete each other's temporaries. The lock is a
-file created with O_EXCL (atomic on local and NFS file systems) holding the host, pid and start
-time of its run; it is removed when the run ends, Ctrl-C and SIGTERM included. A lock left by a
-run killed outright (SIGKILL, power loss) is taken over when its host is this machine and its
-process no longer exists; on another host that cannot be checked, so the message says which file
-to remove.
+finished files that ``--resume`` relies on) and delete each other's temporaries. The lock is an
+exclusive ``flock`` on ``OUT/.gpuillum-run.lock``, which holds the host, pid and start time of its
+run for the message a second run gets. The kernel drops a flock when its process ends, however it
+ends (SIGKILL, out of memory, a container restarted as pid 1), so a lock is never stale; the file
+itself is removed when the run ends. On a file system without locks (some network mounts) the
+block runs unlocked and says so, rather than refusing to run.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no flock
+    fcntl = None
+
 LOCK_NAME = ".gpuillum-run.lock"
+_held = threading.local()  # lock paths this thread holds: a nested block on the same folder goes ahead
 
 
 class FolderLocked(ValueError):
@@ -25,7 +33,7 @@ class FolderLocked(ValueError):
 
 
 def _holder(path: Path) -> dict:
-    """The lock's record, or {} when it is unreadable (e.g. being written at this moment)."""
+    """The lock's record, or {} when it is unreadable (e.g. its run is writing it at this moment)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -33,51 +41,70 @@ def _holder(path: Path) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _process_exists(pid: int) -> bool:
+def _same_file(path: Path, descriptor: int) -> bool:
+    """Whether ``path`` still names the file open as ``descriptor`` (a finishing run unlinks it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        named, opened = os.stat(path), os.fstat(descriptor)
+    except FileNotFoundError:
         return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
-def _is_stale(record: dict) -> bool:
-    """True only when the holder provably died: same host, no such process."""
-    pid = record.get("pid")
-    return record.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid() and not _process_exists(pid)
-
-
-def _try_create(path: Path) -> bool:
-    try:
-        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
+def _acquire(path: Path) -> int | None:
+    """An open descriptor holding the exclusive flock on ``path`` with this run's record written;
+    None when the file system has no locks. FolderLocked when a live run holds it."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            record = _holder(path)
+            who = f"pid {record.get('pid', '?')} on {record.get('host', '?')}, started {record.get('started', '?')}"
+            raise FolderLocked(f"{path}: another gpuillum run ({who}) is writing into this folder; wait for it to "
+                               "finish or stop it") from None
+        except OSError as error:
+            os.close(descriptor)
+            if error.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                return None
+            raise
+        if _same_file(path, descriptor):
+            break
+        os.close(descriptor)  # locked a file its run has just unlinked: try the new one
     record = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(record, handle)
-    return True
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, json.dumps(record).encode())
+    except OSError as error:
+        _release(path, descriptor)
+        raise OSError(error.errno, error.strerror, str(path)) from None
+    return descriptor
+
+
+def _release(path: Path, descriptor: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # while still locked: a run waiting on this file sees it gone and takes a new one
+    os.close(descriptor)
 
 
 @contextlib.contextmanager
 def folder_lock(folder):
-    """Hold ``folder``'s run lock for the duration of the block; FolderLocked if a live run holds it."""
+    """Hold ``folder``'s run lock for the block; yields the lock path, or None where the file
+    system cannot lock (the caller may warn). FolderLocked if a live run holds it; a block nested
+    in one that holds the same folder's lock in this thread goes ahead."""
     path = Path(folder) / LOCK_NAME
-    if not _try_create(path):
-        record = _holder(path)
-        if _is_stale(record):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        if not _try_create(path):
-            record = _holder(path) or record
-            who = f"pid {record.get('pid', '?')} on {record.get('host', '?')}, started {record.get('started', '?')}"
-            raise FolderLocked(f"{path}: another gpuillum run ({who}) is writing into this folder; wait for it to "
-                               "finish, or delete this lock file if that run no longer exists")
+    key = str(path.resolve())
+    held = _held.__dict__.setdefault("paths", set())
+    if key in held:
+        yield path
+        return
+    descriptor = _acquire(path) if fcntl is not None else None
+    if descriptor is None:
+        yield None
+        return
+    held.add(key)
     try:
         yield path
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        held.discard(key)
+        _release(path, descriptor)
