@@ -286,6 +286,23 @@ def test_a_stop_raised_inside_del_is_latched_and_not_reported_as_ignored(monkeyp
     raise_if_stop_requested()  # the latch is cleared when the command ends
 
 
+@pytest.mark.parametrize("signal_name, stop", [("SIGINT", KeyboardInterrupt), ("SIGTERM", "Terminated")])
+def test_a_signal_while_a_cluster_starts_acts_when_the_start_is_over(signal_name, stop):
+    import os
+    import signal
+
+    from gpuillum.engine.stopping import Terminated, deferred_stops, stop_on_signals
+
+    stop = Terminated if stop == "Terminated" else stop
+    finished = []
+    with pytest.raises(stop):
+        with stop_on_signals():
+            with deferred_stops():
+                os.kill(os.getpid(), getattr(signal, signal_name))  # noted, not raised half-way
+                finished.append(True)
+    assert finished == [True]
+
+
 def test_ignored_signals_stay_ignored_while_a_command_runs():
     import signal
 

@@ -18,6 +18,8 @@ import logging
 import os
 from collections import deque
 
+from .stopping import deferred_stops
+
 
 def visible_gpus() -> list[str]:
     """The CUDA device ids this process may hand out, one worker each."""
@@ -36,6 +38,7 @@ CLUSTER_LOG_LEVEL = logging.CRITICAL
 # No dashboard; the scheduler's HTTP endpoints (health, metrics) take a free port instead of trying
 # 8787 and warning when another cluster on the host has it.
 SCHEDULER_HTTP = {"dashboard": False, "dashboard_address": ":0"}
+WORKER_PRELOAD = "gpuillum.engine.worker_signals"  # workers leave SIGINT and SIGTERM to the client
 
 
 class WorkerLost(ValueError):
@@ -48,7 +51,7 @@ def per_gpu_worker_specs(gpu_ids) -> dict:
 
     return {
         f"gpu-{gpu}": {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": str(gpu)},
-                                                 "silence_logs": CLUSTER_LOG_LEVEL}}
+                                                 "silence_logs": CLUSTER_LOG_LEVEL, "preload": [WORKER_PRELOAD]}}
         for gpu in gpu_ids
     }
 
@@ -67,34 +70,7 @@ def _gpu_cluster(workers: int):
             scheduler={"cls": Scheduler, "options": SCHEDULER_HTTP},
         )
     return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(gpu_ids), threads_per_worker=1, dashboard_address=None,
-                            scheduler_kwargs=SCHEDULER_HTTP, silence_logs=CLUSTER_LOG_LEVEL)
-
-
-@contextlib.contextmanager
-def _signals_left_to_the_client():
-    """Start worker processes that ignore SIGINT and SIGTERM.
-
-    Ctrl-C reaches the whole process group and SLURM's scancel every process of the job. The client
-    turns either into a clean stop (no partial files, manifest marked, workers shut down); workers
-    that took the signal themselves would print a traceback each, or be restarted by their nanny.
-    An ignored signal stays ignored in a spawned child, so the dispositions are set to "ignore"
-    while the cluster starts and restored afterwards (only the main thread can set them). Workers
-    still exit when the client's process goes away.
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for number in saved:
-            signal.signal(number, signal.SIG_IGN)
-        yield
-    finally:
-        for number, handler in saved.items():
-            signal.signal(number, handler)
+                            scheduler_kwargs=SCHEDULER_HTTP, silence_logs=CLUSTER_LOG_LEVEL, preload=[WORKER_PRELOAD])
 
 
 @contextlib.contextmanager
@@ -110,12 +86,13 @@ def open_client(*, workers: int = 1, scheduler: str | None = None, gpu: bool = F
         if scheduler is not None:
             client = Client(scheduler)
         else:
-            with _signals_left_to_the_client():
+            with deferred_stops():  # a Ctrl-C while the cluster starts stops the run once it is up
                 if gpu:
                     cluster = _gpu_cluster(workers)
                 else:
                     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                           scheduler_kwargs=SCHEDULER_HTTP, silence_logs=CLUSTER_LOG_LEVEL)
+                                           scheduler_kwargs=SCHEDULER_HTTP, silence_logs=CLUSTER_LOG_LEVEL,
+                                           preload=[WORKER_PRELOAD])
             client = Client(cluster)
         try:
             yield client

@@ -66,3 +66,28 @@ def stop_on_signals():
             signal.signal(number, handler)
         sys.unraisablehook = previous_hook
         _requested = None
+
+
+@contextlib.contextmanager
+def deferred_stops():
+    """Within the block SIGINT and SIGTERM only take note; they act when the block ends.
+
+    For starting a Dask cluster: a signal's exception raised half-way through would leave
+    processes half started, and ignoring the signal would lose a Ctrl-C. At the end the handlers
+    come back and each signal that arrived is raised again, to act as if it had come just then.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    for number, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(number, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(arrived):
+            signal.raise_signal(number)
