@@ -298,14 +298,21 @@ def test_pages_appended_as_separate_images_are_refused_not_dropped(tmp_path, rng
         _assert_single_line(caught.value, path)
 
 
-def test_reduced_resolution_preview_page_is_ignored(tmp_path, rng):
+@pytest.mark.parametrize("preview_first", [False, True], ids=["preview after", "preview first"])
+def test_reduced_resolution_preview_page_is_ignored(tmp_path, rng, preview_first):
     path = tmp_path / "with_preview.tif"
-    image = rng.integers(0, 65535, (16, 16), dtype=np.uint16)
-    tifffile.imwrite(path, image)
-    tifffile.imwrite(path, image[::4, ::4], append=True, subfiletype=1)
+    image = rng.integers(0, 65535, (16, 24), dtype=np.uint16)
+    preview = image[::4, ::4].astype(np.uint8)
+    with tifffile.TiffWriter(path) as tif:
+        if preview_first:
+            tif.write(preview, subfiletype=1, metadata=None)
+        tif.write(image, metadata=None, resolution=(2.5, 2.5))
+        if not preview_first:
+            tif.write(preview, subfiletype=1, metadata=None)
     read, info = read_tiff(path)
     np.testing.assert_array_equal(read, image)
-    assert info.n_pages == 2
+    assert info.n_pages == 2 and info.shape == (16, 24) and info.dtype == "uint16"
+    assert read_tiff_info(path) == info and info.resolution == (2.5, 2.5)
 
 
 def test_image_read_error_pickles_and_is_a_value_error(tmp_path):

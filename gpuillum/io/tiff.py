@@ -120,18 +120,37 @@ def _check_data_present(path: Path, page) -> None:
         raise ImageReadError(path, f"truncated: image data ends at byte {max(ends)} but the file has {size} bytes")
 
 
+def _is_preview(page) -> bool:
+    """A reduced-resolution copy of another page (a thumbnail): TIFF NewSubfileType bit 0."""
+    return bool(int(getattr(page, "subfiletype", 0)) & 1)
+
+
 def _count_full_resolution_pages(tif: tifffile.TiffFile) -> int:
     """How many pages hold an image of their own; reduced-resolution previews (thumbnails) do not count."""
-    return sum(1 for page in tif.pages if not int(getattr(page, "subfiletype", 0)) & 1)
+    return sum(1 for page in tif.pages if not _is_preview(page))
+
+
+def _image_page(tif: tifffile.TiffFile):
+    """The page holding the image: the first one, or the first full-resolution one after a thumbnail."""
+    return next((page for page in tif.pages if not _is_preview(page)), tif.pages.first)
+
+
+def _decode(tif: tifffile.TiffFile) -> np.ndarray:
+    """The image's pixels: series 0, or the image page itself when a thumbnail comes first."""
+    page = _image_page(tif)
+    if page is tif.pages.first:
+        return tif.series[0].asarray(maxworkers=1)
+    return page.asarray(maxworkers=1)
 
 
 def _info(path: Path, tif: tifffile.TiffFile) -> TiffInfo:
     """Build TiffInfo from an open file and check it is one 2-D grey image."""
     if not tif.pages or not tif.series:
         raise ImageReadError(path, "contains no image")
-    page = tif.pages.first
+    page = _image_page(tif)
     series = tif.series[0]
-    shape = tuple(int(n) for n in series.shape)
+    shape = tuple(int(n) for n in (series.shape if page is tif.pages.first else page.shape))
+    dtype = series.dtype if page is tif.pages.first else page.dtype
     photometric = tifffile.PHOTOMETRIC(page.photometric).name.lower() if page.photometric is not None else None
     if page.samplesperpixel > 1:
         raise ImageReadError(
@@ -156,7 +175,7 @@ def _info(path: Path, tif: tifffile.TiffFile) -> TiffInfo:
     colormap = page.colormap
     return TiffInfo(
         shape=shape,
-        dtype=np.dtype(series.dtype).name,
+        dtype=np.dtype(dtype).name,
         compression=_compression_name(int(page.compression)),
         predictor=int(page.predictor),
         resolution=resolution,
@@ -217,7 +236,7 @@ def read_tiff(path) -> tuple[np.ndarray, TiffInfo]:
     try:
         with tifffile.TiffFile(path, is_ome=False) as tif:
             info = _info(path, tif)
-            array = tif.series[0].asarray(maxworkers=1)
+            array = _decode(tif)
     except MemoryError:
         raise
     except Exception as error:
