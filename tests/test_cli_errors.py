@@ -623,14 +623,26 @@ def test_a_function_for_a_channel_the_input_lacks_is_refused(tmp_path, capsys, k
     function = tmp_path / "flat.npy"
     np.save(function, np.ones((64, 80), np.float32))
     given = {"DNA": function, "Actin": function, key: function}
-    with pytest.raises(JobError, match=r"function given for .*(DAPI|P9).*: INPUT has no such channel .* P1/Actin, P1/DNA"):
+    with pytest.raises(JobError, match=r"function given for .*(DAPI|P9).*: INPUT has no such channel; it has P1/Actin, P1/DNA"):
         run_plate(tmp_path / "in", tmp_path / "out", functions=given, passes=("apply",), device="cpu")
     if isinstance(key, str):  # the CLI's --function CHANNEL=FILE
         code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--function", f"DNA={function}",
                             "--function", f"Actin={function}", "--function", f"{key}={function}", "--device", "cpu", "-q")
         assert code == 2
-        assert_one_line_error(err, f"function given for '{key}'")
+        assert_one_line_error(err, f"function given for channel '{key}' (--function {key}=FILE)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_function_for_a_channel_whose_files_were_all_skipped_is_not_called_unknown(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=2)
+    for path in (tmp_path / "in").rglob("*_Actin.tif"):
+        corrupt(path)
+    function = tmp_path / "flat.npy"
+    np.save(function, np.ones((64, 80), np.float32))
+    code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--function", f"DNA={function}",
+                        "--function", f"Actin={function}", "--on-error", "skip", "--device", "cpu", "-q")
+    assert code == 0, err
+    assert len(list((tmp_path / "out" / "corrected").rglob("*_DNA.tif"))) == 2
 
 
 def test_apply_refuses_to_subtract_a_rescaled_function(tmp_path, capsys):

@@ -220,6 +220,11 @@ def supported_dtypes(background=None) -> tuple[str, ...]:
     return tuple(np.dtype(d).name for d in (IMAGE_DTYPES if background is None else ORDER_DTYPES))
 
 
+def _reason(error: BaseException, path: Path) -> str:
+    """``error``'s one-line message without a leading "<path>: " that the caller already names."""
+    return one_line(error).removeprefix(f"{path}: ")
+
+
 def one_line(error: BaseException) -> str:
     """The first line of an error's message (KeyError's argument unquoted), or its type's name."""
     text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
@@ -387,7 +392,8 @@ class _Job:
                 earlier = JobManifest.load(path)
             except (ValueError, OSError) as error:
                 if self.resume:
-                    raise JobError(f"{path}: cannot resume from this manifest ({one_line(error)}); remove it or drop --resume") from None
+                    raise JobError(f"{path}: cannot resume from this manifest ({_reason(error, path)}); start again with "
+                                   "--overwrite, which replaces illum/, corrected/ and the manifest") from None
                 self.replace_unreadable_manifest(path, error)
         if earlier is not None and not earlier.files:
             earlier = None
@@ -417,7 +423,7 @@ class _Job:
         if self.overwrite:
             self.remove_earlier_outputs(())
         elif any((self.out_dir / folder).exists() for folder in ("illum", "corrected")):
-            raise JobError(f"{path}: unreadable ({one_line(error)}), so the outputs in {self.out_dir} may belong to another "
+            raise JobError(f"{path}: unreadable ({_reason(error, path)}), so the outputs in {self.out_dir} may belong to another "
                            "run; use --overwrite to replace them (illum/, corrected/ and the manifest), or another -o OUT")
 
     def remove_earlier_outputs(self, files) -> None:
@@ -692,18 +698,21 @@ class _Job:
         return "gpu" if self.device.is_gpu else "cpu"
 
 
-def _functions_for(groups, functions, out_dir) -> None:
-    """Attach existing functions (apply-only): a folder of <plate>_Illum<channel> files or a mapping."""
+def _functions_for(groups, functions, out_dir, named) -> None:
+    """Attach existing functions (apply-only): a folder of <plate>_Illum<channel> files or a mapping.
+
+    A mapping's keys must name channels, or (plate, channel) pairs, that the file names of INPUT
+    give (``named``, files with problems included), so a typo is not silently ignored."""
     from gpuillum.illumination.functions_io import function_filename, load_function
 
     if isinstance(functions, dict):
-        found = {(group.plate, group.channel) for group in groups}
-        names = set(found) | {channel for _plate, channel in found}
+        names = set(named) | {channel for _plate, channel in named}
         unknown = [key for key in functions if (tuple(key) if isinstance(key, (list, tuple)) else key) not in names]
         if unknown:
-            listed = ", ".join(f"{plate}/{channel}" for plate, channel in sorted(found))
-            raise JobError(f"function given for {unknown[0]!r}: INPUT has no such channel (or plate and channel); it has "
-                           f"{listed}")
+            key = unknown[0]
+            listed = ", ".join(f"{plate}/{channel}" for plate, channel in sorted(named))
+            given = f"channel {key!r} (--function {key}=FILE)" if isinstance(key, str) else f"plate and channel {key!r}"
+            raise JobError(f"function given for {given}: INPUT has no such channel; it has {listed}")
     for group in groups:
         if isinstance(functions, dict):
             path = functions.get((group.plate, group.channel)) or functions.get(group.channel)
@@ -794,7 +803,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     check_resize(settings, groups, passes)
     check_output_folders(input_dir, out_dir, [record for group in groups for record in group.records])
     if passes == ("apply",) and uses_function:
-        _functions_for(groups, functions, out_dir)
+        _functions_for(groups, functions, out_dir, plan.named)
         job.check_functions(groups)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

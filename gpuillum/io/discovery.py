@@ -78,6 +78,7 @@ class Plan:
     layout: str | None = None
     shapes: dict = dataclasses.field(default_factory=dict)
     skipped: list[str] = dataclasses.field(default_factory=list)
+    named: set = dataclasses.field(default_factory=set)  # every (plate, channel) the names gave, problem files included
 
     def groups(self) -> dict[tuple[str, str], list[ImageRecord]]:
         """{(plate, channel): records in (well, site, z, t) order}, plates and channels in natural order."""
@@ -398,6 +399,7 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
 
     found_any = bool(records)
     records = _drop_duplicates(records, problems)
+    named = {(record.plate, record.channel) for record in records}
     shapes = {}
     if check_headers and records:
         records, shapes = _check_headers(records, problems)
@@ -412,4 +414,5 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
         layout=layout_name,
         shapes=shapes,
         skipped=skipped,
+        named=named,
     )
