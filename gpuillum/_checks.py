@@ -62,6 +62,8 @@ def check_integer(value, name: str, minimum: int = 1) -> int:
 
 def check_shape(shape, name: str = "shape") -> tuple[int, int]:
     """Check that ``shape`` is (rows, cols), two integers >= 1; returns it as a tuple of ints."""
+    if isinstance(shape, np.ndarray) and shape.ndim == 1:  # e.g. np.array(image.shape)
+        shape = shape.tolist()
     if (
         not isinstance(shape, (tuple, list))
         or len(shape) != 2

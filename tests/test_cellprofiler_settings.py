@@ -209,6 +209,8 @@ def test_calculate_of_one_bare_2d_image_says_to_wrap_it(rng, aggregation):
     with pytest.raises(ValueError, match=r"^images: got one 2-D array of shape \(20, 30\);.*pass \[image\]$"):
         cp.calculate(image, settings)
     assert cp.calculate([image], settings).shape in ((20, 30), (1, 20, 30))
+    with pytest.raises(ValueError, match=r"^images: got one 4-D array of shape \(1, 2, 20, 30\); .*\(n, H, W\)$"):
+        cp.calculate(image[None, None].repeat(2, axis=1), settings)
     assert cp.calculate(np.stack([image, image]), settings).shape in ((20, 30), (2, 20, 30))
 
 
@@ -302,9 +304,10 @@ def test_save_and_load_roundtrip(tmp_path, rng):
 
 
 def test_save_to_a_directory_names_it_and_suggests_a_file_name(tmp_path):
-    (tmp_path / "illum.npy").mkdir()
-    with pytest.raises(ValueError, match=r"illum.npy: is a directory; expected the function's file name"):
-        save_function(tmp_path / "illum.npy", np.ones((3, 3)))
+    for name in ("illum.npy", "illum"):
+        (tmp_path / name).mkdir()
+        with pytest.raises(ValueError, match=rf"{name}: is a directory; expected the function's file name"):
+            save_function(tmp_path / name, np.ones((3, 3)))
     assert [p.name for p in (tmp_path / "illum.npy").iterdir()] == []
 
 
@@ -660,3 +663,4 @@ def test_finalize_names_a_bad_shape(rng, shape):
     with pytest.raises(ValueError, match=r"^shape: expected two integers >= 1 \(rows, cols\)"):
         accumulator.finalize(shape)
     assert accumulator.finalize([40, 60]).shape == (40, 60)
+    assert accumulator.finalize(np.array([40, 60])).shape == (40, 60)  # e.g. np.array(image.shape)

@@ -144,8 +144,10 @@ def test_an_unreadable_manifest_protects_the_outputs_unless_overwrite(tmp_path, 
     code = main(["run", str(source), "-o", str(out), *ARGS_RESUME])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "manifest.json: unreadable" in err and "--overwrite" in err
+    assert "manifest.json: unreadable" in err and "--overwrite" in err and err.count("manifest.json") == 1
     assert outputs(out) == reference  # nothing removed
+    assert main(["run", str(source), "-o", str(out), *ARGS_RESUME, "--resume"]) == 2
+    assert "cannot resume from this manifest" in capsys.readouterr().err.replace("\n", " ").replace("  ", " ")
     assert main(["run", str(source), "-o", str(out), *ARGS_RESUME, "--overwrite"]) == 0
     assert outputs(out) == reference
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"

@@ -984,8 +984,9 @@ def calculate(images, settings: CalculateSettings | None = None, masks=None):
         raise TypeError(f"settings: expected a CalculateSettings, got {type(settings).__name__}{hint}")
     dimensions = getattr(images, "ndim", None)
     if dimensions is not None and dimensions != 3:
+        hint = ": for one image pass [image]" if dimensions == 2 else ""
         raise ValueError(f"images: got one {dimensions}-D array of shape {tuple(images.shape)}; expected a sequence of "
-                         "2-D images or a 3-D stack (n, H, W): for one image pass [image]")
+                         f"2-D images or a 3-D stack (n, H, W){hint}")
     pairs = _image_mask_pairs(images, masks)
     if settings.is_all:
         accumulator = IlluminationAccumulator(settings)

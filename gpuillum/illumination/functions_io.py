@@ -41,10 +41,10 @@ def _as_function(array, name: str) -> np.ndarray:
 def save_function(path, function) -> Path:
     """Write ``function`` (NumPy or CuPy, 2-D) as a float32 ``.npy`` file, atomically; returns the path."""
     path = Path(path)
-    if path.suffix.lower() != ".npy":
-        raise ValueError(f"path: illumination functions are saved as .npy, got {str(path)!r}")
     if path.is_dir():
         raise ValueError(f"{path}: is a directory; expected the function's file name, e.g. {path / 'Plate1_IllumDNA.npy'}")
+    if path.suffix.lower() != ".npy":
+        raise ValueError(f"path: illumination functions are saved as .npy, got {str(path)!r}")
     atomic_save_npy(path, _as_function(function, "function"))
     return path
 
