@@ -18,9 +18,10 @@ uint8 / uint16 images keep their dtype (the function stays in CellProfiler's flo
 
 Division by zero, by a negative or by a non-finite function value is refused by default
 (``on_invalid="raise"``) instead of silently producing inf/NaN or a black image (no illumination is
-negative: such a function is a zero-mean background, e.g. Splines with rescale No, to subtract); ``on_invalid="ignore"`` gives CellProfiler's unguarded
-behaviour (for integer output +inf then clamps to M and NaN becomes 0). On the GPU one fused
-``cupy.ElementwiseKernel`` does the arithmetic, clipping and dtype conversion in a single pass.
+negative: such a function is a zero-mean background, e.g. Splines with rescale No, to subtract);
+``on_invalid="ignore"`` gives CellProfiler's unguarded behaviour (for integer output +inf then
+clamps to M and NaN becomes 0). On the GPU one fused ``cupy.ElementwiseKernel`` does the
+arithmetic, clipping and dtype conversion in a single pass.
 """
 from __future__ import annotations
 

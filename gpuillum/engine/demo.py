@@ -1,8 +1,9 @@
 """``gpuillum demo``: a synthetic plate with known illumination, corrected end to end and scored.
 
 Writes OUT/plate (the synthetic images and their ground truth), OUT/results (the job's outputs)
-and OUT/before_after.png, replacing those of an earlier demo into the same OUT, and returns a short report: where things are, how close each recovered
-function is to the true flat field, and the flat-field CV before and after correction.
+and OUT/before_after.png, replacing those of an earlier demo into the same OUT, and returns a
+short report: where things are, how close each recovered function is to the true flat field, and
+the flat-field CV before and after correction.
 """
 from __future__ import annotations
 
