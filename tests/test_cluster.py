@@ -6,8 +6,15 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from gpuillum.engine.cluster import map_in_order, open_client, per_gpu_worker_specs, visible_gpus  # noqa: E402
-from gpuillum.engine.job import run_plate  # noqa: E402
+from gpuillum.engine.cluster import (  # noqa: E402
+    ClusterLost,
+    check_scheduler_address,
+    map_in_order,
+    open_client,
+    per_gpu_worker_specs,
+    visible_gpus,
+)
+from gpuillum.engine.job import JobError, run_plate  # noqa: E402
 
 from test_engine import FAST, write_plate  # noqa: E402
 from test_resume import outputs, wait_for_a_corrected_file  # noqa: E402
@@ -143,3 +150,117 @@ def test_a_task_whose_workers_keep_dying_is_one_line_not_a_dask_traceback():
         with pytest.raises(WorkerLost, match=r"died \d+ times running task .*out of memory") as caught:
             list(map_in_order(client, _die, range(2)))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("address", ["tcp://node7:8786", "node7:8786", "tls://10.0.0.2:8786", "tcp://[::1]:8786", "inproc://x/1/2"])
+def test_scheduler_addresses_dask_accepts_pass(address):
+    check_scheduler_address(address)
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("node7", "missing port number"),
+    ("tcp://node7:x", "invalid literal"),
+    ("tcp://node7:99999", "a port from 1 to 65535"),
+    ("udp://node7:8786", "unknown address scheme 'udp'"),
+])
+def test_a_malformed_scheduler_address_is_refused_before_out_exists(tmp_path, address, expected):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    with pytest.raises(JobError, match=f"^scheduler: expected .*{expected}") as caught:
+        run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, device="cpu", scheduler=address)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_names_a_malformed_scheduler_address_in_one_line(tmp_path, capsys):
+    from gpuillum.cli import main
+
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--scheduler", "node7"]) == 2
+    assert capsys.readouterr().err.strip() == ("gpuillum: error: scheduler: expected an address like tcp://host:8786, "
+                                               "got 'node7' (missing port number in address 'node7')")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_scheduler_that_does_not_answer_is_one_line():
+    import dask
+
+    address = f"tcp://127.0.0.1:{_closed_port()}"
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(ClusterLost, match=f"^scheduler {address}: cannot connect \\(Timed out trying to connect to {address} after 1 s\\)$") as caught:
+            with open_client(scheduler=address):
+                pass
+    assert "\n" not in str(caught.value)
+
+
+SCHEDULER_SCRIPT = """
+import sys, time
+from distributed import LocalCluster
+
+if __name__ == "__main__":
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, scheduler_port=0, dashboard_address=None)
+    print(cluster.scheduler_address, flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.slow
+def test_a_scheduler_lost_mid_run_is_one_line_and_the_run_resumes(tmp_path, monkeypatch):
+    # An external cluster (e.g. dask-jobqueue whose allocation ended) dies after the first channel's
+    # function: one line naming the scheduler, the manifest says failed, a resumed run finishes in-process.
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import dask
+
+    from gpuillum.engine import job as job_module
+    from gpuillum.io.run_lock import LOCK_NAME
+
+    write_plate(tmp_path / "in", wells=("B02", "B03", "C02"), sites=2)
+    run_plate(tmp_path / "in", tmp_path / "reference", settings=FAST, device="cpu")
+    (tmp_path / "scheduler.py").write_text(SCHEDULER_SCRIPT)
+    cluster = subprocess.Popen([sys.executable, str(tmp_path / "scheduler.py")], stdout=subprocess.PIPE, text=True,
+                               stderr=subprocess.DEVNULL, start_new_session=True,
+                               env=dict(os.environ, GPUILLUM_DISABLE_GPU="1"))
+    calculated = []
+    calculate = job_module._Job.calculate
+
+    def calculate_then_lose_the_cluster(job, group):
+        if calculated and cluster.poll() is None:  # the second channel: scheduler and worker die first
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait()
+        calculate(job, group)
+        calculated.append(group.channel)
+
+    monkeypatch.setattr(job_module._Job, "calculate", calculate_then_lose_the_cluster)
+    try:
+        address = cluster.stdout.readline().strip()
+        assert address.startswith("tcp://"), "the test cluster did not start"
+        # the client waits this long for the scheduler to come back (30 s by default)
+        with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+            with pytest.raises(ClusterLost, match=f"^lost the Dask scheduler at {address}: .*rerun with --resume") as caught:
+                run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, device="cpu", scheduler=address)
+    finally:
+        if cluster.poll() is None:
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait()
+    assert "\n" not in str(caught.value)
+    assert len(calculated) == 1
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == str(caught.value)
+    assert [name for name in manifest["files"] if name.endswith(".npy")] == [f"illum/P1_Illum{calculated[0]}.npy"]
+    assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp-" in p.name]
+    assert not (tmp_path / "out" / LOCK_NAME).exists()
+    monkeypatch.undo()
+    resumed = run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, device="cpu", resume=True)
+    assert len(resumed.written) == 12
+    assert outputs(tmp_path / "out") == outputs(tmp_path / "reference")

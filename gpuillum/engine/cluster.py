@@ -9,7 +9,9 @@
 * ``scheduler = ADDRESS``: connect to a running cluster (SLURM/PBS through dask-jobqueue, ...).
 
 Results come back in submission order with a bounded number of tasks in flight, so the client
-merges partial sums in a fixed order and holds only a few of them at a time.
+merges partial sums in a fixed order and holds only a few of them at a time. A cluster that
+cannot be reached or is lost raises ``ClusterLost``, workers that keep dying ``WorkerLost``: one
+line each, never Dask's tracebacks.
 """
 from __future__ import annotations
 
@@ -45,6 +47,68 @@ class WorkerLost(ValueError):
     """A worker process died while running a task (killed for memory, or crashed); one line."""
 
 
+class ClusterLost(ValueError):
+    """The job could not reach its Dask cluster, or lost it (the scheduler stopped, the connection
+    broke, the scheduler cancelled the job's tasks); one line."""
+
+
+_HOST_PORT_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
+def check_scheduler_address(address: str) -> None:
+    """Refuse an ``address`` that cannot name a Dask scheduler (no port, a port out of range, an
+    unknown scheme) before anything is written; ``host:port`` means tcp, as for Dask's Client."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    if not isinstance(address, str):
+        raise TypeError(f"scheduler: expected an address like tcp://host:8786, got {address!r}")
+    try:
+        scheme, location = parse_address(address, strict=False)
+        get_backend(scheme)
+        port = parse_host_port(location)[1] if scheme in _HOST_PORT_SCHEMES else 1
+    except ValueError as error:
+        raise ValueError(f"scheduler: expected an address like tcp://host:8786, got {address!r} ({error})") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"scheduler: expected a port from 1 to 65535 in {address!r}")
+
+
+def _cluster_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions by which Dask reports a cluster gone, as opposed to an error of the job's own."""
+    from concurrent.futures import CancelledError  # the base of Dask's FutureCancelledError
+
+    from distributed.comm.core import CommClosedError
+
+    return CancelledError, CommClosedError
+
+
+def _cluster_error_text(error: BaseException) -> str:
+    """What happened, without Dask's connection-object repr ("in <TCP (closed) ...>: ")."""
+    from concurrent.futures import CancelledError
+
+    if isinstance(error, CancelledError):
+        reason = getattr(error, "reason", None)  # FutureCancelledError: "scheduler-connection-lost", ...
+        return "its tasks were cancelled" + (f" ({reason})" if reason and reason != "unknown" else "")
+    lines = str(error).strip().splitlines()
+    return (lines[0].rpartition(">: ")[2] if lines else "") or type(error).__name__
+
+
+@contextlib.contextmanager
+def _quiet_dask_logs():
+    """Silence Dask's loggers in this process while the job's client is open: what goes wrong
+    reaches the job as an exception and is said in one line, and a lost scheduler would
+    otherwise also be logged ("Failed to reconnect", a cancelled reconnection's traceback)."""
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict) if name.split(".")[0] == "distributed"]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(CLUSTER_LOG_LEVEL + 1)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def per_gpu_worker_specs(gpu_ids) -> dict:
     """SpecCluster worker specs: one single-threaded Nanny per GPU, pinned with CUDA_VISIBLE_DEVICES."""
     from distributed import Nanny
@@ -75,32 +139,43 @@ def _gpu_cluster(workers: int):
 
 @contextlib.contextmanager
 def open_client(*, workers: int = 1, scheduler: str | None = None, gpu: bool = False):
-    """A dask.distributed Client for the job, or None to run in-process; closed on exit."""
+    """A dask.distributed Client for the job, or None to run in-process; closed on exit.
+
+    A cluster that cannot be reached, or is lost while the body runs (Dask's CommClosedError or
+    cancelled futures), raises :class:`ClusterLost`; the body's own errors pass unchanged."""
     if scheduler is None and workers <= 1:
         yield None
         return
     from distributed import Client, LocalCluster
 
     cluster = None
-    try:
-        if scheduler is not None:
-            client = Client(scheduler)
-        else:
-            with deferred_stops():  # a Ctrl-C while the cluster starts stops the run once it is up
-                if gpu:
-                    cluster = _gpu_cluster(workers)
-                else:
-                    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                                           scheduler_kwargs=SCHEDULER_HTTP, silence_logs=CLUSTER_LOG_LEVEL,
-                                           preload=[WORKER_PRELOAD])
-            client = Client(cluster)
+    where = f"the Dask scheduler at {scheduler}" if scheduler is not None else "the local Dask cluster"
+    with _quiet_dask_logs():
         try:
-            yield client
+            if scheduler is not None:
+                try:
+                    client = Client(scheduler)
+                except OSError as error:  # refused, unknown host, timed out (distributed.comm.timeouts.connect)
+                    raise ClusterLost(f"scheduler {scheduler}: cannot connect ({_cluster_error_text(error)})") from None
+            else:
+                with deferred_stops():  # a Ctrl-C while the cluster starts stops the run once it is up
+                    if gpu:
+                        cluster = _gpu_cluster(workers)
+                    else:
+                        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, scheduler_kwargs=SCHEDULER_HTTP,
+                                               silence_logs=CLUSTER_LOG_LEVEL, preload=[WORKER_PRELOAD])
+                client = Client(cluster)
+            try:
+                yield client
+            except _cluster_errors() as error:
+                raise ClusterLost(f"lost {where}: {_cluster_error_text(error)}; finished files are kept "
+                                  "(rerun with --resume)") from None
+            finally:
+                client.close()
         finally:
-            client.close()
-    finally:
-        if cluster is not None:
-            cluster.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def worker_count(client) -> int:

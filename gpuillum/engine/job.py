@@ -48,7 +48,7 @@ from gpuillum.io.run_lock import FolderLocked, folder_lock
 from .accumulate import OrderedMerge, accumulate_records, fixed_batches
 from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records, corrected_path, os_error_text
 from .background import BackgroundSettings
-from .cluster import map_in_order, open_client
+from .cluster import check_scheduler_address, map_in_order, open_client
 from .progress import Progress
 from .reading import CheckedReader
 from .stopping import raise_if_stop_requested
@@ -765,6 +765,8 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         for name in passes:
             check_choice(name, "passes", PASSES)
         check_integer(workers, "workers")
+        if scheduler is not None:
+            check_scheduler_address(scheduler)
     except (TypeError, ValueError) as error:
         raise JobError(str(error)) from None
     input_dir, out_dir = check_paths(input_dir, out_dir)
