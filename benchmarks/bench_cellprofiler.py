@@ -6,7 +6,7 @@ uint16 (vignetting + blobs + Poisson-like noise) of ``--size``^2 pixels. "Each" 
 also timed on a 16-bit camera plate (same scene, ~2.8x the counts): CellProfiler's rank median
 scans its histogram up to the median value, so its time grows with the counts and gpuillum's
 does not. gpuillum's CPU path uses ``cpu_threads()`` threads (recorded); CellProfiler's path is
-single-threaded.
+single-threaded, so "Each" settings also time gpuillum on one thread (``gpuillum_cpu_1thread_s``).
 
 * "Each" settings are timed per image on ``--cp-images`` images (CellProfiler's full-resolution
   median costs seconds per image), one image on each side in turn; medians per image. gpuillum's
@@ -21,12 +21,14 @@ smoke run). Writes benchmarks/results/cellprofiler-<device>-<date>.json (``commo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +96,17 @@ def settings_to_run() -> dict[str, CalculateSettings]:
     }
 
 
+@contextlib.contextmanager
+def one_thread():
+    """gpuillum's CPU kernels on one thread (``cpu_threads()`` follows numba's thread count)."""
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
 def timed(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` over ``repeats`` runs (GPU work synchronised)."""
     times = []
@@ -120,14 +133,20 @@ def bench_setting(name, settings, plate, oracle, args, device_plate):
     else:
         record["timing"] = "per image (median), the two sides interleaved image by image"
         calculate(plate[:1], settings)
-        ours, theirs = [], []
-        for image in plate[: args.cp_images]:  # a drifting machine load then weighs on both sides alike
+        ours, ours_one_thread, theirs = [], [], []
+        for image in plate[: args.cp_images]:  # a drifting machine load then weighs on every side alike
             ours.append(timed(lambda image=image: calculate([image], settings), args.repeats))
+            with one_thread():
+                ours_one_thread.append(timed(lambda image=image: calculate([image], settings), args.repeats))
             theirs.append(timed(lambda image=image: oracle.calculate(settings, [image]), 1))
         record["gpuillum_cpu_s"] = statistics.median(ours)
         record["cellprofiler_cpu_s"] = statistics.median(theirs)
         record["cp_images_timed"] = len(theirs)
         record["gpuillum_cpu_per_image_s"], record["cellprofiler_cpu_per_image_s"] = ours, theirs  # the spread
+        # CellProfiler's path is single-threaded: the same comparison on one core, and what the threads add
+        record["gpuillum_cpu_1thread_s"] = statistics.median(ours_one_thread)
+        record["speedup_cpu_1thread"] = record["cellprofiler_cpu_s"] / record["gpuillum_cpu_1thread_s"]
+        record["thread_scaling"] = record["gpuillum_cpu_1thread_s"] / record["gpuillum_cpu_s"]
         # what a user calling calculate() on the whole plate gets per image (throughput, not the target)
         record["gpuillum_cpu_plate_s_per_image"] = timed(lambda: calculate(plate, settings), 1) / len(plate)
     record["speedup_cpu"] = record["cellprofiler_cpu_s"] / record["gpuillum_cpu_s"]

@@ -76,6 +76,11 @@ def cellprofiler_table(path: Path) -> str:
     threads = {r["gpuillum_cpu_threads"] for r in data["results"] if "gpuillum_cpu_threads" in r}
     if threads:
         lines += ["", f"gpuillum's CPU path ran on {', '.join(map(str, sorted(threads)))} thread(s); CellProfiler's path is single-threaded."]
+    one_thread = [r for r in data["results"] if "gpuillum_cpu_1thread_s" in r]
+    if one_thread:
+        lines += ["", "gpuillum on one thread, per image: " + "; ".join(
+            f"{r['setting']} {r['gpuillum_cpu_1thread_s']:.4f} s ({r['speedup_cpu_1thread']:.1f}x CellProfiler's path; "
+            f"the threads add {r['thread_scaling']:.2f}x)" for r in one_thread) + "."]
     return "\n".join(lines) + f"\n\nMachine: {_machine(data['machine'])}.\n"
 
 

@@ -46,6 +46,8 @@ def test_cellprofiler_benchmark_writes_every_field_and_summarises(results_dir, c
         if record["setting"].startswith("each-"):
             assert len(record["gpuillum_cpu_per_image_s"]) == len(record["cellprofiler_cpu_per_image_s"]) == record["cp_images_timed"] == 2
             assert isinstance(record["gpuillum_cpu_plate_s_per_image"], float)
+            assert record["speedup_cpu_1thread"] == pytest.approx(record["cellprofiler_cpu_s"] / record["gpuillum_cpu_1thread_s"])
+            assert record["thread_scaling"] == pytest.approx(record["gpuillum_cpu_1thread_s"] / record["gpuillum_cpu_s"])
         else:
             assert "gpuillum_cpu_per_image_s" not in record
     assert set(data["targets"]) == {"each-median-auto >= 50x on CPU", "each-median-auto-16bit >= 50x on CPU",
@@ -53,6 +55,7 @@ def test_cellprofiler_benchmark_writes_every_field_and_summarises(results_dir, c
     table = summarize.cellprofiler_table(sorted(results_dir.glob("cellprofiler-*.json"))[0])
     assert all(f"| {name} |" in table for name in chosen)
     assert "each-median-auto (12-bit, 6 images)" in table and "each-median-auto-16bit (16-bit, 2 images)" in table
+    assert "gpuillum on one thread, per image: each-median-auto " in table
 
 
 def test_cellprofiler_benchmark_names_an_unknown_setting(results_dir, capsys):
