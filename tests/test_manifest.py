@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import pickle
 import threading
 
@@ -100,6 +101,24 @@ def test_load_refuses_other_files(tmp_path, text, message):
     (tmp_path / "m.json").write_text(text)
     with pytest.raises(ValueError, match=message):
         Manifest.load(tmp_path / "m.json")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"files": [1, 2]}, '"files" is not a mapping'),
+    ({"settings": None}, '"settings" is not a mapping'),
+    ({"skipped": {}}, '"skipped" is not a list'),
+    ({"files": {"corrected/a.tif": "x"}}, 'the entry of "corrected/a.tif" in "files" is not a file record'),
+    ({"files": {"corrected/a.tif": {"sha256": "00", "bytes": "12", "role": "corrected"}}}, 'the entry of "corrected/a.tif"'),
+    ({"files": {"corrected/a.tif": {"sha256": "00", "bytes": 12, "role": "other"}}}, 'the entry of "corrected/a.tif"'),
+    ({"skipped": ["a.tif"]}, 'an entry of "skipped" is not a mapping'),
+])
+def test_load_refuses_a_manifest_of_the_wrong_shape(tmp_path, change, message):
+    # a hand-edited or foreign file must be one line naming it, never an AttributeError later
+    target = tmp_path / "manifest.json"
+    data = {**Manifest(settings={"run": 1}).to_dict(), **change}
+    target.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"^{re.escape(str(target))}: not a readable gpuillum manifest \\({re.escape(message)}"):
+        Manifest.load(target)
 
 
 def test_load_missing_file(tmp_path):

@@ -153,6 +153,19 @@ def test_an_unreadable_manifest_protects_the_outputs_unless_overwrite(tmp_path, 
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.parametrize("change", [{"files": [1, 2]}, {"settings": None}, {"files": {"corrected/x.tif": "x"}}])
+def test_a_manifest_of_the_wrong_shape_is_unreadable_not_a_traceback(tmp_path, plate, capsys, change):
+    source, reference = plate
+    out = tmp_path / "out"
+    run_plate(source, out, settings=FAST, device="cpu")
+    (out / "manifest.json").write_text(json.dumps({**json.loads((out / "manifest.json").read_text()), **change}))
+    for extra, expected in (([], "manifest.json: unreadable"), (["--resume"], "cannot resume from this manifest")):
+        assert main(["run", str(source), "-o", str(out), *ARGS_RESUME, *extra]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and expected in err and "not a readable gpuillum manifest" in err, err
+    assert outputs(out) == reference
+
+
 def test_an_unreadable_manifest_alone_does_not_block_a_run(tmp_path, plate):
     source, reference = plate
     out = tmp_path / "out"

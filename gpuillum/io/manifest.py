@@ -148,5 +148,32 @@ class Manifest:
             raise ValueError(f"{path}: not a gpuillum manifest (no \"format\": \"{FORMAT}\")")
         if data.get("format_version", 0) > FORMAT_VERSION:
             raise ValueError(f"{path}: manifest format version {data['format_version']} is newer than this gpuillum reads ({FORMAT_VERSION})")
+        problem = _shape_problem(cls, data)
+        if problem:
+            raise ValueError(f"{path}: not a readable gpuillum manifest ({problem})")
         names = {field.name for field in dataclasses.fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in names})
+
+
+def _shape_problem(cls, data: dict) -> str | None:
+    """What in ``data`` does not have the type :meth:`Manifest.save` writes (a hand-edited or foreign
+    file), or None: containers keep their type, other fields are strings or null, and every file
+    entry is a mapping with a sha256 string and a byte count."""
+    for field in dataclasses.fields(cls):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if field.default_factory is not dataclasses.MISSING:
+            expected = type(field.default_factory())
+            if not isinstance(value, expected):
+                return f'"{field.name}" is not a {"mapping" if expected is dict else "list"}'
+        elif value is not None and not isinstance(value, str):
+            return f'"{field.name}" is not a string'
+    for name, entry in data.get("files", {}).items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                and isinstance(entry.get("bytes"), int) and entry.get("role") in ROLES):
+            return f'the entry of "{name}" in "files" is not a file record'
+    for entry in data.get("skipped", []):
+        if not isinstance(entry, dict):
+            return 'an entry of "skipped" is not a mapping'
+    return None
