@@ -403,7 +403,7 @@ def cmd_apply(args) -> int:
 def cmd_demo(args) -> int:
     from gpuillum.engine.demo import run_demo
 
-    summary = run_demo(Path(args.out), shape=args.shape, wells=args.wells, sites=args.sites, seed=args.seed,
+    summary = run_demo(args.out, shape=args.shape, wells=args.wells, sites=args.sites, seed=args.seed,
                        device=args.device, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
                        on_error=args.on_error, progress=args.progress, log=_logger(args))
     if not args.quiet:

@@ -699,3 +699,15 @@ def test_a_background_alone_takes_float_counts(tmp_path, capsys):
     corrected = tifffile.imread(tmp_path / "out" / "corrected" / "P1" / "B02_s1_DNA.tif")
     assert corrected.dtype == np.float32 and corrected.max() > 100  # counts kept, nothing clipped to [0, 1]
     assert len(images) == 6
+
+
+@pytest.mark.parametrize("command", [["run", "IN", "-o", ""], ["run", "", "-o", "OUT"], ["apply", "IN", "-o", " "], ["demo", ""]])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, monkeypatch, capsys, command):
+    # -o "$OUTDIR" with OUTDIR unset must not write illum/, corrected/ and a manifest where the shell is
+    write_plate(tmp_path / "IN", wells=("B02",), sites=1)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpuillum: error: ") and err.endswith("expected a folder, got an empty path"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -99,7 +99,11 @@ class RunResult:
 
 
 def check_paths(input_dir, out_dir) -> tuple[Path, Path]:
-    """INPUT must be a folder; OUT must not be INPUT, lie inside it, or hold it among its outputs."""
+    """INPUT must be a folder; OUT must not be INPUT, lie inside it, or hold it among its outputs.
+    An empty path (often an unset shell variable) is refused: it would mean the current folder."""
+    for name, value in (("INPUT", input_dir), ("OUT", out_dir)):
+        if isinstance(value, str) and not value.strip():
+            raise JobError(f"{name}: expected a folder, got an empty path")
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise JobError(f"{input_dir}: input folder does not exist or is not a directory")
