@@ -204,3 +204,46 @@ def test_resume_redoes_images_corrected_with_a_function_that_changed(tmp_path, p
     result = run_plate(source, out, functions=functions, device="cpu", passes=("apply",), resume=True)
     assert {w.relpath.split("/")[0] + "/" + w.relpath.rsplit("_", 1)[1] for w in result.written} == {"P2/Actin.tif"}
     assert outputs(out) != first
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_outputs_of_inputs_that_are_gone_leave_the_manifest_but_stay_on_disk(tmp_path, plate, resume):
+    # the raw images of a well were deleted (or archived) after a run: a rerun must not list their
+    # corrected copies as this run's outputs, nor delete them (they may be the only copies left)
+    source, _ = plate
+    out = tmp_path / "out"
+    run_plate(source, out, settings=FAST, device="cpu")
+    gone = sorted(source.glob("P1/B02_*"))
+    assert gone
+    for path in gone:
+        path.unlink()
+    result = run_plate(source, out, settings=FAST, device="cpu", resume=resume)
+    manifest = json.loads((out / "manifest.json").read_text())
+    relpaths = {path.relative_to(source).as_posix() for path in gone}
+    orphaned = {entry["source"] for entry in manifest["orphaned"]}
+    assert orphaned == relpaths
+    assert all((out / entry["path"]).is_file() for entry in manifest["orphaned"])
+    assert not {entry["source"] for entry in manifest["files"].values()} & relpaths
+    corrected = {entry["source"] for entry in manifest["files"].values() if entry["role"] == "corrected"}
+    assert corrected == set(read_all(source))
+    set_aside = [text for text in result.warnings if "output(s) of the earlier run" in text]
+    assert manifest["status"] == "complete" and len(set_aside) == 1
+    assert set_aside[0].startswith(f"{len(gone)} output(s) of the earlier run have no usable input")
+    # the next run finds nothing more to set aside
+    again = run_plate(source, out, settings=FAST, device="cpu", resume=True)
+    assert not [text for text in again.warnings if "output(s) of the earlier run" in text]
+    assert len(json.loads((out / "manifest.json").read_text())["orphaned"]) == len(gone)
+
+
+def test_the_function_and_preview_of_a_channel_that_is_gone_are_orphaned(tmp_path, plate):
+    source, _ = plate
+    out = tmp_path / "out"
+    run_plate(source, out, settings=FAST, device="cpu")
+    for path in source.rglob("*_Actin.tif"):
+        path.unlink()
+    run_plate(source, out, settings=FAST, device="cpu", resume=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    orphaned = {entry["path"] for entry in manifest["orphaned"]}
+    assert {"illum/P1_IllumActin.npy", "illum/P1_IllumActin.png"} <= orphaned
+    assert not any("Actin" in name for name in manifest["files"])
+    assert any("DNA" in name for name in manifest["files"])

@@ -75,6 +75,7 @@ class JobManifest(Manifest):
     error: str | None = None
     method: str | None = None
     warnings: list = field(default_factory=list)
+    orphaned: list = field(default_factory=list)  # {"path", "source"}: outputs an earlier run made from inputs now gone
 
 
 @dataclass
@@ -419,6 +420,30 @@ class _Job:
         self.manifest.devices = [str(self.device)]
         self.manifest.skipped = skipped
         self.manifest.timings["workers"] = self.scheduler or self.workers
+        self.save_manifest(force=True)
+
+    def set_aside_orphans(self, groups: list[_Group], passes) -> None:
+        """Outputs the earlier run recorded whose inputs this run does not use (images deleted, moved
+        out of INPUT or now skipped as unreadable, a channel gone) leave the manifest's ``files`` for its ``orphaned`` list,
+        so the manifest describes this run's outputs only. The files stay: their inputs may exist
+        nowhere else any more."""
+        from gpuillum.illumination.functions_io import function_filename
+
+        sources = {record.relpath for group in groups for record in group.records}
+        functions = set()
+        if "calc" in passes:
+            for group in groups:
+                name = f"illum/{function_filename(group.plate, group.channel)}"
+                functions.update((name, name.removesuffix(".npy") + ".png"))
+        orphans = [(relpath, entry.get("source")) for relpath, entry in self.manifest.files.items()
+                   if (entry.get("source") not in sources if entry["role"] == "corrected" else relpath not in functions)]
+        if not orphans:
+            return
+        for relpath, source in orphans:
+            del self.manifest.files[relpath]
+            self.manifest.orphaned.append({"path": relpath, "source": source})
+        self.warn(f"{len(orphans)} output(s) of the earlier run have no usable input in {self.input_dir} any more (e.g. "
+                  f"{orphans[0][0]}); left in place, listed as \"orphaned\" in {MANIFEST_NAME}, and not in its files")
         self.save_manifest(force=True)
 
     def replace_unreadable_manifest(self, path: Path, error: BaseException) -> None:
@@ -829,6 +854,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     try:
         with folder_lock(out_dir) as lock:  # one run at a time writes into OUT, its manifest included
             job.open_manifest(manifest_settings, method)
+            job.set_aside_orphans(groups, passes)
             if lock is None:
                 job.warn(f"{out_dir}: its file system cannot lock files, so a second run into it at the same time "
                          "would not be refused")
