@@ -539,7 +539,7 @@ def test_float64_images_with_a_background_are_refused_by_name(tmp_path, capsys):
     code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--background", "median",
                         "--background-radius", "3", "--device", "cpu", "-q")
     assert code == 2
-    assert_one_line_error(err, "B02_s1_Actin.tif", "float64", "uint8, uint16, float32")
+    assert_one_line_error(err, "B02_s1_Actin.tif", "float64 is not supported with --background", "uint8, uint16, float32")
 
 
 @pytest.mark.parametrize("error, needles", [
@@ -711,3 +711,28 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, mon
     err = capsys.readouterr().err.strip()
     assert err.startswith("gpuillum: error: ") and err.endswith("expected a folder, got an empty path"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_plan_hint_repeats_the_discovery_options(tmp_path, capsys):
+    # the suggested command must list the same problems, so it carries --pattern (quoted for the shell)
+    import shlex
+
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    pattern = r"(?P<plate>P\d)/(?P<well>B\d\d)_s(?P<site>\d)_(?P<channel>DNA)\.tif"
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--pattern", pattern]) == 2
+    err = capsys.readouterr().err
+    hint = err.split("see them all with: ")[1].split(", or leave")[0]
+    assert shlex.split(hint) == ["gpuillum", "plan", str(tmp_path / "in"), "--pattern", pattern]
+    assert main(shlex.split(hint)[1:]) == 2  # the hint runs, and lists the same problem
+    assert "B02_s1_Actin.tif: not matched by the pattern" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plate_name_with_a_path_separator_is_refused_before_out_exists(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    pattern = r"(?P<plate>P\d/)(?P<well>B\d\d)_s(?P<site>\d)_(?P<channel>\w+)\.tif"
+    assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--pattern", pattern]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("plate: must not contain a path separator, got 'P1/'; it names the illumination function file "
+                        "<plate>_Illum<channel>.npy"), err
+    assert not (tmp_path / "out").exists()

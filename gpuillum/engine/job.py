@@ -264,15 +264,29 @@ def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None, dtypes=No
     return plan
 
 
+def plan_command(input_dir, pattern=None, layout=None, loaddata=None) -> str:
+    """The ``gpuillum plan`` command line, quoted for a POSIX shell, that discovers what a job with
+    these discovery options does."""
+    import shlex
+
+    words = ["gpuillum", "plan", str(input_dir)]
+    for option, value in (("--pattern", pattern), ("--layout", layout), ("--loaddata", loaddata)):
+        if value is not None:
+            words += [option, str(value)]
+    return shlex.join(words)
+
+
 def _leave_out_unsupported(plan, dtypes) -> None:
     """Move the records of every plate x channel whose dtype is not in ``dtypes`` to the plan's problems."""
     unsupported = {group: dtype for group, (_shape, dtype) in plan.shapes.items() if dtype not in dtypes}
     if not unsupported:
         return
+    every = supported_dtypes()
     for record in plan.records:
         dtype = unsupported.get((record.plate, record.channel))
         if dtype is not None:
-            plan.problems.append(f"{record.relpath}: dtype {dtype} is not supported; expected one of {', '.join(dtypes)}; left out")
+            why = " with --background" if dtype in every else ""  # float64: corrected, but not by the background filters
+            plan.problems.append(f"{record.relpath}: dtype {dtype} is not supported{why}; expected one of {', '.join(dtypes)}; left out")
     plan.records = [r for r in plan.records if (r.plate, r.channel) not in unsupported]
 
 
@@ -491,12 +505,15 @@ class _Job:
 
     # -- groups
 
-    def prepare_groups(self, plan) -> list[_Group]:
-        """Groups of usable records; discovery problems are fatal, or listed as skipped with on_error="skip"."""
+    def prepare_groups(self, plan, plan_command: str) -> list[_Group]:
+        """Groups of usable records; discovery problems are fatal, or listed as skipped with on_error="skip".
+        ``plan_command``: the ``gpuillum plan`` command that lists the same problems."""
+        from gpuillum.illumination.functions_io import function_filename
+
         if plan.problems and self.on_error != "skip":
             more = len(plan.problems) - 1
             raise JobError(plan.problems[0].removesuffix("; left out") + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
-                           + f"; see them all with: gpuillum plan {self.input_dir}, or leave those files out with --on-error skip")
+                           + f"; see them all with: {plan_command}, or leave those files out with --on-error skip")
         for problem in plan.problems:
             self.problem(_problem_relpath(problem), problem)
         groups = []
@@ -505,6 +522,12 @@ class _Job:
             for record in outside:
                 self.problem(record.relpath, f"{record.path}: lies outside INPUT; its corrected copy would be written outside OUT/corrected")
             records = [r for r in records if r not in outside]
+            if records and self.uses_function:  # checked before OUT exists, not when the function is saved
+                try:
+                    function_filename(plate, channel)
+                except ValueError as error:
+                    raise JobError(f"{records[0].relpath}: {error}; it names the illumination function file "
+                                   "<plate>_Illum<channel>.npy") from None
             if records:
                 shape, dtype = plan.shapes[(plate, channel)]
                 groups.append(_Group(plate, channel, records, reader=CheckedReader(shape, dtype, unit_floats=self.uses_function)))
@@ -830,7 +853,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         method = "; ".join(filter(None, [method if settings is not None or "calc" not in passes else "",
                                          f"{background.method} background subtraction, radius {background.radius}"]))
     job.result.method = method
-    groups = job.prepare_groups(plan)  # bad input is refused before anything is written
+    groups = job.prepare_groups(plan, plan_command(input_dir, pattern, layout, loaddata))  # refused before anything is written
     check_resize(settings, groups, passes)
     check_output_folders(input_dir, out_dir, [record for group in groups for record in group.records])
     if passes == ("apply",) and uses_function:
