@@ -623,7 +623,8 @@ def test_a_function_for_a_channel_the_input_lacks_is_refused(tmp_path, capsys, k
     function = tmp_path / "flat.npy"
     np.save(function, np.ones((64, 80), np.float32))
     given = {"DNA": function, "Actin": function, key: function}
-    with pytest.raises(JobError, match=r"function given for .*(DAPI|P9).*: INPUT has no such channel; it has P1/Actin, P1/DNA"):
+    listed = "Actin, DNA" if isinstance(key, str) else "P1/Actin, P1/DNA"  # channels, or plate/channel pairs
+    with pytest.raises(JobError, match=rf"function given for .*(DAPI|P9).*: INPUT has no such channel; it has {listed}$"):
         run_plate(tmp_path / "in", tmp_path / "out", functions=given, passes=("apply",), device="cpu")
     if isinstance(key, str):  # the CLI's --function CHANNEL=FILE
         code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--function", f"DNA={function}",
@@ -736,3 +737,16 @@ def test_a_plate_name_with_a_path_separator_is_refused_before_out_exists(tmp_pat
     assert err.endswith("plate: must not contain a path separator, got 'P1/'; it names the illumination function file "
                         "<plate>_Illum<channel>.npy"), err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_functions_folder_without_the_file_says_where_it_looked(tmp_path, capsys):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    (tmp_path / "functions").mkdir()
+    code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--functions",
+                        str(tmp_path / "functions"), "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, "P1_IllumActin.npy: illumination function for P1/Actin not found",
+                          f"looked for .npy and .mat in {tmp_path / 'functions'}")
+    code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, "not found (run calc first, or pass --functions DIR)")

@@ -762,8 +762,10 @@ def _functions_for(groups, functions, out_dir, named) -> None:
         unknown = [key for key in functions if (tuple(key) if isinstance(key, (list, tuple)) else key) not in names]
         if unknown:
             key = unknown[0]
-            listed = ", ".join(f"{plate}/{channel}" for plate, channel in sorted(named))
-            given = f"channel {key!r} (--function {key}=FILE)" if isinstance(key, str) else f"plate and channel {key!r}"
+            if isinstance(key, str):
+                given, listed = f"channel {key!r} (--function {key}=FILE)", ", ".join(sorted({c for _p, c in named}))
+            else:
+                given, listed = f"plate and channel {key!r}", ", ".join(f"{plate}/{channel}" for plate, channel in sorted(named))
             raise JobError(f"function given for {given}: INPUT has no such channel; it has {listed}")
     for group in groups:
         if isinstance(functions, dict):
@@ -777,7 +779,8 @@ def _functions_for(groups, functions, out_dir, named) -> None:
             candidates = [folder / f"{stem}.npy", folder / f"{stem}.mat"]
             path = next((c for c in candidates if c.is_file()), None)
             if path is None:
-                raise JobError(f"{candidates[0]}: illumination function for {group.plate}/{group.channel} not found (run calc first or pass --functions)")
+                where = "run calc first, or pass --functions DIR" if functions is None else f"looked for .npy and .mat in {folder}"
+                raise JobError(f"{candidates[0]}: illumination function for {group.plate}/{group.channel} not found ({where})")
         try:
             group.function = load_function(path)
         except (ValueError, TypeError) as error:
