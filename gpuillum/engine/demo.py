@@ -75,8 +75,9 @@ def run_demo(out, *, shape=DEMO_SHAPE, wells: int = DEMO_WELLS, sites: int = DEM
     """
     from gpuillum.io.run_lock import FolderLocked, folder_lock
 
-    if isinstance(out, str) and not out.strip():  # an unset shell variable: not the current folder
-        raise ValueError("OUT: expected a folder, got an empty path")
+    from .job import check_not_empty
+
+    check_not_empty(out, "OUT")
     out = Path(out)
     demo_wells(wells)  # a bad count or a foreign OUT/plate is refused before anything is written
     _holds_an_earlier_demo(out)

@@ -99,12 +99,17 @@ class RunResult:
 # ----------------------------------------------------------------------------- options
 
 
+def check_not_empty(path, name: str) -> None:
+    """Refuse an empty path string (often an unset shell variable): it would mean the current folder."""
+    if isinstance(path, str) and not path.strip():
+        raise JobError(f"{name}: expected a folder, got an empty path")
+
+
 def check_paths(input_dir, out_dir) -> tuple[Path, Path]:
-    """INPUT must be a folder; OUT must not be INPUT, lie inside it, or hold it among its outputs.
-    An empty path (often an unset shell variable) is refused: it would mean the current folder."""
-    for name, value in (("INPUT", input_dir), ("OUT", out_dir)):
-        if isinstance(value, str) and not value.strip():
-            raise JobError(f"{name}: expected a folder, got an empty path")
+    """INPUT must be a folder (not an empty path); OUT must not be empty, be INPUT, lie inside it, or
+    hold it among its outputs."""
+    check_not_empty(input_dir, "INPUT")
+    check_not_empty(out_dir, "OUT")
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise JobError(f"{input_dir}: input folder does not exist or is not a directory")
@@ -347,6 +352,7 @@ class _Group:
     reader: CheckedReader | None = None
     function_path: Path | None = None
     function: object = None
+    function_sha: str = ""  # sha256 of function_path when this run wrote or verified it (pass 1)
 
 
 class _Job:
@@ -438,9 +444,9 @@ class _Job:
 
     def set_aside_orphans(self, groups: list[_Group], passes) -> None:
         """Outputs the earlier run recorded whose inputs this run does not use (images deleted, moved
-        out of INPUT or now skipped as unreadable, a channel gone) leave the manifest's ``files`` for its ``orphaned`` list,
-        so the manifest describes this run's outputs only. The files stay: their inputs may exist
-        nowhere else any more."""
+        out of INPUT or now skipped as unreadable, a channel gone) leave the manifest's ``files``
+        for its ``orphaned`` list, so the manifest describes this run's outputs only. The files
+        stay: their inputs may exist nowhere else any more."""
         from gpuillum.illumination.functions_io import function_filename
 
         sources = {record.relpath for group in groups for record in group.records}
@@ -549,6 +555,7 @@ class _Job:
         inputs = input_stamp((record.relpath, record.path) for record in group.records)
         if self.intact(f"illum/{name}", path, inputs):
             group.function = load_function(path)
+            group.function_sha = self.manifest.files[f"illum/{name}"]["sha256"]  # just verified against the file
             self.say(f"{group.plate}/{group.channel}: function {path} intact, reused")
             return
         started = time.perf_counter()
@@ -569,7 +576,7 @@ class _Job:
         except OSError as error:
             raise JobError(f"{error.filename or path}: {os_error_text(error)}") from None
         group.function = function
-        self.manifest.record_file(f"illum/{name}", path, "illum", inputs=inputs)
+        group.function_sha = self.manifest.record_file(f"illum/{name}", path, "illum", inputs=inputs)["sha256"]
         self.manifest.timings[f"calc {group.plate}/{group.channel}"] = time.perf_counter() - started
         self.result.functions[(group.plate, group.channel)] = path
         self.save_manifest(force=True)
@@ -640,8 +647,11 @@ class _Job:
     def apply(self, group: _Group) -> None:
         from gpuillum.io.manifest import file_sha256
 
-        # a corrected image depends on its source and on the function it was divided by
-        function_sha = "" if group.function_path is None or group.function is None else file_sha256(group.function_path)
+        # a corrected image depends on its source and on the function it was divided by (hashed in
+        # pass 1 when this run calculated or verified it; a given function file is hashed here)
+        function_sha = ""
+        if group.function_path is not None and group.function is not None:
+            function_sha = group.function_sha or file_sha256(group.function_path)
         todo, stamps = [], {}
         for record in group.records:
             if record.relpath in self._skipped:  # already found bad in pass 1
