@@ -31,6 +31,19 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def data_set(data_dir):
+    """A file or folder of GPUILLUM_DATA by relative path; the test skips when this copy lacks it."""
+
+    def find(relpath: str) -> Path:
+        path = data_dir / relpath
+        if not path.exists():
+            pytest.skip(f"GPUILLUM_DATA={data_dir} has no {relpath}")
+        return path
+
+    return find
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261122)

@@ -19,14 +19,14 @@ _spec.loader.exec_module(oracle)
 tifffile = pytest.importorskip("tifffile")
 
 
-def test_bbbc013_against_cellprofilers_function(data_dir):
+def test_bbbc013_against_cellprofilers_function(data_set):
     """Channel 1 (GFP) with the settings of the plate's own pipeline vs the shipped Channel1ILLUM.mat.
 
     The .mat was made in 2014 by an older CellProfiler (octagon median on <= 255 levels, see
     cellprofiler.md section 4.5 history), so only the shape can agree: measured r = 0.941, max
     relative difference 0.23, median 0.13 (data README: r ~ 0.94, 11-24 %).
     """
-    folder = data_dir / "bbbc013_plate"
+    folder = data_set("bbbc013_plate")
     stack = tifffile.imread(folder / "Channel1_GFP_96wells.tif")
     assert stack.shape == (96, 640, 640) and stack.dtype == np.uint8
     settings = CalculateSettings.from_cppipe(folder / "ExampleSBSIllumination.cppipe", "IllumBlue")
@@ -42,8 +42,8 @@ def test_bbbc013_against_cellprofilers_function(data_dir):
 
 
 @pytest.fixture(scope="module")
-def bbbc016(data_dir):
-    files = sorted((data_dir / "bbbc016_gfp_f00_24wells").glob("*.TIF"))
+def bbbc016(data_set):
+    files = sorted(data_set("bbbc016_gfp_f00_24wells").glob("*.TIF"))
     assert len(files) == 24
     return [tifffile.imread(path) for path in files]
 

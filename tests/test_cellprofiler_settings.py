@@ -122,8 +122,8 @@ def test_presets():
 # .cppipe
 
 
-def test_from_cppipe_on_the_bbbc013_pipeline(data_dir):
-    path = data_dir / "bbbc013_plate" / "ExampleSBSIllumination.cppipe"
+def test_from_cppipe_on_the_bbbc013_pipeline(data_set):
+    path = data_set("bbbc013_plate") / "ExampleSBSIllumination.cppipe"
     first = CalculateSettings.from_cppipe(path, 5)
     second = CalculateSettings.from_cppipe(path, "IllumGreen")
     expected = CalculateSettings(
@@ -355,8 +355,8 @@ def test_float64_values_beyond_float32_are_refused_not_saved_as_inf(tmp_path):
     assert np.isinf(load_function(tmp_path / "inf.npy")[1, 2])
 
 
-def test_load_the_cellprofiler_mat(data_dir):
-    function = load_function(data_dir / "bbbc013_plate" / "Channel1ILLUM.mat")
+def test_load_the_cellprofiler_mat(data_set):
+    function = load_function(data_set("bbbc013_plate") / "Channel1ILLUM.mat")
     assert function.shape == (640, 640) and function.dtype == np.float32
     assert function.min() == pytest.approx(1.0, abs=1e-3)
 

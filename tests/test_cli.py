@@ -123,9 +123,9 @@ def test_cellprofiler_options_and_background(tmp_path):
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "corrected" / relpath), expected)
 
 
-def test_cppipe_settings(tmp_path, data_dir):
+def test_cppipe_settings(tmp_path, data_set):
     write_plate(tmp_path / "in", wells=("B02",), sites=2)
-    pipeline = data_dir / "bbbc013_plate" / "ExampleSBSIllumination.cppipe"
+    pipeline = data_set("bbbc013_plate") / "ExampleSBSIllumination.cppipe"
     assert main(["calc", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--cppipe", str(pipeline), "--filter-size-method",
                  "Manually", "--filter-size", "6", "--device", "cpu", "-q"]) == 0
     import json

@@ -116,7 +116,8 @@ def test_a_signal_to_the_whole_process_group_stops_a_dask_run_in_one_line(tmp_pa
     run_plate(tmp_path / "in", reference, settings=FAST, device="cpu")
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_WRITES)  # every process, workers included, writes slowly
-    env = dict(os.environ, PYTHONPATH=str(tmp_path / "site"), GPUILLUM_DISABLE_GPU="1")
+    site = os.pathsep.join(filter(None, [str(tmp_path / "site"), os.environ.get("PYTHONPATH")]))  # keeps a caller's packages
+    env = dict(os.environ, PYTHONPATH=site, GPUILLUM_DISABLE_GPU="1")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "gpuillum", "run", str(tmp_path / "in"), "-o", str(out), *ARGS_RESUME, "--workers", "2"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

@@ -335,8 +335,8 @@ def test_natural_key_orders_numbers_by_value():
 
 
 @pytest.mark.data
-def test_real_nf1_plate_with_a_pattern(data_dir):
-    plan = discover(data_dir / "nf1_cellpainting_plate2", pattern=r"(?P<well>[A-P]\d+)_01_\d_\d_(?P<channel>[A-Z]+)_001\.tif")
+def test_real_nf1_plate_with_a_pattern(data_set):
+    plan = discover(data_set("nf1_cellpainting_plate2"), pattern=r"(?P<well>[A-P]\d+)_01_\d_\d_(?P<channel>[A-Z]+)_001\.tif")
     assert plan.problems == []
     assert plan.channels == ["DAPI", "GFP", "RFP"]
     groups = plan.groups()
@@ -346,8 +346,8 @@ def test_real_nf1_plate_with_a_pattern(data_dir):
 
 
 @pytest.mark.data
-def test_real_bbbc016_plate_with_a_pattern(data_dir):
-    plan = discover(data_dir / "bbbc016_gfp_f00_24wells", pattern=r"AS_09047_(?P<plate>\d+)_(?P<well>O\d{2})f(?P<site>\d+)d(?P<channel>\d)\.TIF")
+def test_real_bbbc016_plate_with_a_pattern(data_set):
+    plan = discover(data_set("bbbc016_gfp_f00_24wells"), pattern=r"AS_09047_(?P<plate>\d+)_(?P<well>O\d{2})f(?P<site>\d+)d(?P<channel>\d)\.TIF")
     assert plan.problems == []
     assert list(plan.groups()) == [("050428030001", "2")]
     assert [r.well for r in plan.records] == [f"O{n:02d}" for n in range(1, 25)]

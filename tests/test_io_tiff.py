@@ -363,8 +363,8 @@ def test_interrupted_write_leaves_old_file_and_no_temporary(tmp_path, rng, monke
         ("bbbc016_gfp_f00_24wells/AS_09047_050428030001_O01f00d2.TIF", "uint8", None),
     ],
 )
-def test_real_files_round_trip_bit_exact_with_metadata(tmp_path, data_dir, relpath, dtype, compression):
-    source = data_dir / relpath
+def test_real_files_round_trip_bit_exact_with_metadata(tmp_path, data_set, relpath, dtype, compression):
+    source = data_set(relpath)
     image, info = read_tiff(source)
     assert (info.dtype, info.compression) == (dtype, compression)
     np.testing.assert_array_equal(image, tifffile.imread(source))
