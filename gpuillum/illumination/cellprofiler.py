@@ -515,11 +515,14 @@ def _spline_smooth(pixels, mask, settings: CalculateSettings, xp):
                          "set spline_automatic=False with a smaller spline_rescale") from None
     # zero-mean over the mask (the background is meant for Subtract), in the background's float32
     # as CellProfiler does: with rescale the 2 % divisor sits near 0, where a float64 mean moves
-    # the function by up to ~1e-4 of its maximum
+    # the function by up to ~1e-4 of its maximum. The mean is NumPy's on the host copy (the fit
+    # ran there): a device reduction sums in another order and moved the function by ~3e-5.
+    host = to_numpy(background)
+    mean = np.mean(host) if mask is None else np.mean(host[to_numpy(mask)])
     background = xp.asarray(background)
     if mask is None:
-        return background - xp.mean(background)
-    return xp.where(mask, background - xp.mean(background[mask]), background)
+        return background - mean
+    return xp.where(mask, background - mean, background)
 
 
 def _fit_polynomial(pixels, mask, xp):
