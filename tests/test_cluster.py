@@ -64,10 +64,13 @@ def test_two_workers_apply_identical_functions_of_two_channels(tmp_path):
 @pytest.mark.slow
 def test_per_gpu_workers_each_see_one_device(monkeypatch):
     """The fallback GPU cluster (no dask-cuda): one single-threaded worker per id in CUDA_VISIBLE_DEVICES."""
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    assert visible_gpus() == ["3", "5"]
-    specs = per_gpu_worker_specs(visible_gpus())
+    with monkeypatch.context() as env:  # only while the ids are read: the in-process scheduler keeps this machine's
+        env.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+        assert visible_gpus() == ["3", "5"]
+        specs = per_gpu_worker_specs(visible_gpus())
     assert [spec["options"]["env"] for spec in specs.values()] == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}]
+    # ids 3 and 5 need not exist: on a machine with NVML, distributed's GPU monitor would open them in the workers
+    monkeypatch.setenv("DASK_DISTRIBUTED__DIAGNOSTICS__NVML", "False")
     from distributed import Client, Scheduler, SpecCluster
 
     cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
