@@ -115,6 +115,16 @@ def test_summary_keeps_the_later_run_by_its_recorded_date_not_the_file_time(tmp_
     assert "| median_filter | 48 | 400 | radius 3 | 500.0 |" in table and "250.0" not in table
 
 
+def test_summary_keeps_cpu_and_gpu_kernel_runs_apart(tmp_path):
+    entry = {"kernel": "median_filter", "params": {"size": 48, "radius": 3}, "best_peer": None, "peers": {}, "gpuillum": {"median_s": 0.5}}
+    for name, gpu, date in [("kernels-gpu-H100-20260102.json", {"name": "H100"}, "2026-01-02"), ("kernels-cpu-20260101.json", None, "2026-01-01")]:
+        (tmp_path / name).write_text(json.dumps({"machine": {"date": date, "gpu": gpu}, "args": {}, "results": [entry]}))
+    groups = summarize.by_device(summarize.full_runs(tmp_path, "kernels"))
+    assert {device: [p.name for p in files] for device, files in groups.items()} == {
+        "CPU": ["kernels-cpu-20260101.json"], "GPU: H100": ["kernels-gpu-H100-20260102.json"]}
+    assert list(groups) == ["CPU", "GPU: H100"]
+
+
 def test_median_background_accuracy_smoke_run(results_dir):
     from benchmarks import accuracy_median_background
 
