@@ -69,11 +69,13 @@ def test_per_gpu_workers_each_see_one_device(monkeypatch):
         assert visible_gpus() == ["3", "5"]
         specs = per_gpu_worker_specs(visible_gpus())
     assert [spec["options"]["env"] for spec in specs.values()] == [{"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "5"}]
-    # ids 3 and 5 need not exist: on a machine with NVML, distributed's GPU monitor would open them in the workers
-    monkeypatch.setenv("DASK_DISTRIBUTED__DIAGNOSTICS__NVML", "False")
+    # ids 3 and 5 need not exist: on a machine with NVML, distributed's GPU monitor would open them in the
+    # workers, which take their dask config from the nanny's (this process's), not from their environment
+    import dask
     from distributed import Client, Scheduler, SpecCluster
 
-    cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
+    with dask.config.set({"distributed.diagnostics.nvml": False}):
+        cluster = SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
     try:
         with Client(cluster) as client:
             seen = client.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
