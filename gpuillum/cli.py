@@ -364,10 +364,12 @@ def _report(result, args) -> None:
 
 
 def cmd_plan(args) -> int:
-    from gpuillum.engine.job import plan_plate
+    from gpuillum.engine.job import plan_plate, plan_warnings
 
     plan = plan_plate(args.input, pattern=args.pattern, layout=args.layout, loaddata=args.loaddata)
     print(plan.summary(max_problems=None))
+    for text in plan_warnings(plan):
+        print(f"warning: {text}")
     return EXIT_OK if plan.ok else EXIT_USAGE
 
 

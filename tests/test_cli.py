@@ -74,6 +74,19 @@ def test_plan_lists_plates_channels_counts_shape_and_problems(tmp_path, capsys):
     assert "P1/B02_s1_DNA.tif" in text and "uint8" in text
 
 
+def test_plan_warns_of_a_channel_with_too_few_images_for_a_function(tmp_path, capsys):
+    from gpuillum.engine.job import MIN_IMAGES_ALL
+
+    write_plate(tmp_path / "small", wells=("B02", "B03"), sites=2)
+    assert main(["plan", str(tmp_path / "small")]) == 0  # a warning, not a problem
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: plate P1, channel {channel}: only 4 images; an illumination function from so few images "
+                        f"follows the cells, not the illumination (use {MIN_IMAGES_ALL} or more)" for channel in ("Actin", "DNA")]
+    write_plate(tmp_path / "big", wells=("B02", "B03", "B04", "B05", "B06"), sites=MIN_IMAGES_ALL // 5)
+    assert main(["plan", str(tmp_path / "big")]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_calc_then_apply_equals_run(tmp_path):
     write_plate(tmp_path / "in")
     assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "whole"), *FAST_ARGS]) == 0

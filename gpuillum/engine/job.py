@@ -269,6 +269,18 @@ def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None, dtypes=No
     return plan
 
 
+def few_images_warning(plate: str, channel: str, count: int) -> str:
+    """Why a function averaged over fewer than ``MIN_IMAGES_ALL`` images is not to be trusted."""
+    return (f"plate {plate}, channel {channel}: only {count} images; an illumination function "
+            f"from so few images follows the cells, not the illumination (use {MIN_IMAGES_ALL} or more)")
+
+
+def plan_warnings(plan) -> list[str]:
+    """What ``gpuillum plan`` warns of before a job: (plate, channel) groups too small for a function."""
+    return [few_images_warning(plate, channel, len(records))
+            for (plate, channel), records in plan.groups().items() if len(records) < MIN_IMAGES_ALL]
+
+
 def plan_command(input_dir, pattern=None, layout=None, loaddata=None) -> str:
     """The ``gpuillum plan`` command line, quoted for a POSIX shell, that discovers what a job with
     these discovery options does."""
@@ -564,8 +576,7 @@ class _Job:
             self.problem(None, f"{group.plate}/{group.channel}: empty channel, every image was skipped")
             return
         if total.count < MIN_IMAGES_ALL:
-            self.warn(f"plate {group.plate}, channel {group.channel}: only {total.count} images; an illumination function "
-                      f"from so few images follows the cells, not the illumination (use {MIN_IMAGES_ALL} or more)")
+            self.warn(few_images_warning(group.plate, group.channel, total.count))
         if self.client is not None and self.device.is_gpu:
             total.to(self.device)  # Dask partials arrive as NumPy: finalize on this job's device
         with self.device.activate():
