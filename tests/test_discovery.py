@@ -68,6 +68,17 @@ def test_imagexpress_layout(tmp_path):
     assert not any("thumb" in problem for problem in plan.problems)
 
 
+@pytest.mark.parametrize("layout, relpath, fields", [
+    ("gpuillum", "P1/B03_s2_DNA.ome.tif", ("P1", "B03", "2", "DNA", None, None)),
+    ("imagexpress", "P1/TimePoint_1/P1_B03_s2_w1.ome.tiff", ("P1", "B03", "2", "1", None, "1")),
+    ("operetta", "P1/Images/r02c03f02p01-ch1sk1fk1fl1.OME.TIFF", ("P1", "B03", "2", "1", "1", "1")),
+])
+def test_layouts_name_ome_tiff_files(tmp_path, layout, relpath, fields):
+    _tiff(tmp_path, relpath)
+    plan = discover(tmp_path, check_headers=False)
+    assert plan.layout == layout and _by_relpath(plan) == {relpath: fields} and plan.problems == []
+
+
 def test_only_thumbnails_is_a_problem(tmp_path):
     _tiff(tmp_path, f"P/P_B03_s1_w1_thumb{UUID}.tif")
     plan = discover(tmp_path, layout="imagexpress")

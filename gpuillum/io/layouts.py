@@ -32,7 +32,7 @@ import dataclasses
 import re
 from pathlib import PurePath
 
-_TIFF = r"(?i:\.tiff?)"
+_TIFF = r"(?i:(?:\.ome)?\.tiff?)"  # OME-TIFF files (name.ome.tif) too
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
 DEFAULT_PLATE = "plate"  # when a folder name has no usable character (e.g. INPUT is "/")
 DEFAULT_SITE = "1"
