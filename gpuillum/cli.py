@@ -100,6 +100,9 @@ def _discovery_options(parser):
                            "matched against each file's path relative to INPUT (or its name)")
     exclusive.add_argument("--layout", metavar="NAME", help="built-in layout: gpuillum, imagexpress, operetta (opera, phenix)")
     exclusive.add_argument("--loaddata", metavar="CSV", help="a CellProfiler LoadData CSV (paths relative to INPUT)")
+    group.add_argument("--ignore-unmatched", action="store_true",
+                       help="leave alone the TIFF files the pattern or layout does not name instead of reporting them as "
+                            "problems, so that a --pattern selects a subset (one plate, some channels)")
 
 
 def _method_options(parser):
@@ -334,8 +337,9 @@ def _logger(args):
 
 
 def _common(args) -> dict:
-    return dict(pattern=args.pattern, layout=args.layout, loaddata=args.loaddata, device=args.device, workers=args.workers,
-                scheduler=args.scheduler, threads=args.threads, on_error=args.on_error, progress=args.progress,
+    return dict(pattern=args.pattern, layout=args.layout, loaddata=args.loaddata, ignore_unmatched=args.ignore_unmatched,
+                device=args.device, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
+                on_error=args.on_error, progress=args.progress,
                 log=_logger(args))
 
 
@@ -366,7 +370,8 @@ def _report(result, args) -> None:
 def cmd_plan(args) -> int:
     from gpuillum.engine.job import plan_plate, plan_warnings
 
-    plan = plan_plate(args.input, pattern=args.pattern, layout=args.layout, loaddata=args.loaddata)
+    plan = plan_plate(args.input, pattern=args.pattern, layout=args.layout, loaddata=args.loaddata,
+                      ignore_unmatched=args.ignore_unmatched)
     print(plan.summary(max_problems=None))
     for text in plan_warnings(plan):
         print(f"warning: {text}")

@@ -87,6 +87,29 @@ def test_plan_warns_of_a_channel_with_too_few_images_for_a_function(tmp_path, ca
     assert "warning" not in capsys.readouterr().out
 
 
+def test_ignore_unmatched_corrects_only_the_plate_a_pattern_selects(tmp_path, capsys):
+    import json
+
+    from gpuillum.engine.job import plan_command
+
+    images = write_plate(tmp_path / "in", plates=("P1", "P2"))
+    pattern = r"(?P<plate>P1)/(?P<well>[A-Z]\d\d)_s(?P<site>\d+)_(?P<channel>\w+)\.tif"
+    args = ["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--pattern", pattern, *FAST_ARGS]
+    assert main(args) == 2  # P2's files are problems by default: a pattern typo must not drop files silently
+    err = capsys.readouterr().err
+    assert "P2/B02_s1_Actin.tif: not matched by the pattern" in err and "(only the files not named: --ignore-unmatched)" in err
+    assert not (tmp_path / "out").exists()
+    assert main(args + ["--ignore-unmatched"]) == 0
+    assert corrected_files(tmp_path / "out") == sorted(relpath for relpath in images if relpath.startswith("P1/"))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["settings"]["discovery"]["ignore_unmatched"] is True
+    assert main(args + ["--ignore-unmatched", "--resume"]) == 0  # the same run
+    assert main(["plan", str(tmp_path / "in"), "--pattern", pattern, "--ignore-unmatched"]) == 0
+    assert "not named by the pattern, ignored as asked" in capsys.readouterr().out
+    assert plan_command("in", pattern="x", ignore_unmatched=True) == "gpuillum plan in --pattern x --ignore-unmatched"
+    assert main(["plan", str(tmp_path / "in"), "--loaddata", str(tmp_path / "x.csv"), "--ignore-unmatched"]) == 2
+
+
 def test_calc_then_apply_equals_run(tmp_path):
     write_plate(tmp_path / "in")
     assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "whole"), *FAST_ARGS]) == 0

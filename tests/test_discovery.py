@@ -207,6 +207,24 @@ def test_optional_plate_group_not_taking_part_gives_input_folder_name(tmp_path):
     assert [_fields(r) for r in plan.records] == [("Batch1", "B03", "1", "DNA", None, None)]
 
 
+def test_ignore_unmatched_lets_a_pattern_select_a_subset(tmp_path):
+    for name in ("P/B03_s1_DNA.tif", "P/B03_s1_Actin.tif", "P/B04_s1_DNA.tif", "P/B04_s1_Actin.tif"):
+        _tiff(tmp_path, name)
+    pattern = r"(?P<well>B\d\d)_s(?P<site>\d)_(?P<channel>DNA)\.tif"
+    plan = discover(tmp_path, pattern=pattern, ignore_unmatched=True)
+    assert plan.ok and plan.channels == ["DNA"] and len(plan.records) == 2
+    assert plan.ignored == ["P/B03_s1_Actin.tif", "P/B04_s1_Actin.tif"] and plan.problems == []
+    assert "2 files not named by the pattern, ignored as asked (--ignore-unmatched), such as P/B03_s1_Actin.tif" in plan.summary()
+    strict = discover(tmp_path, pattern=pattern)
+    assert strict.ignored == [] and strict.problems == [f"P/B0{w}_s1_Actin.tif: not matched by the pattern; left out" for w in (3, 4)]
+    nothing = discover(tmp_path, pattern=r"(?P<well>Z\d\d)_s(?P<site>\d)_(?P<channel>\w+)\.tif", ignore_unmatched=True)
+    assert nothing.problems == [f"the pattern names none of the 4 TIFF files under {tmp_path.absolute()}"]
+    layout = discover(tmp_path, layout="imagexpress", ignore_unmatched=True)
+    assert layout.records == [] and len(layout.ignored) == 4 and "not named by the layout" in layout.summary()
+    with pytest.raises(ValueError, match=r"ignore_unmatched \(--ignore-unmatched\): a LoadData CSV names its files itself"):
+        discover(tmp_path, loaddata=tmp_path / "load_data.csv", ignore_unmatched=True)
+
+
 def test_site_numbers_lose_leading_zeros_and_duplicates_are_reported(tmp_path):
     _tiff(tmp_path, "P/B03_s1_DNA.tif")
     _tiff(tmp_path, "P/B03_s01_DNA.tif")

@@ -250,7 +250,7 @@ def default_threads() -> int:
 # ----------------------------------------------------------------------------- discovery
 
 
-def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None, dtypes=None):
+def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None, ignore_unmatched=False, dtypes=None):
     """Discover the images of INPUT (nothing computed); returns gpuillum.io.discovery.Plan.
 
     Images of a dtype outside ``dtypes`` (default: ``supported_dtypes()``) are left out as problems,
@@ -262,7 +262,7 @@ def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None, dtypes=No
     if not input_dir.is_dir():
         raise JobError(f"{input_dir}: input folder does not exist or is not a directory")
     try:
-        plan = discover(input_dir, pattern=pattern, layout=layout, loaddata=loaddata)
+        plan = discover(input_dir, pattern=pattern, layout=layout, loaddata=loaddata, ignore_unmatched=ignore_unmatched)
     except (ValueError, KeyError, OSError) as error:
         raise JobError(one_line(error)) from None
     _leave_out_unsupported(plan, dtypes or supported_dtypes())
@@ -281,7 +281,7 @@ def plan_warnings(plan) -> list[str]:
             for (plate, channel), records in plan.groups().items() if len(records) < MIN_IMAGES_ALL]
 
 
-def plan_command(input_dir, pattern=None, layout=None, loaddata=None) -> str:
+def plan_command(input_dir, pattern=None, layout=None, loaddata=None, ignore_unmatched=False) -> str:
     """The ``gpuillum plan`` command line, quoted for a POSIX shell, that discovers what a job with
     these discovery options does."""
     import shlex
@@ -290,7 +290,7 @@ def plan_command(input_dir, pattern=None, layout=None, loaddata=None) -> str:
     for option, value in (("--pattern", pattern), ("--layout", layout), ("--loaddata", loaddata)):
         if value is not None:
             words += [option, str(value)]
-    return shlex.join(words)
+    return shlex.join(words + ["--ignore-unmatched"] * bool(ignore_unmatched))
 
 
 def _leave_out_unsupported(plan, dtypes) -> None:
@@ -531,7 +531,8 @@ class _Job:
         if plan.problems and self.on_error != "skip":
             more = len(plan.problems) - 1
             raise JobError(plan.problems[0].removesuffix("; left out") + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
-                           + f"; see them all with: {plan_command}, or leave those files out with --on-error skip")
+                           + f"; see them all with: {plan_command}, or leave those files out with --on-error skip"
+                           + (" (only the files not named: --ignore-unmatched)" if any(": not matched by the " in p for p in plan.problems) else ""))
         for problem in plan.problems:
             self.problem(_problem_relpath(problem), problem)
         groups = []
@@ -809,7 +810,7 @@ def _functions_for(groups, functions, out_dir, named) -> None:
         group.function_path = path
 
 
-def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, layout=None, loaddata=None,
+def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, layout=None, loaddata=None, ignore_unmatched=False,
               background: BackgroundSettings | None = None, apply_method: str | None = None, functions=None,
               passes=PASSES, device="auto", workers: int = 1, scheduler: str | None = None, threads: int | None = None,
               resume: bool = False, overwrite: bool = False, on_error: str = "fail", compression: str = "same",
@@ -821,7 +822,8 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     single pass. ``passes``: ("calc", "apply") the whole job, ("calc",) functions only, ("apply",)
     correct with existing ``functions`` (a folder of ``<plate>_Illum<channel>.npy|.mat`` files,
     default OUT/illum, or a mapping {channel or (plate, channel): path}). Discovery: ``pattern``
-    (regex with named groups), ``layout`` (a built-in name) or ``loaddata`` (a CSV).
+    (regex with named groups), ``layout`` (a built-in name) or ``loaddata`` (a CSV); ``ignore_unmatched``:
+    the files the pattern or layout does not name are left alone instead of being problems.
     ``device``: auto|cpu|gpu|cuda:N; ``workers``/``scheduler``: see engine.cluster.
     OUT may hold unrelated files; if it holds the manifest of a different run (another INPUT or
     other settings) the job refuses unless ``resume`` (same settings) or ``overwrite`` (removes the
@@ -865,8 +867,11 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     threads = threads or default_threads()
 
     started = time.perf_counter()
-    plan = plan_plate(input_dir, pattern=pattern, layout=layout, loaddata=loaddata, dtypes=supported_dtypes(background))
+    plan = plan_plate(input_dir, pattern=pattern, layout=layout, loaddata=loaddata, ignore_unmatched=ignore_unmatched,
+                      dtypes=supported_dtypes(background))
     discovery = {"pattern": pattern, "layout": layout, "loaddata": None if loaddata is None else str(loaddata)}
+    if ignore_unmatched:  # only then: a manifest written before the option existed still matches
+        discovery["ignore_unmatched"] = True
     # an illumination function is computed, or (apply alone) one is loaded: not a background alone
     uses_function = settings is not None if "calc" in passes else not (functions is None and background is not None)
     job = _Job(input_dir, out_dir, settings=settings, apply_options=options, device=device, workers=workers,
@@ -877,7 +882,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         method = "; ".join(filter(None, [method if settings is not None or "calc" not in passes else "",
                                          f"{background.method} background subtraction, radius {background.radius}"]))
     job.result.method = method
-    groups = job.prepare_groups(plan, plan_command(input_dir, pattern, layout, loaddata))  # refused before anything is written
+    groups = job.prepare_groups(plan, plan_command(input_dir, pattern, layout, loaddata, ignore_unmatched))  # refused before anything is written
     check_resize(settings, groups, passes)
     check_output_folders(input_dir, out_dir, [record for group in groups for record in group.records])
     if passes == ("apply",) and uses_function:

@@ -68,7 +68,8 @@ class Plan:
     ``source`` says how the files were named (layout, pattern or LoadData CSV), ``layout`` the name
     of the built-in layout used (None for a pattern or CSV), ``shapes`` maps (plate, channel) to the
     (shape, dtype) of its images when headers were checked, ``skipped`` lists relative paths left
-    out on purpose (thumbnails), without being problems.
+    out on purpose (thumbnails), without being problems, and ``ignored`` the files the pattern or
+    layout does not name when they were to be ignored (``ignore_unmatched``).
     """
 
     records: list[ImageRecord]
@@ -78,6 +79,7 @@ class Plan:
     layout: str | None = None
     shapes: dict = dataclasses.field(default_factory=dict)
     skipped: list[str] = dataclasses.field(default_factory=list)
+    ignored: list[str] = dataclasses.field(default_factory=list)
     named: set = dataclasses.field(default_factory=set)  # every (plate, channel) the names gave, problem files included
 
     def groups(self) -> dict[tuple[str, str], list[ImageRecord]]:
@@ -121,6 +123,9 @@ class Plan:
             lines.append(text)
         if self.skipped:
             lines.append(f"{len(self.skipped)} files skipped on purpose (e.g. thumbnails), such as {self.skipped[0]}")
+        if self.ignored:
+            lines.append(f"{_count(len(self.ignored), 'file')} not named by the {'pattern' if self.layout is None else 'layout'}, "
+                         f"ignored as asked (--ignore-unmatched), such as {self.ignored[0]}")
         if self.problems:
             grouped = _group_problems(self.problems)
             lines.append(f"{_count(len(self.problems), 'problem')}:")
@@ -334,7 +339,8 @@ def _choose_layout(name: str | None, relpaths: list[str]) -> tuple[Layout | None
     return layout, f"layout {layout.name}, auto-detected: names {best_count} of {len(relpaths)} TIFF files"
 
 
-def discover(input_dir, *, pattern: str | None = None, layout: str | None = None, loaddata=None, check_headers: bool = True, exclude=()) -> Plan:
+def discover(input_dir, *, pattern: str | None = None, layout: str | None = None, loaddata=None, check_headers: bool = True,
+             exclude=(), ignore_unmatched: bool = False) -> Plan:
     """Find the images under ``input_dir`` and group them by plate and channel.
 
     Naming, at most one of:
@@ -355,7 +361,9 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
     ".") are ignored, as are folders in ``exclude`` (e.g. an output folder inside INPUT). With
     ``check_headers`` every header is read (threads) to find unreadable files and shape/dtype
     mismatches within a (plate, channel). Problem files are left out of ``records`` and listed in
-    ``problems``. Raises ValueError only for bad arguments.
+    ``problems``; with ``ignore_unmatched`` the TIFF files that the pattern or layout does not name
+    are no problem but listed in ``ignored`` (a pattern then selects a subset of INPUT). Raises
+    ValueError only for bad arguments.
     """
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
@@ -363,9 +371,12 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
     given = [name for name, value in (("pattern", pattern), ("layout", layout), ("loaddata", loaddata)) if value is not None]
     if len(given) > 1:
         raise ValueError(f"discover: give at most one of pattern, layout, loaddata (got {' and '.join(given)})")
+    if ignore_unmatched and loaddata is not None:
+        raise ValueError("ignore_unmatched (--ignore-unmatched): a LoadData CSV names its files itself; use it with a pattern or a layout")
     input_dir = input_dir.absolute()
     problems: list[str] = []
     skipped: list[str] = []
+    ignored: list[str] = []
     layout_name = None
     if loaddata is not None:
         records, source = _records_from_loaddata(input_dir, Path(loaddata), problems)
@@ -393,7 +404,10 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
                 f"(e.g. {', '.join(relpaths[:3])}); give a pattern or a LoadData CSV"
             )
         else:
-            problems.extend(f"{relpath}: not matched by the {what}; left out" for relpath in unmatched)
+            if ignore_unmatched:
+                ignored = unmatched
+            else:
+                problems.extend(f"{relpath}: not matched by the {what}; left out" for relpath in unmatched)
             if not records:
                 problems.append(f"the {what} names none of the {len(relpaths)} TIFF files under {input_dir}")
 
@@ -414,5 +428,6 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
         layout=layout_name,
         shapes=shapes,
         skipped=skipped,
+        ignored=ignored,
         named=named,
     )
