@@ -52,14 +52,21 @@ def test_run_every_layout(tmp_path, layout):
 def test_loaddata_input(tmp_path):
     images = write_plate(tmp_path / "in", sites=1)
     csv = tmp_path / "in.csv"
-    lines = ["FileName_DNA,PathName_DNA,FileName_Actin,PathName_Actin,Metadata_Plate,Metadata_Well,Metadata_Site"]
+    lines = ["FileName_DNA,PathName_DNA,FileName_Actin,PathName_Actin,Metadata_Plate,Metadata_Well,Metadata_Site,Metadata_Compound"]
+    compounds = {"B02": "DMSO", "B03": "taxol", "C02": "DMSO", "C03": '"nocodazole, 1 uM"'}
     for well in ("B02", "B03", "C02", "C03"):
         folder = tmp_path / "in" / "P1"
-        lines.append(f"{well}_s1_DNA.tif,{folder},{well}_s1_Actin.tif,{folder},P1,{well},1")
+        lines.append(f"{well}_s1_DNA.tif,{folder},{well}_s1_Actin.tif,{folder},P1,{well},1,{compounds[well]}")
     csv.write_text("\n".join(lines) + "\n")
     assert main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--loaddata", str(csv), *FAST_ARGS]) == 0
     assert corrected_files(tmp_path / "out") == sorted(images)
     assert sorted(p.name for p in (tmp_path / "out" / "illum").glob("*.npy")) == ["P1_IllumActin.npy", "P1_IllumDNA.npy"]
+    # the output LoadData CSV keeps the input's other metadata, for the CellProfiler pipeline downstream
+    import csv as csv_module
+
+    with open(tmp_path / "out" / "corrected" / "load_data.csv", newline="") as handle:
+        rows = list(csv_module.DictReader(handle))
+    assert {row["Metadata_Well"]: row["Metadata_Compound"] for row in rows} == {**compounds, "C03": "nocodazole, 1 uM"}
 
 
 def test_plan_lists_plates_channels_counts_shape_and_problems(tmp_path, capsys):

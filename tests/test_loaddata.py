@@ -101,6 +101,24 @@ def test_defaults_row_col_wells_urls_and_empty_cells(tmp_path):
     ]
 
 
+def test_other_metadata_columns_are_carried_into_the_written_rows(tmp_path):
+    for name in ("a", "b", "c"):
+        _tiff(tmp_path, f"P/{name}.tif")
+    header = ["Metadata_Plate", "Metadata_Row", "Metadata_Col", "Metadata_Compound", "FileName_DNA", "PathName_DNA", "FileName_GFP", "PathName_GFP"]
+    csv_path = _write_csv(tmp_path / "l.csv", header, [["P", "B", "3", "DMSO", "a.tif", "P", "b.tif", "P"],
+                                                       ["P", "B", "4", "taxol, 1 uM", "c.tif", "P", "", ""]])
+    records = read_loaddata(csv_path)
+    expected = {"B03": {"Metadata_Row": "B", "Metadata_Col": "3", "Metadata_Compound": "DMSO"},
+                "B04": {"Metadata_Row": "B", "Metadata_Col": "4", "Metadata_Compound": "taxol, 1 uM"}}
+    assert [(r.relpath, dict(r.metadata)) for r in records] == [("P/a.tif", expected["B03"]), ("P/b.tif", expected["B03"]),
+                                                                ("P/c.tif", expected["B04"])]
+    rows = loaddata_rows(records)
+    assert [list(row)[:6] for row in rows] == [["Metadata_Plate", "Metadata_Well", "Metadata_Site", *expected["B03"]]] * 2
+    write_loaddata_csv(tmp_path / "out.csv", rows)
+    again = read_loaddata(tmp_path / "out.csv", base_dir=tmp_path)
+    assert [dict(r.metadata) for r in again] == [dict(r.metadata) for r in records]  # Metadata_Well written, Row/Col kept
+
+
 def test_excel_bom_is_accepted(tmp_path):
     _tiff(tmp_path, "a.tif")
     (tmp_path / "l.csv").write_bytes("Metadata_Well,FileName_DNA\nA01,a.tif\n".encode("utf-8-sig"))

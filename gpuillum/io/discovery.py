@@ -39,7 +39,9 @@ class ImageRecord:
     """One image file and what its name (or LoadData row) says about it.
 
     ``path`` is the absolute path; ``relpath`` the path relative to INPUT with "/" separators
-    (the engine mirrors it under OUT); ``site``, ``z``, ``t`` are strings ("1"), z/t None if absent.
+    (the engine mirrors it under OUT); ``site``, ``z``, ``t`` are strings ("1"), z/t None if absent;
+    ``metadata``: a LoadData row's other ``Metadata_*`` columns as (column, value) pairs, passed on to
+    the corrected images' LoadData CSV.
     """
 
     path: Path
@@ -50,6 +52,7 @@ class ImageRecord:
     channel: str
     z: str | None = None
     t: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple:

@@ -59,6 +59,10 @@ def _file_path(row: dict, channel: str, base: Path, csv_path: Path, line: int) -
     return Path(os.path.normpath(path))
 
 
+# the Metadata_ columns loaddata_rows writes itself; any other is carried over from an input CSV
+_WRITTEN_METADATA = ("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Metadata_Z", "Metadata_T")
+
+
 def _relpath(path: Path, base: Path) -> str:
     """``path`` relative to ``base`` with "/" separators (with leading "../" when outside it)."""
     return PurePosixPath(*Path(os.path.relpath(path, base)).parts).as_posix()
@@ -88,6 +92,7 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
         raise ValueError(f"loaddata: {csv_path}: no FileName_<channel> or URL_<channel> columns (found {', '.join(columns) or 'no header'})")
     if "Metadata_Well" not in columns and not ({"Metadata_Row"} <= set(columns) and ({"Metadata_Col", "Metadata_Column"} & set(columns))):
         raise ValueError(f"loaddata: {csv_path}: needs a Metadata_Well column (or Metadata_Row and Metadata_Col)")
+    extra = [column for column in columns if column.startswith("Metadata_") and column not in _WRITTEN_METADATA]
     records = []
     for line, row in enumerate(reader, start=2):
         well = _well(row)
@@ -112,6 +117,7 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
                     channel=channel,
                     z=number_field(row.get("Metadata_Z")),
                     t=number_field(row.get("Metadata_T")),
+                    metadata=tuple((column, row.get(column) or "") for column in extra),
                 )
             )
     return records
@@ -122,7 +128,8 @@ def loaddata_rows(records, path_of=None) -> list[dict]:
 
     ``path_of(record)`` gives the file to list (default ``record.path``), e.g. the corrected output
     of each input record. PathName holds the file's absolute folder. Metadata_Z / Metadata_T columns
-    appear only when some record has a z or t.
+    appear only when some record has a z or t; a record's other ``metadata`` (a LoadData input's
+    Metadata_Compound, Metadata_Row, ...) follows them.
     """
     path_of = path_of or (lambda record: record.path)
     with_z = any(record.z is not None for record in records)
@@ -137,6 +144,7 @@ def loaddata_rows(records, path_of=None) -> list[dict]:
                 row["Metadata_Z"] = record.z if record.z is not None else ""
             if with_t:
                 row["Metadata_T"] = record.t if record.t is not None else ""
+            row.update(record.metadata)
             rows[key] = row
         path = Path(path_of(record)).absolute()
         row[f"FileName_{record.channel}"] = path.name
