@@ -144,7 +144,7 @@ def _apply_options(parser):
                        "(median: gpuillum.median_background; tophat: white top-hat); alone, it is the whole method")
     group.add_argument("--background-radius", type=_positive_int, metavar="R", help="radius of --background in pixels (required with --background)")
     group.add_argument("--compression", default="same", metavar="NAME", type=_compression,
-                       help="TIFF compression of corrected images: same (as each input, default), none, zlib/deflate, lzw, zstd, packbits")
+                       help="TIFF compression of corrected images: same (as each input, default), none, zlib/deflate, lzw, zstd, lzma, packbits")
 
 
 def _execution_options(parser, *, resume=True):

@@ -15,7 +15,7 @@ from gpuillum.io import tiff
 from gpuillum.io.tiff import ImageReadError, TiffInfo, read_tiff, read_tiff_info, write_tiff
 
 DTYPES = [np.uint8, np.uint16, np.float32]
-COMPRESSIONS = [None, "zlib", "lzw", "zstd", "packbits"]
+COMPRESSIONS = [None, "zlib", "lzw", "zstd", "lzma", "packbits"]
 
 
 def _image(rng, dtype, shape=(48, 64)):
@@ -54,7 +54,7 @@ def test_round_trip_each_dtype_and_compression(tmp_path, rng, dtype, compression
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("compression", ["zlib", "lzw", "zstd"])
+@pytest.mark.parametrize("compression", ["zlib", "lzw", "zstd", "lzma"])
 def test_same_compression_keeps_codec_predictor_and_resolution(tmp_path, rng, dtype, compression):
     image = _image(rng, dtype)
     source = tmp_path / "source.tif"

@@ -34,12 +34,12 @@ from .atomic import atomic_path
 SOFTWARE = "gpuillum"
 
 # Codecs write_tiff can produce; "deflate" is an alias of "zlib" (TIFF tag 8, Adobe deflate).
-WRITE_COMPRESSIONS = ("zlib", "lzw", "zstd", "packbits")
+WRITE_COMPRESSIONS = ("zlib", "lzw", "zstd", "lzma", "packbits")
 _COMPRESSION_ALIASES = {"deflate": "zlib", "adobe_deflate": "zlib", "none": None}
 # what write_tiff's ``compression`` accepts ("same": as the ``like`` file; "none": uncompressed)
 COMPRESSION_CHOICES = ("same", "none") + WRITE_COMPRESSIONS + ("deflate",)
 # TIFF compression tags and the names TiffInfo reports for them (others: tifffile's name, lower case).
-_COMPRESSION_NAMES = {1: None, 5: "lzw", 8: "zlib", 32946: "zlib", 32773: "packbits", 50000: "zstd"}
+_COMPRESSION_NAMES = {1: None, 5: "lzw", 8: "zlib", 32946: "zlib", 32773: "packbits", 50000: "zstd", 34925: "lzma"}
 
 
 class ImageReadError(ValueError):
@@ -290,9 +290,9 @@ def write_tiff(path, array: np.ndarray, like: TiffInfo | str | os.PathLike | Non
     """Write a 2-D NumPy array to ``path`` as a TIFF, atomically, with ``like``'s metadata.
 
     ``like`` is the source image's TiffInfo (or a path to read it from). ``compression="same"``
-    reuses ``like``'s codec and predictor (zlib/deflate, lzw, zstd, packbits; another codec such as
-    JPEG becomes zlib; no ``like`` means uncompressed); or name one of "zlib", "deflate", "lzw",
-    "zstd", "packbits", "none"/None. Kept from ``like``: resolution and unit, photometric
+    reuses ``like``'s codec and predictor (zlib/deflate, lzw, zstd, lzma, packbits; another codec
+    such as JPEG becomes zlib; no ``like`` means uncompressed); or name one of "zlib", "deflate",
+    "lzw", "zstd", "lzma", "packbits", "none"/None. Kept from ``like``: resolution and unit, photometric
     (minisblack, miniswhite; palette with its colour map when the bit depth matches), tiling and
     tile size, the OME-XML or other ImageDescription. The Software tag says "gpuillum".
     """
