@@ -39,6 +39,11 @@ def check_image(image, name: str = "image", dtypes=ORDER_DTYPES, allow_nan: bool
     return image
 
 
+def pixels_are(count: int) -> str:
+    """ "1 pixel is" / "3 pixels are", for messages that count bad pixels."""
+    return f"{count} pixel is" if count == 1 else f"{count} pixels are"
+
+
 def check_float32_range(array, name: str) -> None:
     """Refuse finite values a cast to float32 would turn into inf (a float64 array beyond +-3.4e38)."""
     if array.dtype.kind != "f" or array.dtype.itemsize <= 4:
@@ -47,7 +52,7 @@ def check_float32_range(array, name: str) -> None:
     limit = np.finfo(np.float32).max
     beyond = int(xp.count_nonzero(xp.isfinite(array) & (xp.abs(array) > limit)))
     if beyond:
-        raise ValueError(f"{name}: {beyond} pixels are finite but beyond float32's range (|value| > {limit:.1e}), "
+        raise ValueError(f"{name}: {pixels_are(beyond)} finite but beyond float32's range (|value| > {limit:.1e}), "
                          "and illumination functions are float32")
 
 

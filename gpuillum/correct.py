@@ -29,7 +29,7 @@ import functools
 
 import numpy as np
 
-from ._checks import check_choice, check_float32_range, check_image
+from ._checks import check_choice, check_float32_range, check_image, pixels_are
 from .backend import get_array_module, is_cupy_array
 
 APPLY_METHODS = ("Divide", "Subtract")
@@ -65,7 +65,7 @@ def _check_function(function, image, method: str, on_invalid: str):
         if count:
             what = "zero, negative or not finite" if method == "Divide" else "not finite"
             raise ValueError(
-                f"function: {count} pixels are {what}; {method} would produce inf/NaN "
+                f"function: {pixels_are(count)} {what}; {method} would produce inf/NaN "
                 "(fix the function, or pass on_invalid='ignore' for CellProfiler's unguarded arithmetic)"
             )
     return function

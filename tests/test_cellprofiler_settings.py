@@ -344,11 +344,11 @@ def test_load_errors(tmp_path):
 def test_float64_values_beyond_float32_are_refused_not_saved_as_inf(tmp_path):
     function = np.ones((4, 5))
     function[1, 2] = -1e300
-    with pytest.raises(ValueError, match=r"^function: 1 pixels are finite but beyond float32's range"):
+    with pytest.raises(ValueError, match=r"^function: 1 pixel is finite but beyond float32's range"):
         save_function(tmp_path / "f.npy", function)
     assert not (tmp_path / "f.npy").exists()
     np.save(tmp_path / "big.npy", function)  # e.g. written by another tool
-    with pytest.raises(ValueError, match=r"big.npy: 1 pixels are finite but beyond float32's range"):
+    with pytest.raises(ValueError, match=r"big.npy: 1 pixel is finite but beyond float32's range"):
         load_function(tmp_path / "big.npy")
     function[1, 2] = np.inf  # already not finite: loaded as it is, the apply pass reports it
     np.save(tmp_path / "inf.npy", function)

@@ -102,7 +102,7 @@ def test_float64_function_beyond_float32_range_is_named(pair, method):
     image, function = pair
     function = function.astype(np.float64)
     function[2, 3] = 1e300
-    with pytest.raises(ValueError, match=r"^function: 1 pixels are finite but beyond float32's range"):
+    with pytest.raises(ValueError, match=r"^function: 1 pixel is finite but beyond float32's range"):
         apply(image, function, method)
     function[2, 3] = 3e38  # still a float32 value: accepted
     assert np.isfinite(apply(image, function, method)).all()
@@ -114,7 +114,7 @@ def test_subtract_accepts_zero_but_not_nan(pair):
     function[0, 0] = 0
     apply(image, function, "Subtract")
     function[1, 1] = np.nan
-    with pytest.raises(ValueError, match=r"^function: 1 pixels are not finite"):
+    with pytest.raises(ValueError, match=r"^function: 1 pixel is not finite"):
         apply(image, function, "Subtract")
 
 

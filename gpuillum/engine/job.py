@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuillum._checks import check_choice, check_integer
+from gpuillum._checks import check_choice, check_integer, pixels_are
 from gpuillum.io.manifest import Manifest, input_stamp
 from gpuillum.io.run_lock import FolderLocked, folder_lock
 
@@ -647,11 +647,11 @@ class _Job:
             bad = invalid_function_pixels(function, method)  # not finite; for Divide also zero or negative
             if method == "Divide":
                 if bad:
-                    raise JobError(f"{path}: {bad} pixels are zero, negative or not finite; cannot divide by it (a zero-mean "
+                    raise JobError(f"{path}: {pixels_are(bad)} zero, negative or not finite; cannot divide by it (a zero-mean "
                                    "function, e.g. from Splines, is for --apply-method Subtract)")
                 continue
             if bad:
-                raise JobError(f"{path}: {bad} pixels are not finite; cannot subtract it")
+                raise JobError(f"{path}: {pixels_are(bad)} not finite; cannot subtract it")
             if function.min() >= 1:
                 raise JobError(f"{path}: every value is >= 1, a rescaled function; subtracting it in 0..1 units blackens "
                                "every image; use --apply-method Divide, or a function calculated with --rescale No")
