@@ -339,6 +339,10 @@ def test_load_errors(tmp_path):
         load_function(tmp_path / "broken.npy")
     with pytest.raises(ValueError, match=r"expected a .npy or .mat illumination function"):
         load_function(tmp_path / "x.tif")
+    np.save(tmp_path / "objects.npy", np.array([{"function": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"objects.npy: cannot read the illumination function \(it holds pickled Python objects, "
+                                         r"not a float array; gpuillum never unpickles a file, which could run code\)$"):
+        load_function(tmp_path / "objects.npy")
 
 
 def test_float64_values_beyond_float32_are_refused_not_saved_as_inf(tmp_path):

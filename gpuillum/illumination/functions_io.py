@@ -51,7 +51,13 @@ def save_function(path, function) -> Path:
 
 def _read_array(path: Path, suffix: str) -> np.ndarray:
     if suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as error:
+            if "allow_pickle" not in str(error):
+                raise
+            # an object array: unpickling a file can run any code, so it is never done
+            raise KeyError("it holds pickled Python objects, not a float array; gpuillum never unpickles a file, which could run code") from None
     import scipy.io
 
     variables = scipy.io.loadmat(path)
