@@ -79,6 +79,19 @@ def test_layouts_name_ome_tiff_files(tmp_path, layout, relpath, fields):
     assert plan.layout == layout and _by_relpath(plan) == {relpath: fields} and plan.problems == []
 
 
+def test_imagexpress_single_wavelength_names_are_channel_1(tmp_path):
+    # MetaXpress leaves out _w<n> when one wavelength was acquired
+    files = {
+        f"Plate1/TimePoint_1/Plate1_B03_s2{UUID}.tif": ("Plate1", "B03", "2", "1", None, "1"),
+        "Plate1/TimePoint_1/Plate1_B04_s1.TIF": ("Plate1", "B04", "1", "1", None, "1"),
+        "Plate1/TimePoint_1/Plate1_C05.tif": ("Plate1", "C05", "1", "1", None, "1"),
+    }
+    for name in files:
+        _tiff(tmp_path, name)
+    plan = discover(tmp_path, check_headers=False)
+    assert plan.layout == "imagexpress" and _by_relpath(plan) == files and plan.problems == []
+
+
 def test_only_thumbnails_is_a_problem(tmp_path):
     _tiff(tmp_path, f"P/P_B03_s1_w1_thumb{UUID}.tif")
     plan = discover(tmp_path, layout="imagexpress")

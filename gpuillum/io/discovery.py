@@ -214,7 +214,7 @@ def _tiff_relpaths(input_dir: Path, exclude: list[Path]) -> list[str]:
     return found
 
 
-def _records_from_names(input_dir: Path, relpaths: list[str], regex: re.Pattern, also_basename: bool):
+def _records_from_names(input_dir: Path, relpaths: list[str], regex: re.Pattern, also_basename: bool, default_channel=None):
     """Match each relative path; return (records, unmatched relpaths)."""
     input_plate = _layouts.plate_from_folder(input_dir)
     records, unmatched = [], []
@@ -222,7 +222,7 @@ def _records_from_names(input_dir: Path, relpaths: list[str], regex: re.Pattern,
         match = regex.fullmatch(relpath)
         if match is None and also_basename:
             match = regex.fullmatch(relpath.rsplit("/", 1)[-1])
-        fields = _layouts.fields_from_match(match, relpath, input_plate) if match is not None else None
+        fields = _layouts.fields_from_match(match, relpath, input_plate, default_channel) if match is not None else None
         if fields is None:
             unmatched.append(relpath)
         else:
@@ -396,7 +396,8 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
                 layout_name, what = chosen.name, f"layout {chosen.name!r}"
                 skipped = [relpath for relpath in relpaths if chosen.is_skipped(relpath)]
                 relpaths = [relpath for relpath in relpaths if not chosen.is_skipped(relpath)]
-                records, unmatched = _records_from_names(input_dir, relpaths, chosen.regex, also_basename=False)
+                records, unmatched = _records_from_names(input_dir, relpaths, chosen.regex, also_basename=False,
+                                                         default_channel=chosen.default_channel)
         if not relpaths:
             thumbnails = f" ({len(skipped)} thumbnails skipped)" if skipped else ""
             problems.append(f"no TIFF files (*.tif, *.tiff) under {input_dir}{thumbnails}")

@@ -47,6 +47,7 @@ class Layout:
     example: str
     description: str
     skip: re.Pattern | None = None  # recognised non-images (thumbnails), left out without a problem
+    default_channel: str | None = None  # the channel of a file whose name gives none
 
     def is_skipped(self, relpath: str) -> bool:
         return self.skip is not None and self.skip.search(relpath) is not None
@@ -64,11 +65,13 @@ IMAGEXPRESS = Layout(
     regex=re.compile(
         r"(?:(?P<plate>(?!TimePoint_\d+/|ZStep_\d+/)[^/]+)/)?(?:[^/]+/)*?"
         r"(?:TimePoint_(?P<t>\d+)/)?(?:ZStep_(?P<z>\d+)/)?"
-        r"[^/]*_(?P<well>[A-Z]{1,2}\d{2})(?:_s(?P<site>\d+))?_w(?P<channel>\d+?)(?:" + _UUID + r")?" + _TIFF
+        r"[^/]*_(?P<well>[A-Z]{1,2}\d{2})(?:_s(?P<site>\d+))?(?:_w(?P<channel>\d+?))?(?:" + _UUID + r")?" + _TIFF
     ),
     example="Plate1/TimePoint_1/Plate1_B03_s2_w1A1B2C3D4-0000-1111-2222-333344445555.tif",
-    description="MetaXpress (ImageXpress): <plate>/.../<name>_<well>_s<site>_w<channel><uuid>.tif",
+    description="MetaXpress (ImageXpress): <plate>/.../<name>_<well>_s<site>_w<channel><uuid>.tif "
+                "(no _w<channel> when one wavelength was acquired: channel 1)",
     skip=re.compile(r"_thumb[^/]*$", re.IGNORECASE),
+    default_channel="1",
 )
 
 OPERETTA = Layout(
@@ -156,11 +159,12 @@ def well_name(row: str, col: str) -> str:
     return row_name(row) + (f"{int(col):02d}" if col.isdigit() else col)
 
 
-def fields_from_match(match: re.Match, relpath: str, input_plate: str = DEFAULT_PLATE) -> dict | None:
+def fields_from_match(match: re.Match, relpath: str, input_plate: str = DEFAULT_PLATE, default_channel: str | None = None) -> dict | None:
     """plate, well, site, channel, z, t of a match on ``relpath``; None if well or channel is empty.
 
     ``input_plate`` is the plate of files that name none (see the module docstring), normally
-    ``plate_from_folder(INPUT)``.
+    ``plate_from_folder(INPUT)``; ``default_channel`` the channel of files that name none (a
+    layout's; a user pattern's channel group must take part).
     """
     groups = match.re.groupindex
     values = match.groupdict()
@@ -170,7 +174,8 @@ def fields_from_match(match: re.Match, relpath: str, input_plate: str = DEFAULT_
         well = well_name(values["row"], values["col"])
     else:
         return None
-    if not values.get("channel"):
+    channel = values.get("channel") or default_channel
+    if not channel:
         return None
     if values.get("plate"):
         plate = values["plate"]
@@ -182,7 +187,7 @@ def fields_from_match(match: re.Match, relpath: str, input_plate: str = DEFAULT_
         "plate": plate,
         "well": well,
         "site": number_field(values.get("site")) or DEFAULT_SITE,
-        "channel": values["channel"],
+        "channel": channel,
         "z": number_field(values.get("z")),
         "t": number_field(values.get("t")),
     }
