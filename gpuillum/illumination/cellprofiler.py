@@ -490,9 +490,14 @@ def _median_table(scale: int) -> np.ndarray:
     return table
 
 
-def _spline_smooth(pixels, mask, settings: CalculateSettings, xp):
+def _spline_smooth(pixels, mask, settings: CalculateSettings):
+    """Splines run on the host (gpuillum.illumination.splines): the fit and its zero-mean step stay
+    there, and the result goes to the device of ``pixels`` once."""
     from .splines import ScaleTooLarge, automatic_spline_scale, spline_background
 
+    like = pixels
+    pixels = to_numpy(pixels)
+    mask = None if mask is None else to_numpy(mask)
     try:
         if settings.spline_automatic:
             background = spline_background(pixels, mask, scale=automatic_spline_scale(pixels.shape))
@@ -515,14 +520,11 @@ def _spline_smooth(pixels, mask, settings: CalculateSettings, xp):
                          "set spline_automatic=False with a smaller spline_rescale") from None
     # zero-mean over the mask (the background is meant for Subtract), in the background's float32
     # as CellProfiler does: with rescale the 2 % divisor sits near 0, where a float64 mean moves
-    # the function by up to ~1e-4 of its maximum. The mean is NumPy's on the host copy (the fit
-    # ran there): a device reduction sums in another order and moved the function by ~3e-5.
-    host = to_numpy(background)
-    mean = np.mean(host) if mask is None else np.mean(host[to_numpy(mask)])
-    background = xp.asarray(background)
+    # the function by up to ~1e-4 of its maximum. NumPy's mean on the host for both paths: a device
+    # reduction sums in another order and moved the GPU function by ~3e-5 (seen on an H100).
     if mask is None:
-        return background - mean
-    return xp.where(mask, background - mean, background)
+        return same_backend(background - np.mean(background), like)
+    return same_backend(np.where(mask, background - np.mean(background[mask]), background), like)
 
 
 def _fit_polynomial(pixels, mask, xp):
@@ -571,7 +573,7 @@ def smooth(pixels, mask, settings: CalculateSettings):
         values = pixels.ravel() if mask is None else pixels[mask]
         out = xp.zeros(pixels.shape, xp.float32) + xp.mean(values)
     elif method == "Splines":
-        out = _spline_smooth(pixels, mask, settings, xp)
+        out = _spline_smooth(pixels, mask, settings)
     else:  # Convex Hull
         from .convex_hull import convex_hull_smooth
 
