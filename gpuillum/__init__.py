@@ -37,6 +37,8 @@ _EXPORTS = {
     "calculate": "gpuillum.illumination.cellprofiler",
     "preset": "gpuillum.illumination.cellprofiler",
     "apply": "gpuillum.correct",
+    "IlluminationModel": "gpuillum.model",
+    "OutputStats": "gpuillum.output_dtype",
     "save_function": "gpuillum.illumination.functions_io",
     "load_function": "gpuillum.illumination.functions_io",
     "spline_background": "gpuillum.illumination.splines",

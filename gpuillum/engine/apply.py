@@ -78,7 +78,7 @@ def correct_image(image, function, options: ApplyOptions):
         function = IlluminationAccumulator(options.per_image_settings).add(image).finalize()
     corrected = image
     if function is not None:
-        corrected = apply(corrected, function, method=options.method, on_invalid="ignore")  # checked once per plate
+        corrected = apply(corrected, function, method=options.method, on_invalid="ignore", units="cellprofiler")  # checked once per plate
     if options.background is not None:
         corrected = subtract_background(corrected, options.background)
     return corrected
