@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine_description, synchronize, write_results  # noqa: E402
 from gpuillum.backend import gpu_available  # noqa: E402
 from gpuillum.filters.bands import cpu_threads  # noqa: E402
-from gpuillum.illumination.cellprofiler import CalculateSettings, calculate, median_radius, preset  # noqa: E402
+from gpuillum.methods.cellprofiler import CalculateSettings, calculate, median_radius, preset  # noqa: E402
 
 
 def load_oracle():

@@ -1,6 +1,6 @@
 """CellProfiler-compatible illumination functions: ``gpuillum.cellprofiler``.
 
-The implementation lives in :mod:`gpuillum.illumination.cellprofiler`; this module is the short,
+The implementation lives in :mod:`gpuillum.methods.cellprofiler`; this module is the short,
 documented import path::
 
     from gpuillum import cellprofiler as cp
@@ -8,5 +8,5 @@ documented import path::
     function = cp.calculate(images, settings)
     corrected = cp.apply(image, function)
 """
-from .illumination.cellprofiler import *  # noqa: F401,F403
-from .illumination.cellprofiler import __all__  # noqa: F401
+from .methods.cellprofiler import *  # noqa: F401,F403
+from .methods.cellprofiler import __all__  # noqa: F401

@@ -106,7 +106,7 @@ def _discovery_options(parser):
 
 
 def _method_options(parser):
-    from gpuillum.illumination import cellprofiler as cp
+    from gpuillum.methods import cellprofiler as cp
 
     group = parser.add_argument_group(
         "illumination function (CellProfiler CorrectIlluminationCalculate)",
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args):
     """CalculateSettings from --preset / --cppipe / the CellProfiler options, or None when none was given."""
-    from gpuillum.illumination import cellprofiler as cp
+    from gpuillum.methods import cellprofiler as cp
 
     changes = {}
     for name in ("intensity", "smoothing", "filter_size_method", "object_width", "rescale", "aggregation",
@@ -274,8 +274,8 @@ def settings_from_args(args):
 def _settings_from_cppipe(args):
     """The CorrectIlluminationCalculate settings of --cppipe (--cppipe-module, else its first such
     module); a problem is a UsageError in the pipeline's own terms, not in command-line options."""
-    from gpuillum.illumination import cellprofiler as cp
-    from gpuillum.illumination.cppipe import read_pipeline
+    from gpuillum.methods import cellprofiler as cp
+    from gpuillum.methods.cellprofiler.cppipe import read_pipeline
 
     try:
         module = args.cppipe_module

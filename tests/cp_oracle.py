@@ -1,6 +1,6 @@
 """Test oracle: CellProfiler 4.2's CorrectIlluminationCalculate strung together from the real primitives.
 
-The independent reference for gpuillum.illumination.cellprofiler. It follows the CP4 module's
+The independent reference for gpuillum.methods.cellprofiler. It follows the CP4 module's
 control flow (docs/cellprofiler.md sections 2-4), with CellProfiler's image container emulated
 by ``CPImage`` so that float32 re-casts and mask inheritance (and with them the All-mode mask
 drop) arise the way they do in CellProfiler rather than being restated. The numerical work is

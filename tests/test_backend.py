@@ -56,7 +56,7 @@ def test_every_public_name_resolves():
 
 def test_cellprofiler_alias_module():
     from gpuillum import cellprofiler
-    from gpuillum.illumination import cellprofiler as impl
+    from gpuillum.methods import cellprofiler as impl
 
     assert cellprofiler.calculate is impl.calculate
     assert set(cellprofiler.__all__) == set(impl.__all__)

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 from gpuillum.filters import bands
 from gpuillum.filters.smoothing import gaussian_filter, gaussian_float64
-from gpuillum.illumination.cellprofiler import dilate
+from gpuillum.methods.cellprofiler import dilate
 
 
 @pytest.fixture(params=[1, 2, 5, 64], ids=lambda n: f"{n}-bands")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuillum.illumination.cellprofiler import CalculateSettings, calculate, load_function
+from gpuillum.methods.cellprofiler import CalculateSettings, calculate, load_function
 
 _spec = importlib.util.spec_from_file_location("cp_oracle", Path(__file__).with_name("cp_oracle.py"))
 oracle = importlib.util.module_from_spec(_spec)

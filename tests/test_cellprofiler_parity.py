@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpuillum.illumination.cellprofiler import CalculateSettings, IlluminationAccumulator, calculate, preset
+from gpuillum.methods.cellprofiler import CalculateSettings, IlluminationAccumulator, calculate, preset
 
 _spec = importlib.util.spec_from_file_location("cp_oracle", Path(__file__).with_name("cp_oracle.py"))
 oracle = importlib.util.module_from_spec(_spec)
@@ -240,7 +240,7 @@ def test_all_median_on_dim_integers_moves_one_level():
 @pytest.mark.parametrize("scale", [0xFF, 0xFFFF])
 def test_median_table_is_non_decreasing(scale):
     # the raw-value median path relies on it: a median commutes only with a monotone map
-    from gpuillum.illumination.cellprofiler import _median_table
+    from gpuillum.methods.cellprofiler.stages import median_table as _median_table
 
     table = _median_table(scale)
     assert table.dtype == np.float32 and table.shape == (scale + 1,)

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from gpuillum.illumination import cellprofiler as cp
-from gpuillum.illumination.cellprofiler import (
+from gpuillum.methods import cellprofiler as cp
+from gpuillum.methods.cellprofiler import (
     PRESETS,
     CalculateSettings,
     IlluminationAccumulator,
@@ -17,8 +17,9 @@ from gpuillum.illumination.cellprofiler import (
     smoothing_filter_size,
     smoothing_sigma,
 )
-from gpuillum.illumination.cppipe import parse_pipeline, unescape
-from gpuillum.illumination.functions_io import function_filename, load_function, save_function
+from gpuillum.methods.cellprofiler import stages as cp_stages
+from gpuillum.methods.cellprofiler.cppipe import parse_pipeline, unescape
+from gpuillum.methods.cellprofiler.functions_io import function_filename, load_function, save_function
 
 
 def test_defaults_are_cellprofilers():
@@ -616,7 +617,7 @@ def test_gpu_each_stack_matches_cpu(cupy, rng, as_iterator):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rescale_order_statistic_equals_sorting(dtype):
-    from gpuillum.illumination.cellprofiler import _order_statistic
+    from gpuillum.methods.cellprofiler.stages import _order_statistic
 
     rng = np.random.default_rng(7)
     samples = [
@@ -636,9 +637,9 @@ def test_rescale_table_refuses_an_unmasked_histogram_with_a_mask():
     levels = np.arange(12, dtype=np.uint16).reshape(3, 4)
     table = np.linspace(0, 1, 16, dtype=np.float32)
     with pytest.raises(ValueError, match="counts"):
-        cp._rescale_table(levels, table, levels > 2, "Yes", counts=np.bincount(levels.ravel()))
-    with_counts = cp._rescale_table(levels, table, None, "Yes", counts=np.bincount(levels.ravel()))
-    np.testing.assert_array_equal(with_counts, cp._rescale_table(levels, table, None, "Yes"))
+        cp_stages.rescale_table(levels, table, levels > 2, "Yes", counts=np.bincount(levels.ravel()))
+    with_counts = cp_stages.rescale_table(levels, table, None, "Yes", counts=np.bincount(levels.ravel()))
+    np.testing.assert_array_equal(with_counts, cp_stages.rescale_table(levels, table, None, "Yes"))
 
 
 def test_median_filter_refuses_float_images_that_would_wrap(rng):

@@ -13,7 +13,7 @@ import tifffile
 
 from gpuillum.cli import main
 from gpuillum.correct import apply as apply_function
-from gpuillum.illumination.cellprofiler import calculate, preset
+from gpuillum.methods.cellprofiler import calculate, preset
 
 from test_engine import PATTERN, UUID, write_plate
 

@@ -321,7 +321,7 @@ def test_ignored_signals_stay_ignored_while_a_command_runs():
 
 
 def test_one_cellprofiler_option_modifies_the_jump_preset(tmp_path, capsys):
-    from gpuillum.illumination.cellprofiler import preset
+    from gpuillum.methods.cellprofiler import preset
 
     write_plate(tmp_path / "in", wells=("B02",), sites=2)
     code = main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--smoothing", "Fit Polynomial", "--device", "cpu"])

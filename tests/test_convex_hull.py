@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from gpuillum.illumination.convex_hull import _hull, convex_hull_smooth, convex_hull_transform
+from gpuillum.methods.cellprofiler.convex_hull import _hull, convex_hull_smooth, convex_hull_transform
 
 centrosome_filter = pytest.importorskip("centrosome.filter")
 cpmorphology = pytest.importorskip("centrosome.cpmorphology")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from gpuillum.cli import build_parser, settings_from_args
-from gpuillum.illumination.cellprofiler import CalculateSettings
-from gpuillum.illumination.cppipe import read_pipeline
+from gpuillum.methods.cellprofiler import CalculateSettings
+from gpuillum.methods.cellprofiler.cppipe import read_pipeline
 
 HEAD = "CellProfiler Pipeline: http://www.cellprofiler.org\nVersion:5\nDateRevision:424\nModuleCount:9\n\n"
 LOAD = (

@@ -17,7 +17,7 @@ from gpuillum.engine.background import BackgroundSettings, subtract_background
 from gpuillum.engine.job import JobError, check_paths, run_plate
 from gpuillum.engine.progress import Progress
 from gpuillum.engine.reading import CheckedReader, ordered_map
-from gpuillum.illumination.cellprofiler import IlluminationAccumulator, calculate, preset
+from gpuillum.methods.cellprofiler import IlluminationAccumulator, calculate, preset
 from gpuillum.io.discovery import ImageRecord
 from gpuillum.io.loaddata import read_loaddata
 from gpuillum.io.manifest import Manifest, file_sha256

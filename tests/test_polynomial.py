@@ -159,7 +159,7 @@ def test_gpu_matches_cpu(cupy, rng, robust):
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", ["one row", "three pixels"])
 def test_gpu_cellprofiler_fit_on_an_undetermined_mask_matches_cpu(cupy, rng, kind):
-    from gpuillum.illumination.cellprofiler import CalculateSettings, calculate
+    from gpuillum.methods.cellprofiler import CalculateSettings, calculate
 
     image = rng.random((23, 31)).astype(np.float32) + 0.05
     mask = np.zeros(image.shape, bool)

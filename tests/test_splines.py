@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from gpuillum.illumination.splines import _auto_mode, automatic_spline_scale, spline_background
+from gpuillum.methods.cellprofiler.splines import _auto_mode, automatic_spline_scale, spline_background
 
 bg_compensate = pytest.importorskip("centrosome.bg_compensate")
 

@@ -57,7 +57,7 @@ class _BatchSum:
         self.settings, self.device, self.read, self.on_error = settings, device, read, on_error
 
     def __call__(self, batch):
-        from gpuillum.illumination.cellprofiler import IlluminationAccumulator
+        from gpuillum.methods.cellprofiler import IlluminationAccumulator
 
         skipped: list[tuple[str, str]] = []
         images = self._read_batch(batch, skipped)

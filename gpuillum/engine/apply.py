@@ -73,7 +73,7 @@ def correct_image(image, function, options: ApplyOptions):
     from gpuillum.correct import apply
 
     if options.per_image_settings is not None:
-        from gpuillum.illumination.cellprofiler import IlluminationAccumulator
+        from gpuillum.methods.cellprofiler import IlluminationAccumulator
 
         function = IlluminationAccumulator(options.per_image_settings).add(image).finalize()
     corrected = image

@@ -140,7 +140,7 @@ def check_output_folders(input_dir: Path, out_dir: Path, records) -> None:
 
 def resolve_settings(settings=None, preset: str | None = None):
     """The CalculateSettings of the job: ``settings`` if given, else ``preset(name)``."""
-    from gpuillum.illumination import cellprofiler
+    from gpuillum.methods import cellprofiler
 
     if settings is not None and preset is not None:
         raise JobError("settings and preset: give one of them, not both")
@@ -459,7 +459,7 @@ class _Job:
         out of INPUT or now skipped as unreadable, a channel gone) leave the manifest's ``files``
         for its ``orphaned`` list, so the manifest describes this run's outputs only. The files
         stay: their inputs may exist nowhere else any more."""
-        from gpuillum.illumination.functions_io import function_filename
+        from gpuillum.methods.cellprofiler.functions_io import function_filename
 
         sources = {record.relpath for group in groups for record in group.records}
         functions = set()
@@ -526,7 +526,7 @@ class _Job:
     def prepare_groups(self, plan, plan_command: str) -> list[_Group]:
         """Groups of usable records; discovery problems are fatal, or listed as skipped with on_error="skip".
         ``plan_command``: the ``gpuillum plan`` command that lists the same problems."""
-        from gpuillum.illumination.functions_io import function_filename
+        from gpuillum.methods.cellprofiler.functions_io import function_filename
 
         if plan.problems and self.on_error != "skip":
             more = len(plan.problems) - 1
@@ -560,7 +560,7 @@ class _Job:
 
     def calculate(self, group: _Group) -> None:
         from gpuillum.backend import to_numpy
-        from gpuillum.illumination.functions_io import function_filename, load_function, save_function
+        from gpuillum.methods.cellprofiler.functions_io import function_filename, load_function, save_function
 
         name = function_filename(group.plate, group.channel)
         path = self.out_dir / "illum" / name
@@ -777,7 +777,7 @@ def _functions_for(groups, functions, out_dir, named) -> None:
 
     A mapping's keys must name channels, or (plate, channel) pairs, that the file names of INPUT
     give (``named``, files with problems included), so a typo is not silently ignored."""
-    from gpuillum.illumination.functions_io import function_filename, load_function
+    from gpuillum.methods.cellprofiler.functions_io import function_filename, load_function
 
     if isinstance(functions, dict):
         names = set(named) | {channel for _plate, channel in named}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .._checks import check_float32_range
-from ..backend import to_numpy
-from ..io.atomic import atomic_save_npy
+from ..._checks import check_float32_range
+from ...backend import to_numpy
+from ...io.atomic import atomic_save_npy
 
 
 def function_filename(plate: str, channel: str) -> str:

@@ -30,8 +30,8 @@ import numbers
 import numba
 import numpy as np
 
-from .._checks import check_image, check_mask
-from ..backend import same_backend, to_numpy
+from ..._checks import check_image, check_mask
+from ...backend import same_backend, to_numpy
 
 _DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 # CellProfiler's settings: 256 levels, a 16-level coarse pass above 16 levels, radius-2 disk.

@@ -31,8 +31,8 @@ import numbers
 import numpy as np
 from scipy import ndimage
 
-from .._checks import check_choice, check_image, check_mask
-from ..backend import same_backend, to_numpy
+from ..._checks import check_choice, check_image, check_mask
+from ...backend import same_backend, to_numpy
 
 MODES = ("auto", "dark", "bright", "gray")
 _MODE_SIGN = {"dark": -1, "bright": 1, "gray": 0}

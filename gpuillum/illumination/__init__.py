@@ -1,1 +1,0 @@
-"""Estimating illumination functions and backgrounds from one or many images."""
