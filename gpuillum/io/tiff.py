@@ -30,6 +30,7 @@ import numpy as np
 import tifffile
 
 from .atomic import atomic_path
+from .safe_open import create_new
 
 SOFTWARE = "gpuillum"
 
@@ -314,9 +315,9 @@ def write_tiff(path, array: np.ndarray, like: TiffInfo | str | os.PathLike | Non
     if like is not None and like.resolution_rational is not None:
         resolution = like.resolution_rational
         unit = like.resolution_unit if like.resolution_unit is not None else 2  # TIFF default: inch
-    with atomic_path(path) as temporary:
+    with atomic_path(path) as temporary, create_new(temporary) as handle:
         tifffile.imwrite(
-            temporary,
+            handle,
             array,
             photometric=photometric,
             colormap=colormap,
