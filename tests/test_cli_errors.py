@@ -191,8 +191,7 @@ def test_ctrl_c_exits_130_without_partial_files(tmp_path, capsys, monkeypatch):
     def interrupted(path, *args, **kwargs):
         calls.append(path)
         if len(calls) == 5:  # mid-write: half a file exists under its temporary name
-            with open(path, "wb") as handle:
-                handle.write(b"II*\x00partial")
+            path.write(b"II*\x00partial")  # write_tiff hands tifffile the temporary it created (O_EXCL)
             raise KeyboardInterrupt
         return real(path, *args, **kwargs)
 
@@ -750,3 +749,27 @@ def test_a_functions_folder_without_the_file_says_where_it_looked(tmp_path, caps
     code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--device", "cpu", "-q")
     assert code == 2
     assert_one_line_error(err, "not found (run calc first, or pass --functions DIR)")
+
+
+@pytest.mark.parametrize("command", [["plan"], ["run", "--on-error", "skip"], ["run"]])
+def test_a_fifo_named_tif_is_a_problem_not_a_hang(tmp_path, capsys, command):
+    # issue 17, case 2: plan and run used to block for ever opening it
+    import os
+
+    write_plate(tmp_path / "in", wells=("B02", "B03"), sites=1)
+    fifo = tmp_path / "in" / "P1" / "B02_s1_DNA.tif"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    argv = [command[0], str(tmp_path / "in")] + (["-o", str(tmp_path / "out"), *ARGS] if command[0] == "run" else [])
+    code = main(argv + command[1:])
+    out, err = capsys.readouterr()
+    problem = "P1/B02_s1_DNA.tif: unreadable (a FIFO, not a regular file)"
+    if command == ["plan"]:
+        assert code == 2 and problem in out
+    elif command == ["run"]:
+        assert code == 2
+        assert_one_line_error(err, problem)
+    else:
+        assert code == 0, err
+        skipped = json.loads((tmp_path / "out" / "manifest.json").read_text())["skipped"]
+        assert {"path": "P1/B02_s1_DNA.tif", "reason": problem + "; left out"} in skipped

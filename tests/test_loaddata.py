@@ -185,3 +185,19 @@ def test_write_needs_rows(tmp_path):
 def test_write_fills_missing_keys_in_first_seen_column_order(tmp_path):
     write_loaddata_csv(tmp_path / "l.csv", [{"Metadata_Well": "A01", "FileName_DNA": "a.tif"}, {"Metadata_Well": "A02", "Extra": 5}])
     assert (tmp_path / "l.csv").read_text() == "Metadata_Well,FileName_DNA,Extra\nA01,a.tif,\nA02,,5\n"
+
+
+def test_a_fifo_as_csv_or_listed_image_is_refused_not_a_hang(tmp_path):
+    # issue 17, case 2: only regular files are read
+    import os
+
+    image = _tiff(tmp_path / "in", "P/a.tif")
+    os.mkfifo(tmp_path / "in" / "P" / "b.tif")
+    csv_path = _write_csv(tmp_path / "l.csv", ["Metadata_Plate", "Metadata_Well", "FileName_DNA", "PathName_DNA"],
+                          [["P", "A01", "a.tif", str(image.parent)], ["P", "A02", "b.tif", str(image.parent)]])
+    plan = discover(tmp_path / "in", loaddata=csv_path)
+    assert [r.well for r in plan.records] == ["A01"]
+    assert plan.problems == ["P/b.tif: listed in l.csv but a FIFO, not a regular file; left out"]
+    os.mkfifo(tmp_path / "fifo.csv")
+    with pytest.raises(ValueError, match=re.escape(f"loaddata: {tmp_path / 'fifo.csv'}: cannot read (") + ".*a FIFO"):
+        read_loaddata(tmp_path / "fifo.csv")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import layouts as _layouts
 from .layouts import LAYOUTS, Layout  # noqa: F401  (LAYOUTS is part of this module's API)
+from .safe_open import file_kind
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _HEADER_THREADS = 8
@@ -321,7 +322,8 @@ def _records_from_loaddata(input_dir: Path, csv_path: Path, problems: list[str])
                 "give their common folder as INPUT; left out"
             )
         elif not record.path.is_file():
-            problems.append(f"{record.relpath}: listed in {csv_path.name} but missing; left out")
+            what = f"{file_kind(record.path.stat().st_mode)}, not a regular file" if record.path.exists() else "missing"
+            problems.append(f"{record.relpath}: listed in {csv_path.name} but {what}; left out")
         else:
             records.append(record)
     if not records:

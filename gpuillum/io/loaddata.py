@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from .atomic import atomic_write_bytes
 from .discovery import ImageRecord, natural_key
 from .layouts import DEFAULT_SITE, number_field, plate_from_folder, well_name
+from .safe_open import NotRegularFile, read_regular_text
 
 _CHANNEL_PREFIXES = ("FileName_", "URL_")
 
@@ -80,10 +81,10 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
     csv_path = Path(csv_path)
     base = Path(base_dir if base_dir is not None else csv_path.parent).absolute()
     try:
-        text = csv_path.read_text(encoding="utf-8-sig")
+        text = read_regular_text(csv_path, encoding="utf-8-sig")
     except FileNotFoundError:
         raise ValueError(f"loaddata: {csv_path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except (OSError, UnicodeDecodeError, NotRegularFile) as error:
         raise ValueError(f"loaddata: {csv_path}: cannot read ({error})") from None
     reader = csv.DictReader(io.StringIO(text))
     columns = list(reader.fieldnames or [])

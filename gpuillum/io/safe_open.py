@@ -22,12 +22,12 @@ from pathlib import Path, PurePosixPath
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # 0 where the OS has no such flag (Windows)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"))
 
 
 class NotRegularFile(ValueError):
-    """An input that is not a regular file; ``kind`` says what it is ("a FIFO (named pipe)", ...)
+    """An input that is not a regular file; ``kind`` says what it is ("a FIFO", "a directory", ...)
     and ``str(error)`` is ``"<path>: is <kind>, not a regular file"``."""
 
     def __init__(self, path, kind: str):
@@ -43,7 +43,7 @@ class LinkInOut(ValueError):
 
 
 def file_kind(mode: int) -> str:
-    """What a ``st_mode`` describes, in words: "a regular file", "a FIFO (named pipe)", ..."""
+    """What a ``st_mode`` describes, in words: "a regular file", "a FIFO" (named pipe), ..."""
     if stat.S_ISREG(mode):
         return "a regular file"
     return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
@@ -60,6 +60,10 @@ def open_regular(path):
     >>> with open_regular("plate/A01_s1_DNA.tif") as handle:  # doctest: +SKIP
     ...     header = handle.read(4)
     """
+    return open(path, "rb", opener=_regular)
+
+
+def _regular(path, _flags) -> int:
     descriptor = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
     try:
         mode = os.fstat(descriptor).st_mode
@@ -70,7 +74,7 @@ def open_regular(path):
     except BaseException:
         os.close(descriptor)
         raise
-    return os.fdopen(descriptor, "rb")
+    return descriptor
 
 
 def read_regular_text(path, encoding: str = "utf-8") -> str:
