@@ -773,3 +773,19 @@ def test_a_fifo_named_tif_is_a_problem_not_a_hang(tmp_path, capsys, command):
         assert code == 0, err
         skipped = json.loads((tmp_path / "out" / "manifest.json").read_text())["skipped"]
         assert {"path": "P1/B02_s1_DNA.tif", "reason": problem + "; left out"} in skipped
+
+
+@pytest.mark.parametrize("command", [["run"], ["calc"], ["apply"]])
+def test_a_run_with_nothing_left_to_process_is_an_error(tmp_path, capsys, command):
+    # issue 17, case 4: float32 raw counts with --on-error skip were all skipped, yet the run said
+    # "complete" with exit 0 and wrote only a manifest; like a dtype refused at plan time, exit 2
+    write_float_plate(tmp_path / "in", 1.0)
+    extra = ARGS if command != ["apply"] else ["--function", f"DNA={tmp_path / 'flat.npy'}", "--function",
+                                               f"Actin={tmp_path / 'flat.npy'}", "--device", "cpu", "-q"]
+    np.save(tmp_path / "flat.npy", np.ones((64, 80), np.float32))
+    code, err = run_cli(capsys, *command, str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--on-error", "skip", *extra)
+    assert code == 2
+    assert_one_line_error(err, f"{tmp_path / 'in'}: no usable images found (", " skipped, e.g. ", "/P1/B02_s1_", "float pixel values span [")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == err.strip().removeprefix("gpuillum: error: ")
+    assert len(manifest["skipped"]) >= 6

@@ -558,10 +558,14 @@ class _Job:
                 shape, dtype = plan.shapes[(plate, channel)]
                 groups.append(_Group(plate, channel, records, reader=CheckedReader(shape, dtype, unit_floats=self.uses_function)))
         if not groups:
-            skipped = self.result.skipped
-            why = f" ({len(skipped)} skipped, e.g. {skipped[0][1].removesuffix('; left out')})" if skipped else ""
-            raise JobError(f"{self.input_dir}: no usable images found{why}")
+            raise self.nothing_usable()
         return groups
+
+    def nothing_usable(self) -> JobError:
+        """The error of a run left with no image to process (all refused, or skipped, before or while reading)."""
+        skipped = self.result.skipped
+        why = f" ({len(skipped)} skipped, e.g. {skipped[0][1].removesuffix('; left out')})" if skipped else ""
+        return JobError(f"{self.input_dir}: no usable images found{why}")
 
     # -- pass 1
 
@@ -963,6 +967,9 @@ def _run_passes(job: _Job, groups, passes, settings) -> None:
                 if calculating and group.function is None:
                     continue  # every image of the group was skipped
                 job.apply(group)
+    produced = job.result.written or job.result.reused if "apply" in passes else any(g.function is not None for g in groups)
+    if not produced:  # every image was skipped while being read: nothing was made, so the run failed
+        raise job.nothing_usable()
     if "apply" in passes:
         job.result.loaddata = job.write_loaddata(groups)
 
