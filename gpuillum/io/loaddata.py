@@ -87,7 +87,11 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
     except (OSError, UnicodeDecodeError, NotRegularFile) as error:
         raise ValueError(f"loaddata: {csv_path}: cannot read ({error})") from None
     reader = csv.DictReader(io.StringIO(text))
-    columns = list(reader.fieldnames or [])
+    try:
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    except csv.Error as error:  # e.g. a field over the csv module's limit of 131072 characters
+        raise ValueError(f"loaddata: {csv_path}: line {reader.reader.line_num}: not a readable CSV ({error})") from None
     channels = _channels(columns)
     if not channels:
         raise ValueError(f"loaddata: {csv_path}: no FileName_<channel> or URL_<channel> columns (found {', '.join(columns) or 'no header'})")
@@ -95,7 +99,7 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
         raise ValueError(f"loaddata: {csv_path}: needs a Metadata_Well column (or Metadata_Row and Metadata_Col)")
     extra = [column for column in columns if column.startswith("Metadata_") and column not in _WRITTEN_METADATA]
     records = []
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(rows, start=2):
         well = _well(row)
         if well is None:
             raise ValueError(f"{csv_path}: line {line}: empty well (Metadata_Well)")
