@@ -789,3 +789,16 @@ def test_a_run_with_nothing_left_to_process_is_an_error(tmp_path, capsys, comman
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["error"] == err.strip().removeprefix("gpuillum: error: ")
     assert len(manifest["skipped"]) >= 6
+
+
+def test_a_channel_given_twice_with_function_is_refused(tmp_path, capsys):
+    # issue 17, case 8: the last one was silently used
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", np.ones((64, 80), np.float32))
+    code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--function",
+                        f"DNA={tmp_path / 'a.npy'}", "--function", f"Actin={tmp_path / 'a.npy'}", "--function",
+                        f"DNA={tmp_path / 'b.npy'}", "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, "--function: channel 'DNA' given twice", "a.npy", "b.npy")
+    assert not (tmp_path / "out").exists()
