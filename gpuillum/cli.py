@@ -308,6 +308,8 @@ def _functions_from_args(args):
             channel, sep, path = item.partition("=")
             if not sep or not channel or not path:
                 raise UsageError(f"--function: expected CHANNEL=FILE, got {item!r}")
+            if channel in mapping:
+                raise UsageError(f"--function: channel {channel!r} given twice ({mapping[channel]} and {path}); give one file per channel")
             mapping[channel] = path
         return mapping
     return args.functions

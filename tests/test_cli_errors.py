@@ -191,8 +191,7 @@ def test_ctrl_c_exits_130_without_partial_files(tmp_path, capsys, monkeypatch):
     def interrupted(path, *args, **kwargs):
         calls.append(path)
         if len(calls) == 5:  # mid-write: half a file exists under its temporary name
-            with open(path, "wb") as handle:
-                handle.write(b"II*\x00partial")
+            path.write(b"II*\x00partial")  # write_tiff hands tifffile the temporary it created (O_EXCL)
             raise KeyboardInterrupt
         return real(path, *args, **kwargs)
 
@@ -750,3 +749,56 @@ def test_a_functions_folder_without_the_file_says_where_it_looked(tmp_path, caps
     code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--device", "cpu", "-q")
     assert code == 2
     assert_one_line_error(err, "not found (run calc first, or pass --functions DIR)")
+
+
+@pytest.mark.parametrize("command", [["plan"], ["run", "--on-error", "skip"], ["run"]])
+def test_a_fifo_named_tif_is_a_problem_not_a_hang(tmp_path, capsys, command):
+    # issue 17, case 2: plan and run used to block for ever opening it
+    import os
+
+    write_plate(tmp_path / "in", wells=("B02", "B03"), sites=1)
+    fifo = tmp_path / "in" / "P1" / "B02_s1_DNA.tif"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    argv = [command[0], str(tmp_path / "in")] + (["-o", str(tmp_path / "out"), *ARGS] if command[0] == "run" else [])
+    code = main(argv + command[1:])
+    out, err = capsys.readouterr()
+    problem = "P1/B02_s1_DNA.tif: unreadable (a FIFO, not a regular file)"
+    if command == ["plan"]:
+        assert code == 2 and problem in out
+    elif command == ["run"]:
+        assert code == 2
+        assert_one_line_error(err, problem)
+    else:
+        assert code == 0, err
+        skipped = json.loads((tmp_path / "out" / "manifest.json").read_text())["skipped"]
+        assert {"path": "P1/B02_s1_DNA.tif", "reason": problem + "; left out"} in skipped
+
+
+@pytest.mark.parametrize("command", [["run"], ["calc"], ["apply"]])
+def test_a_run_with_nothing_left_to_process_is_an_error(tmp_path, capsys, command):
+    # issue 17, case 4: float32 raw counts with --on-error skip were all skipped, yet the run said
+    # "complete" with exit 0 and wrote only a manifest; like a dtype refused at plan time, exit 2
+    write_float_plate(tmp_path / "in", 1.0)
+    extra = ARGS if command != ["apply"] else ["--function", f"DNA={tmp_path / 'flat.npy'}", "--function",
+                                               f"Actin={tmp_path / 'flat.npy'}", "--device", "cpu", "-q"]
+    np.save(tmp_path / "flat.npy", np.ones((64, 80), np.float32))
+    code, err = run_cli(capsys, *command, str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--on-error", "skip", *extra)
+    assert code == 2
+    assert_one_line_error(err, f"{tmp_path / 'in'}: no usable images found (", " skipped, e.g. ", "/P1/B02_s1_", "float pixel values span [")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"] == err.strip().removeprefix("gpuillum: error: ")
+    assert len(manifest["skipped"]) >= 6
+
+
+def test_a_channel_given_twice_with_function_is_refused(tmp_path, capsys):
+    # issue 17, case 8: the last one was silently used
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", np.ones((64, 80), np.float32))
+    code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--function",
+                        f"DNA={tmp_path / 'a.npy'}", "--function", f"Actin={tmp_path / 'a.npy'}", "--function",
+                        f"DNA={tmp_path / 'b.npy'}", "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, "--function: channel 'DNA' given twice", "a.npy", "b.npy")
+    assert not (tmp_path / "out").exists()

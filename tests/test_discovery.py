@@ -395,3 +395,26 @@ def test_real_bbbc016_plate_with_a_pattern(data_set):
     assert [r.well for r in plan.records] == [f"O{n:02d}" for n in range(1, 25)]
     assert all(r.site == "0" for r in plan.records)
     assert plan.shapes == {("050428030001", "2"): ((512, 512), "uint8")}
+
+
+# --- hostile inputs (issue 17) ----------------------------------------------------------------
+
+
+def test_a_fifo_named_like_an_image_is_a_problem_naming_it_not_a_hang(tmp_path):
+    # case 2: opening a FIFO for reading blocks until a writer comes; only regular files are images
+    import os
+
+    from gpuillum.io.tiff import ImageReadError, read_tiff, read_tiff_info
+
+    _tiff(tmp_path, "P1/B02_s1_DNA.tif")
+    _tiff(tmp_path, "P1/B02_s2_DNA.tif")
+    fifo = tmp_path / "P1" / "B02_s3_DNA.tif"
+    os.mkfifo(fifo)
+    plan = discover(tmp_path, layout="gpuillum")
+    assert [r.relpath for r in plan.records] == ["P1/B02_s1_DNA.tif", "P1/B02_s2_DNA.tif"]
+    assert plan.problems == ["P1/B02_s3_DNA.tif: unreadable (a FIFO, not a regular file); left out"]
+    for read in (read_tiff, read_tiff_info):
+        with pytest.raises(ImageReadError, match=re.escape(f"{fifo}: a FIFO, not a regular file")):
+            read(fifo)
+    with pytest.raises(ImageReadError, match="is a directory, not a TIFF file"):
+        read_tiff(tmp_path / "P1")

@@ -340,3 +340,32 @@ def test_gpu_run_matches_cpu_run(tmp_path):
         cpu = tifffile.imread(tmp_path / "cpu" / "corrected" / relpath).astype(np.int64)
         gpu = tifffile.imread(tmp_path / "gpu" / "corrected" / relpath).astype(np.int64)
         assert np.abs(gpu - cpu).max() <= 1  # float32 rounding of the function may move a value by one count
+
+
+def test_file_names_of_the_longest_legal_length_are_corrected(tmp_path):
+    # issue 17, case 5: a 254-byte image name and a 255-byte function name (legal on Linux) must not
+    # fail in pass 2 because their temporaries add ~20 bytes
+    import os
+
+    channel = "C" * (os.pathconf(tmp_path, "PC_NAME_MAX") - len("P1_Illum.npy"))
+    images = write_plate(tmp_path / "in", wells=("B02",), sites=1, channels=("DNA", channel))
+    result = run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, layout="gpuillum", device="cpu")
+    assert len(result.written) == len(images) and not result.skipped
+    long_name = tmp_path / "out" / "corrected" / f"P1/B02_s1_{channel}.tif"
+    assert tifffile.imread(long_name).dtype == np.uint16
+    assert (tmp_path / "out" / "illum" / f"P1_Illum{channel}.npy").is_file()
+
+
+def test_wide_images_are_processed_with_a_preview(tmp_path):
+    # issue 17, case 3: 4 x 3000 images failed after writing an unlisted illum/*.npy ("has no finite
+    # values": the preview's shrink rounded 4 rows to 0), and --resume failed the same way
+    import json
+
+    images = write_plate(tmp_path / "in", wells=("B02",), sites=2, shape=(4, 3000))
+    settings = FAST.replace(resize_factor=1)
+    result = run_plate(tmp_path / "in", tmp_path / "out", settings=settings, layout="gpuillum", device="cpu")
+    assert len(result.written) == len(images)
+    files = json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]
+    assert {"illum/P1_IllumDNA.npy", "illum/P1_IllumDNA.png"} <= set(files)
+    again = run_plate(tmp_path / "in", tmp_path / "out", settings=settings, layout="gpuillum", device="cpu", resume=True)
+    assert sorted(again.reused) == sorted(images) and not again.written

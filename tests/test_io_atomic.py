@@ -87,31 +87,6 @@ def test_atomic_save_npy_interrupted_leaves_nothing(tmp_path, monkeypatch):
     assert _names(tmp_path) == []
 
 
-def test_remove_stale_temporaries_keeps_those_of_live_processes(tmp_path):
-    import subprocess
-    import sys
-
-    finished = subprocess.Popen([sys.executable, "-c", "pass"])
-    finished.wait()
-    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (tmp_path / "sub").mkdir()
-        stale = [tmp_path / f".a.tif.tmp-{finished.pid}-0123abcd", tmp_path / "sub" / f".b.npy.tmp-{finished.pid}-deadbeef",
-                 tmp_path / ".e.tif.tmp-99999999999-0123abcd"]
-        own = tmp_path / f".c.tif.tmp-{os.getpid()}-00000000"
-        other_live_run = tmp_path / "sub" / f".f.tif.tmp-{running.pid}-00000000"
-        keep = [tmp_path / "a.tif", tmp_path / ".hidden", tmp_path / ".d.tmp-notapid-0123abcd", own, other_live_run]
-        for path in stale + keep:
-            path.write_bytes(b"x")
-        removed = remove_stale_temporaries(tmp_path)
-        assert sorted(removed) == sorted(stale)
-        assert all(path.exists() for path in keep)
-        assert not any(path.exists() for path in stale)
-    finally:
-        running.kill()
-        running.wait()
-
-
 def test_remove_stale_temporaries_not_recursive(tmp_path):
     (tmp_path / "sub").mkdir()
     nested = tmp_path / "sub" / ".b.npy.tmp-99999999999-deadbeef"
@@ -123,3 +98,63 @@ def test_remove_stale_temporaries_not_recursive(tmp_path):
 def test_remove_stale_temporaries_needs_a_folder(tmp_path):
     with pytest.raises(ValueError, match="is not a directory"):
         remove_stale_temporaries(tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------- hostile inputs (issue 17)
+
+
+def test_temporaries_of_the_longest_legal_names_fit_and_stay_recognisable(tmp_path):
+    # case 5: ".<name>.tmp-<pid>-<hex>" adds ~20 bytes; a 236..255-byte name must still be writable
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    names = ["a" * limit, "é" * (limit // 2), "x" * (limit - 24) + ".tif", "short.tif"]  # "é" is 2 bytes in UTF-8
+    for name in names:
+        target = tmp_path / name
+        temporary = temporary_name(target)
+        assert len(os.fsencode(temporary.name)) <= limit and temporary.parent == tmp_path
+        assert temporary.name.startswith("." + name[:8]) and ".tmp-" in temporary.name
+        atomic_write_bytes(target, name.encode())
+        assert target.read_bytes() == name.encode()
+        temporary.write_bytes(b"left by a killed run")
+        assert remove_stale_temporaries(tmp_path) == [temporary]
+    assert temporary_name(tmp_path / "short.tif").name.startswith(".short.tif.tmp-")  # names that fit are unchanged
+
+
+def test_remove_stale_temporaries_removes_those_named_with_live_pids(tmp_path):
+    # case 11: the caller holds the folder's run lock, so no temporary there is in flight, even one
+    # named with a live pid: pid 1 (a run that was a container's first process) or a recycled one
+    (tmp_path / "sub").mkdir()
+    stale = [tmp_path / ".a.tif.tmp-1-0123abcd", tmp_path / "sub" / f".b.npy.tmp-{os.getpid()}-deadbeef",
+             tmp_path / f".c.png.tmp-{os.getppid()}-00000000", tmp_path / "sub" / ".e.tif.tmp-99999999999-0123abcd"]
+    keep = [tmp_path / "a.tif", tmp_path / ".hidden", tmp_path / ".d.tmp-notapid-0123abcd"]
+    for path in stale + keep:
+        path.write_bytes(b"x")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
+    assert all(path.exists() for path in keep)
+
+
+def test_a_link_planted_at_the_temporary_name_is_never_written_through(tmp_path, monkeypatch):
+    # case 1: temporaries are created with O_CREAT | O_EXCL | O_NOFOLLOW
+    import gpuillum.io.atomic as atomic
+
+    monkeypatch.setattr(atomic.secrets, "token_hex", lambda n: "0badf00d")
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"the user's file")
+    target = tmp_path / "manifest.json"
+    temporary_name(target).symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        atomic_write_bytes(target, b"{}")
+    assert victim.read_bytes() == b"the user's file" and not target.exists()
+
+
+def test_a_write_error_names_the_final_file_not_the_temporary(tmp_path, monkeypatch):
+    # cosmetic: a full disk while writing a PNG must name the PNG (the OSError carried no file name)
+    import errno
+
+    def full(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as caught:
+        atomic_write_bytes(tmp_path / "P1_IllumDNA.png", b"png bytes")
+    assert caught.value.filename == str(tmp_path / "P1_IllumDNA.png") and caught.value.errno == errno.ENOSPC
+    assert _names(tmp_path) == []

@@ -185,3 +185,56 @@ def test_write_needs_rows(tmp_path):
 def test_write_fills_missing_keys_in_first_seen_column_order(tmp_path):
     write_loaddata_csv(tmp_path / "l.csv", [{"Metadata_Well": "A01", "FileName_DNA": "a.tif"}, {"Metadata_Well": "A02", "Extra": 5}])
     assert (tmp_path / "l.csv").read_text() == "Metadata_Well,FileName_DNA,Extra\nA01,a.tif,\nA02,,5\n"
+
+
+def test_a_fifo_as_csv_or_listed_image_is_refused_not_a_hang(tmp_path):
+    # issue 17, case 2: only regular files are read
+    import os
+
+    image = _tiff(tmp_path / "in", "P/a.tif")
+    os.mkfifo(tmp_path / "in" / "P" / "b.tif")
+    csv_path = _write_csv(tmp_path / "l.csv", ["Metadata_Plate", "Metadata_Well", "FileName_DNA", "PathName_DNA"],
+                          [["P", "A01", "a.tif", str(image.parent)], ["P", "A02", "b.tif", str(image.parent)]])
+    plan = discover(tmp_path / "in", loaddata=csv_path)
+    assert [r.well for r in plan.records] == ["A01"]
+    assert plan.problems == ["P/b.tif: listed in l.csv but a FIFO, not a regular file; left out"]
+    os.mkfifo(tmp_path / "fifo.csv")
+    with pytest.raises(ValueError, match=re.escape(f"loaddata: {tmp_path / 'fifo.csv'}: cannot read (") + ".*a FIFO"):
+        read_loaddata(tmp_path / "fifo.csv")
+
+
+def test_a_field_over_the_csv_field_limit_is_one_line_naming_the_file_and_line(tmp_path, capsys):
+    # issue 17, case 6: "_csv.Error: field larger than field limit" ended in a traceback
+    from gpuillum.cli import main
+
+    _tiff(tmp_path / "in", "P/a.tif")
+    csv_path = _write_csv(tmp_path / "l.csv", ["Metadata_Plate", "Metadata_Well", "FileName_DNA", "Metadata_Note"],
+                          [["P", "A01", "P/a.tif", "x"], ["P", "A02", "P/a.tif", "y" * 200_000]])
+    with pytest.raises(ValueError) as caught:
+        read_loaddata(csv_path)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"loaddata: {csv_path}: line 3: ") and "field larger than field limit" in message
+    assert main(["plan", str(tmp_path / "in"), "--loaddata", str(csv_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"gpuillum: error: {message}"
+
+
+def test_one_file_listed_under_two_sites_or_channels_is_a_problem(tmp_path):
+    # issue 17, case 7: it counted twice in the function and load_data.csv named one corrected file for both
+    a, b = _tiff(tmp_path / "in", "P/a.tif"), _tiff(tmp_path / "in", "P/b.tif")
+    header = ["Metadata_Plate", "Metadata_Well", "Metadata_Site", "FileName_DNA", "FileName_Actin"]
+    two_sites = _write_csv(tmp_path / "sites.csv", header, [["P", "A01", "1", "P/a.tif", "P/b.tif"], ["P", "A01", "2", "P/a.tif", "P/b.tif"]])
+    plan = discover(tmp_path / "in", loaddata=two_sites)
+    assert sorted((r.relpath, r.site) for r in plan.records) == [("P/a.tif", "1"), ("P/b.tif", "1")]
+    assert sorted(plan.problems[:2]) == [
+        "P/a.tif: listed twice, as plate P, well A01, site 1, channel DNA and as plate P, well A01, site 2, channel DNA; "
+        "one file is one image; left out",
+        "P/b.tif: listed twice, as plate P, well A01, site 1, channel Actin and as plate P, well A01, site 2, channel Actin; "
+        "one file is one image; left out"]
+    two_channels = _write_csv(tmp_path / "channels.csv", header, [["P", "A01", "1", "P/a.tif", "P/a.tif"]])
+    plan = discover(tmp_path / "in", loaddata=two_channels)
+    assert [(r.relpath, r.channel) for r in plan.records] == [("P/a.tif", "Actin")]
+    assert plan.problems[0].startswith("P/a.tif: listed twice, as plate P, well A01, site 1, channel Actin and as plate P, "
+                                       "well A01, site 1, channel DNA;")
+    assert not plan.ok
+    assert a.is_file() and b.is_file()

@@ -273,3 +273,27 @@ def test_before_after_shares_display_scaling(tmp_path, rng):
 def test_before_after_rejects_mismatched_shapes(tmp_path):
     with pytest.raises(ValueError, match="after: shape"):
         before_after(np.ones((8, 8)), np.ones((8, 9)), tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("shape", [(16, 10000), (1, 100000), (10000, 16), (4, 3000)])
+def test_function_preview_of_wide_or_tall_functions(tmp_path, shape):
+    # issue 17, case 3: one shrink factor for both sides rounded the short side to 0 rows
+    from gpuillum.qc.png import rescale01
+
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    function = (1.0 + rows / shape[0] + 2.0 * cols / shape[1]).astype(np.float32)
+    path = tmp_path / "wide.png"
+    function_preview(function, path, max_size=512)
+    factor = -(-max(shape) // 512)  # the long side shrinks by the smallest factor that fits 512
+    sides = [side // min(factor, side) for side in shape]  # the short one keeps at least one pixel
+    blocks = [min(factor, side) for side in shape]
+    reference = function[: sides[0] * blocks[0], : sides[1] * blocks[1]].astype(np.float64)
+    reference = reference.reshape(sides[0], blocks[0], sides[1], blocks[1]).mean(axis=(1, 3))
+    with Image.open(path) as picture:
+        rgb = np.array(picture)
+    assert rgb.shape[1] == sides[1] + 2 * MARGIN and min(sides) >= 1
+    top = MARGIN
+    image = rgb[top : top + sides[0], MARGIN : MARGIN + sides[1]]
+    expected = apply_colormap(rescale01(reference, (reference.min(), reference.max())))
+    mismatched = np.any(image != expected, axis=-1)
+    assert mismatched.sum() <= 2 * (sides[0] + sides[1])  # only the white cross marking the maximum differs

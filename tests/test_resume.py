@@ -247,3 +247,18 @@ def test_the_function_and_preview_of_a_channel_that_is_gone_are_orphaned(tmp_pat
     assert {"illum/P1_IllumActin.npy", "illum/P1_IllumActin.png"} <= orphaned
     assert not any("Actin" in name for name in manifest["files"])
     assert any("DNA" in name for name in manifest["files"])
+
+
+def test_a_rerun_removes_temporaries_named_with_a_live_pid(tmp_path, plate):
+    # issue 17, case 11: a run that was a container's pid 1 (or a pid recycled after a reboot) left
+    # these; the rerun holds OUT's lock, so they are stale whatever process has that pid now
+    source, reference = plate
+    run_plate(source, tmp_path / "out", settings=FAST, device="cpu")
+    leftovers = [tmp_path / "out" / "corrected" / "P1" / ".B02_s1_DNA.tif.tmp-1-0badf00d",
+                 tmp_path / "out" / "illum" / f".P1_IllumDNA.npy.tmp-{os.getpid()}-deadbeef",
+                 tmp_path / "out" / ".manifest.json.tmp-1-cafebabe"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a file")
+    run_plate(source, tmp_path / "out", settings=FAST, device="cpu", resume=True)
+    assert not [path for path in leftovers if path.exists()]
+    assert outputs(tmp_path / "out") == reference

@@ -143,3 +143,44 @@ def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monk
     write_plate(tmp_path / "in", wells=("B02",), sites=1)
     result = run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, device="cpu")
     assert any("cannot lock files" in warning for warning in result.warnings)
+
+
+# ----------------------------------------------------------------------------- links planted in OUT (issue 17, case 1)
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_a_lock_file_linked_to_a_users_file_is_refused_and_never_written(tmp_path, how):
+    victim = tmp_path / "precious.tif"
+    victim.write_bytes(b"the user's image")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / LOCK_NAME).symlink_to(victim) if how == "symlink" else os.link(victim, folder / LOCK_NAME)
+    with pytest.raises(ValueError, match=f"{LOCK_NAME}: is .*: remove (it|the link) or choose another -o OUT"):
+        with folder_lock(folder):
+            pass
+    assert victim.read_bytes() == b"the user's image"
+    assert os.path.lexists(folder / LOCK_NAME)  # left as it was
+
+
+@pytest.mark.parametrize("entry", [LOCK_NAME, "manifest.json", "illum", "corrected", "corrected/P1", "corrected/load_data.csv"])
+def test_an_out_whose_own_entries_are_links_is_refused_in_one_line_touching_nothing(tmp_path, capsys, entry):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    is_folder = entry in ("illum", "corrected", "corrected/P1")
+    target = elsewhere if is_folder else tmp_path / "in" / "P1" / "B02_s1_DNA.tif"  # an input image as the victim
+    out = tmp_path / "out"
+    (out / entry).parent.mkdir(parents=True)
+    (out / entry).symlink_to(target, target_is_directory=is_folder)
+    before_input, before_out = _snapshot(tmp_path / "in"), sorted(p.name for p in out.rglob("*"))
+    code = main(["run", str(tmp_path / "in"), "-o", str(out), "--device", "cpu", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{out / entry}: is a symbolic link" in err and "Traceback" not in err
+    assert _snapshot(tmp_path / "in") == before_input
+    assert sorted(p.name for p in out.rglob("*")) == before_out
+    assert list(elsewhere.iterdir()) == []

@@ -43,7 +43,8 @@ import numpy as np
 
 from gpuillum._checks import check_choice, check_integer, pixels_are
 from gpuillum.io.manifest import Manifest, input_stamp
-from gpuillum.io.run_lock import FolderLocked, folder_lock
+from gpuillum.io.run_lock import LOCK_NAME, FolderLocked, folder_lock
+from gpuillum.io.safe_open import LinkInOut, refuse_links
 
 from .accumulate import OrderedMerge, accumulate_records, fixed_batches
 from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records, corrected_path, os_error_text
@@ -127,7 +128,8 @@ def check_paths(input_dir, out_dir) -> tuple[Path, Path]:
 
 def check_output_folders(input_dir: Path, out_dir: Path, records) -> None:
     """No folder an output goes to (OUT/illum, OUT/corrected and the folders under it) may lead into
-    INPUT through a symbolic link: the outputs would replace the input images."""
+    INPUT through a symbolic link: the outputs would replace the input images. Nor may any of
+    them, the lock, the manifest or the LoadData CSV be a link at all (io.safe_open.refuse_links)."""
     source = input_dir.resolve()
     folders = {out_dir / "illum", out_dir / "corrected"}
     folders.update(corrected_path(out_dir, record).parent for record in records)
@@ -136,6 +138,11 @@ def check_output_folders(input_dir: Path, out_dir: Path, records) -> None:
         if real == source or source in real.parents:
             raise JobError(f"{folder}: leads into the input folder {input_dir} (as {real}, through a symbolic link); "
                            "gpuillum never writes inside INPUT: remove the link or choose another -o OUT")
+    owned = [LOCK_NAME, MANIFEST_NAME, f"corrected/{LOADDATA_NAME}", *(folder.relative_to(out_dir) for folder in folders)]
+    try:
+        refuse_links(out_dir, owned)
+    except LinkInOut as error:
+        raise JobError(str(error)) from None
 
 
 def resolve_settings(settings=None, preset: str | None = None):
@@ -551,10 +558,14 @@ class _Job:
                 shape, dtype = plan.shapes[(plate, channel)]
                 groups.append(_Group(plate, channel, records, reader=CheckedReader(shape, dtype, unit_floats=self.uses_function)))
         if not groups:
-            skipped = self.result.skipped
-            why = f" ({len(skipped)} skipped, e.g. {skipped[0][1].removesuffix('; left out')})" if skipped else ""
-            raise JobError(f"{self.input_dir}: no usable images found{why}")
+            raise self.nothing_usable()
         return groups
+
+    def nothing_usable(self) -> JobError:
+        """The error of a run left with no image to process (all refused, or skipped, before or while reading)."""
+        skipped = self.result.skipped
+        why = f" ({len(skipped)} skipped, e.g. {skipped[0][1].removesuffix('; left out')})" if skipped else ""
+        return JobError(f"{self.input_dir}: no usable images found{why}")
 
     # -- pass 1
 
@@ -956,6 +967,9 @@ def _run_passes(job: _Job, groups, passes, settings) -> None:
                 if calculating and group.function is None:
                     continue  # every image of the group was skipped
                 job.apply(group)
+    produced = job.result.written or job.result.reused if "apply" in passes else any(g.function is not None for g in groups)
+    if not produced:  # every image was skipped while being read: nothing was made, so the run failed
+        raise job.nothing_usable()
     if "apply" in passes:
         job.result.loaddata = job.write_loaddata(groups)
 

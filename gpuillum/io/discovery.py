@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import layouts as _layouts
 from .layouts import LAYOUTS, Layout  # noqa: F401  (LAYOUTS is part of this module's API)
+from .safe_open import file_kind
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _HEADER_THREADS = 8
@@ -160,6 +161,7 @@ def _layout_text(records: list[ImageRecord]) -> str:
 _LEFT_OUT = "; left out"
 _REASON_KINDS = (  # reasons that name a detail of each file, and the shared wording used when grouping them
     (re.compile(r"duplicate of .*"), "duplicates of other files (same plate, well, site, channel)"),
+    (re.compile(r"listed twice, as .*"), "listed twice (under two sites or channels); one file is one image"),
     (re.compile(r"unreadable \(.*\)"), "unreadable"),
     (re.compile(r"\S+ \S+ differs from the \d+ other images of (plate .*) \((.*)\)"), r"shape or dtype differs from the other images of \1 (\2)"),
 )
@@ -234,16 +236,31 @@ def _count_matches(layout: Layout, relpaths: list[str]) -> int:
     return sum(1 for relpath in relpaths if not layout.is_skipped(relpath) and layout.regex.fullmatch(relpath))
 
 
+def _where(record: ImageRecord) -> str:
+    """ "plate P, well A01, site 1, channel DNA[, z 2][, t 3]": what a record's name says it is."""
+    return (f"plate {record.plate}, well {record.well}, site {record.site}, channel {record.channel}"
+            + (f", z {record.z}" if record.z is not None else "") + (f", t {record.t}" if record.t is not None else ""))
+
+
 def _drop_duplicates(records: list[ImageRecord], problems: list[str]) -> list[ImageRecord]:
     first: dict[tuple, ImageRecord] = {}
     for record in sorted(records, key=lambda r: (natural_key(r.relpath), r.relpath)):  # keeps the first in path order
         kept = first.setdefault(record.key, record)
         if kept is not record:
-            problems.append(
-                f"{record.relpath}: duplicate of {kept.relpath} (plate {record.plate}, well {record.well}, "
-                f"site {record.site}, channel {record.channel}" + (f", z {record.z}" if record.z is not None else "")
-                + (f", t {record.t}" if record.t is not None else "") + "); left out"
-            )
+            problems.append(f"{record.relpath}: duplicate of {kept.relpath} ({_where(record)}); left out")
+    return list(first.values())
+
+
+def _drop_repeated_files(records: list[ImageRecord], problems: list[str]) -> list[ImageRecord]:
+    """One file is one image: a file a LoadData CSV lists under two sites or channels would count
+    twice in its function and share one corrected copy; all but its first record (in plate,
+    channel, well, site order) are problems."""
+    first: dict[str, ImageRecord] = {}
+    for record in sorted(records, key=ImageRecord.sort_key):
+        kept = first.setdefault(record.relpath, record)
+        if kept is not record:
+            problems.append(f"{record.relpath}: listed twice, as {_where(kept)} and as {_where(record)}; "
+                            "one file is one image; left out")
     return list(first.values())
 
 
@@ -321,7 +338,8 @@ def _records_from_loaddata(input_dir: Path, csv_path: Path, problems: list[str])
                 "give their common folder as INPUT; left out"
             )
         elif not record.path.is_file():
-            problems.append(f"{record.relpath}: listed in {csv_path.name} but missing; left out")
+            what = f"{file_kind(record.path.stat().st_mode)}, not a regular file" if record.path.exists() else "missing"
+            problems.append(f"{record.relpath}: listed in {csv_path.name} but {what}; left out")
         else:
             records.append(record)
     if not records:
@@ -416,7 +434,7 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
                 problems.append(f"the {what} names none of the {len(relpaths)} TIFF files under {input_dir}")
 
     found_any = bool(records)
-    records = _drop_duplicates(records, problems)
+    records = _drop_repeated_files(_drop_duplicates(records, problems), problems)
     named = {(record.plate, record.channel) for record in records}
     shapes = {}
     if check_headers and records:

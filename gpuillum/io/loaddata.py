@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from .atomic import atomic_write_bytes
 from .discovery import ImageRecord, natural_key
 from .layouts import DEFAULT_SITE, number_field, plate_from_folder, well_name
+from .safe_open import NotRegularFile, read_regular_text
 
 _CHANNEL_PREFIXES = ("FileName_", "URL_")
 
@@ -80,13 +81,17 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
     csv_path = Path(csv_path)
     base = Path(base_dir if base_dir is not None else csv_path.parent).absolute()
     try:
-        text = csv_path.read_text(encoding="utf-8-sig")
+        text = read_regular_text(csv_path, encoding="utf-8-sig")
     except FileNotFoundError:
         raise ValueError(f"loaddata: {csv_path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except (OSError, UnicodeDecodeError, NotRegularFile) as error:
         raise ValueError(f"loaddata: {csv_path}: cannot read ({error})") from None
     reader = csv.DictReader(io.StringIO(text))
-    columns = list(reader.fieldnames or [])
+    try:
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    except csv.Error as error:  # e.g. a field over the csv module's limit of 131072 characters
+        raise ValueError(f"loaddata: {csv_path}: line {reader.reader.line_num}: not a readable CSV ({error})") from None
     channels = _channels(columns)
     if not channels:
         raise ValueError(f"loaddata: {csv_path}: no FileName_<channel> or URL_<channel> columns (found {', '.join(columns) or 'no header'})")
@@ -94,7 +99,7 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
         raise ValueError(f"loaddata: {csv_path}: needs a Metadata_Well column (or Metadata_Row and Metadata_Col)")
     extra = [column for column in columns if column.startswith("Metadata_") and column not in _WRITTEN_METADATA]
     records = []
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(rows, start=2):
         well = _well(row)
         if well is None:
             raise ValueError(f"{csv_path}: line {line}: empty well (Metadata_Well)")

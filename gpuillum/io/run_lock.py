@@ -6,7 +6,9 @@ exclusive ``flock`` on ``OUT/.gpuillum-run.lock``, which holds the host, pid and
 run for the message a second run gets. The kernel drops a flock when its process ends, however it
 ends (SIGKILL, out of memory, a container restarted as pid 1), so a lock is never stale; the file
 itself is removed when the run ends. On a file system without locks (some network mounts) the
-block runs unlocked and says so, rather than refusing to run.
+block runs unlocked and says so, rather than refusing to run. The lock file is never opened through
+a link (io.safe_open.open_owned): a planted one would have the run write its record into the
+link's target.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import socket
 import threading
 import time
 from pathlib import Path
+
+from .safe_open import open_owned
 
 try:
     import fcntl
@@ -54,7 +58,7 @@ def _acquire(path: Path) -> int | None:
     """An open descriptor holding the exclusive flock on ``path`` with this run's record written;
     None when the file system has no locks. FolderLocked when a live run holds it."""
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = open_owned(path)  # LinkInOut for a symbolic or hard link: its target is never written
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -90,8 +94,9 @@ def _release(path: Path, descriptor: int) -> None:
 @contextlib.contextmanager
 def folder_lock(folder):
     """Hold ``folder``'s run lock for the block; yields the lock path, or None where the file
-    system cannot lock (the caller may warn). FolderLocked if a live run holds it; a block nested
-    in one that holds the same folder's lock in this thread goes ahead."""
+    system cannot lock (the caller may warn). FolderLocked if a live run holds it, LinkInOut (a
+    ValueError) if the lock file is a link; a block nested in one that holds the same folder's lock
+    in this thread goes ahead."""
     path = Path(folder) / LOCK_NAME
     key = str(path.resolve())
     held = _held.__dict__.setdefault("paths", set())

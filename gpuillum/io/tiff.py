@@ -16,8 +16,9 @@ A file holding several full-resolution pages (a stack or time series) is refused
 as its first page: silently dropping images would skew a plate's statistics. Reduced-resolution
 preview pages are ignored.
 
-Anything that keeps a file from giving one 2-D grey image raises :class:`ImageReadError`, a
-ValueError whose one-line message is ``"<path>: <reason>"``.
+Only regular files are read (io.safe_open.open_regular): a FIFO named ``*.tif`` would block the
+read for ever. Anything that keeps a file from giving one 2-D grey image raises
+:class:`ImageReadError`, a ValueError whose one-line message is ``"<path>: <reason>"``.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import numpy as np
 import tifffile
 
 from .atomic import atomic_path
+from .safe_open import NotRegularFile, create_new, open_regular
 
 SOFTWARE = "gpuillum"
 
@@ -198,8 +200,10 @@ def _open_error(path: Path, error: BaseException) -> ImageReadError:
         return error
     if isinstance(error, FileNotFoundError):
         return ImageReadError(path, "no such file")
-    if isinstance(error, IsADirectoryError):
+    if isinstance(error, IsADirectoryError) or (isinstance(error, NotRegularFile) and error.kind == "a directory"):
         return ImageReadError(path, "is a directory, not a TIFF file")
+    if isinstance(error, NotRegularFile):  # a FIFO would block the read for ever
+        return ImageReadError(path, f"{error.kind}, not a regular file")
     if isinstance(error, PermissionError):
         return ImageReadError(path, "permission denied")
     if path.is_file() and path.stat().st_size == 0:
@@ -218,7 +222,7 @@ def read_tiff_info(path) -> TiffInfo:
     """
     path = Path(path)
     try:
-        with tifffile.TiffFile(path, is_ome=False) as tif:
+        with open_regular(path) as handle, tifffile.TiffFile(handle, is_ome=False) as tif:
             return _info(path, tif)
     except MemoryError:
         raise
@@ -234,7 +238,7 @@ def read_tiff(path) -> tuple[np.ndarray, TiffInfo]:
     """
     path = Path(path)
     try:
-        with tifffile.TiffFile(path, is_ome=False) as tif:
+        with open_regular(path) as handle, tifffile.TiffFile(handle, is_ome=False) as tif:
             info = _info(path, tif)
             array = _decode(tif)
     except MemoryError:
@@ -314,9 +318,9 @@ def write_tiff(path, array: np.ndarray, like: TiffInfo | str | os.PathLike | Non
     if like is not None and like.resolution_rational is not None:
         resolution = like.resolution_rational
         unit = like.resolution_unit if like.resolution_unit is not None else 2  # TIFF default: inch
-    with atomic_path(path) as temporary:
+    with atomic_path(path) as temporary, create_new(temporary) as handle:
         tifffile.imwrite(
-            temporary,
+            handle,
             array,
             photometric=photometric,
             colormap=colormap,

@@ -79,12 +79,16 @@ def _draw_text(canvas, text, top, left, scale, colour=BLACK, align="left"):
 
 
 def _shrink(image, max_size):
-    """Block-average ``image`` by the smallest integer factor that fits ``max_size``; float64 NumPy."""
+    """Block-average ``image`` by the smallest integer factor that fits ``max_size``; float64 NumPy.
+
+    A side shorter than that factor (a 16 x 10000 image) is averaged whole into one pixel instead
+    of rounding to none, so any non-empty image has a preview."""
     xp = get_array_module(image)
     factor = max(1, math.ceil(max(image.shape) / max_size))
-    h, w = image.shape[0] // factor, image.shape[1] // factor
-    small = xp.asarray(image[: h * factor, : w * factor], dtype=xp.float64)
-    small = small.reshape(h, factor, w, factor).mean(axis=(1, 3))
+    rows, cols = (min(factor, side) for side in image.shape)
+    h, w = image.shape[0] // rows, image.shape[1] // cols
+    small = xp.asarray(image[: h * rows, : w * cols], dtype=xp.float64)
+    small = small.reshape(h, rows, w, cols).mean(axis=(1, 3))
     return to_numpy(small)
 
 

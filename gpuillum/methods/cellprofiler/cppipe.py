@@ -62,9 +62,14 @@ def read_pipeline(path, exclude_disabled: bool = True) -> list[PipelineModule]:
     Like CellProfiler's ``Pipeline.modules()``, modules marked ``enabled:False`` (which
     CellProfiler does not run) are left out unless ``exclude_disabled`` is False.
     """
+    from ..io.safe_open import NotRegularFile, open_regular
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open_regular(path) as handle:  # never a FIFO, which would block for ever
+            text = handle.read().decode("utf-8", errors="replace")
+    except NotRegularFile as error:
+        raise ValueError(f"{path}: cannot read the pipeline ({error.kind}, not a regular file)") from None
     except OSError as error:
         raise ValueError(f"{path}: cannot read the pipeline ({error.strerror or error})") from None
     return parse_pipeline(text, source=str(path), exclude_disabled=exclude_disabled)
