@@ -62,7 +62,7 @@ def read_pipeline(path, exclude_disabled: bool = True) -> list[PipelineModule]:
     Like CellProfiler's ``Pipeline.modules()``, modules marked ``enabled:False`` (which
     CellProfiler does not run) are left out unless ``exclude_disabled`` is False.
     """
-    from ..io.safe_open import NotRegularFile, open_regular
+    from ...io.safe_open import NotRegularFile, open_regular
 
     path = Path(path)
     try:
