@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from gpuillum.io.discovery import ImageRecord, Plan, discover, natural_key
-from gpuillum.io.layouts import LAYOUTS, row_name
+from gpuillum.inputs.discovery import discover
+from gpuillum.inputs.records import ImageRecord, Plan, natural_key
+from gpuillum.inputs.layouts import LAYOUTS, row_name
 
 UUID = "A1B2C3D4-0000-1111-2222-333344445555"
 

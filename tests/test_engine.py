@@ -18,8 +18,8 @@ from gpuillum.engine.job import JobError, check_paths, run_plate
 from gpuillum.engine.progress import Progress
 from gpuillum.engine.reading import CheckedReader, ordered_map
 from gpuillum.methods.cellprofiler import IlluminationAccumulator, calculate, preset
-from gpuillum.io.discovery import ImageRecord
-from gpuillum.io.loaddata import read_loaddata
+from gpuillum.inputs.records import ImageRecord
+from gpuillum.inputs.loaddata import read_loaddata
 from gpuillum.io.manifest import Manifest, file_sha256
 
 SHAPE = (64, 80)

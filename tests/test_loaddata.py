@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from gpuillum.io.discovery import discover
-from gpuillum.io.loaddata import loaddata_rows, read_loaddata, write_loaddata_csv
+from gpuillum.inputs.discovery import discover
+from gpuillum.inputs.loaddata import loaddata_rows, read_loaddata, write_loaddata_csv
 
 
 def _tiff(root, relpath):

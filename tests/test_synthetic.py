@@ -18,7 +18,7 @@ from gpuillum.synthetic import (
     make_synthetic_plate,
     well_names,
 )
-from gpuillum.io.layouts import GPUILLUM
+from gpuillum.inputs.layouts import GPUILLUM
 
 SMALL = dict(rows="B", cols=(2, 11), sites=2, channels=("DNA", "Actin"), shape=(64, 96))
 

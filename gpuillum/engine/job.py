@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from gpuillum._checks import check_choice, check_integer, pixels_are
+from gpuillum.inputs.records import Problem
 from gpuillum.io.manifest import Manifest, input_stamp
 from gpuillum.io.run_lock import LOCK_NAME, FolderLocked, folder_lock
 from gpuillum.io.safe_open import LinkInOut, refuse_links
@@ -258,12 +259,12 @@ def default_threads() -> int:
 
 
 def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None, ignore_unmatched=False, dtypes=None):
-    """Discover the images of INPUT (nothing computed); returns gpuillum.io.discovery.Plan.
+    """Discover the images of INPUT (nothing computed); returns gpuillum.inputs.discovery.Plan.
 
     Images of a dtype outside ``dtypes`` (default: ``supported_dtypes()``) are left out as problems,
     so ``gpuillum plan`` reports them and a job refuses (or skips) them before reading any pixel.
     """
-    from gpuillum.io.discovery import discover
+    from gpuillum.inputs.discovery import discover
 
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
@@ -310,14 +311,9 @@ def _leave_out_unsupported(plan, dtypes) -> None:
         dtype = unsupported.get((record.plate, record.channel))
         if dtype is not None:
             why = " with --background" if dtype in every else ""  # float64: corrected, but not by the background filters
-            plan.problems.append(f"{record.relpath}: dtype {dtype} is not supported{why}; expected one of {', '.join(dtypes)}; left out")
+            plan.problems.append(Problem(record.relpath, "unsupported-dtype", f"dtype {dtype} is not supported{why}; expected one of "
+                                         f"{', '.join(dtypes)}"))
     plan.records = [r for r in plan.records if (r.plate, r.channel) not in unsupported]
-
-
-def _problem_relpath(problem: str) -> str | None:
-    """The file a discovery problem line names ("<relpath>: ..."), or None for plate-level problems."""
-    head = problem.split(": ", 1)[0]
-    return head if head.lower().endswith((".tif", ".tiff")) else None
 
 
 # ----------------------------------------------------------------------------- Dask tasks
@@ -537,11 +533,11 @@ class _Job:
 
         if plan.problems and self.on_error != "skip":
             more = len(plan.problems) - 1
-            raise JobError(plan.problems[0].removesuffix("; left out") + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+            raise JobError(plan.problems[0].message + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
                            + f"; see them all with: {plan_command}, or leave those files out with --on-error skip"
-                           + (" (only the files not named: --ignore-unmatched)" if any(": not matched by the " in p for p in plan.problems) else ""))
+                           + (" (only the files not named: --ignore-unmatched)" if any(p.kind == "unmatched" for p in plan.problems) else ""))
         for problem in plan.problems:
-            self.problem(_problem_relpath(problem), problem)
+            self.problem(problem.path, problem)
         groups = []
         for (plate, channel), records in plan.groups().items():
             outside = [r for r in records if Path(r.relpath).is_absolute() or ".." in Path(r.relpath).parts]
@@ -736,7 +732,7 @@ class _Job:
         Lists the corrected images (and, where the job has one, each channel's illumination
         function as FileName_Illum<channel> / PathName_Illum<channel>).
         """
-        from gpuillum.io.loaddata import loaddata_rows, write_loaddata_csv
+        from gpuillum.inputs.loaddata import loaddata_rows, write_loaddata_csv
 
         skipped = {relpath for relpath, _ in self.result.skipped}
         records = [r for g in groups for r in g.records if r.relpath not in skipped]

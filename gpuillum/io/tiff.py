@@ -164,7 +164,13 @@ def _info(path: Path, tif: tifffile.TiffFile) -> TiffInfo:
     if images > 1:
         raise ImageReadError(path, f"holds {images} images (a stack, time series or multi-page file); "
                              "expected one 2-D grey plane per file: split it into one file per image")
+    return info_of_page(path, tif, page, shape, dtype)
+
+
+def info_of_page(path: Path, tif: tifffile.TiffFile, page, shape, dtype) -> TiffInfo:
+    """TiffInfo of one page: the metadata a corrected copy of it keeps (truncated data refused)."""
     _check_data_present(path, page)
+    photometric = tifffile.PHOTOMETRIC(page.photometric).name.lower() if page.photometric is not None else None
     x_resolution = _tag_value(page, "XResolution")
     y_resolution = _tag_value(page, "YResolution")
     rational = None
@@ -176,7 +182,7 @@ def _info(path: Path, tif: tifffile.TiffFile) -> TiffInfo:
     text = _text(page.description) if page.description else None
     colormap = page.colormap
     return TiffInfo(
-        shape=shape,
+        shape=tuple(int(n) for n in shape),
         dtype=np.dtype(dtype).name,
         compression=_compression_name(int(page.compression)),
         predictor=int(page.predictor),
@@ -194,7 +200,7 @@ def _info(path: Path, tif: tifffile.TiffFile) -> TiffInfo:
     )
 
 
-def _open_error(path: Path, error: BaseException) -> ImageReadError:
+def read_error(path: Path, error: BaseException) -> ImageReadError:
     """Translate what opening or decoding raised into a one-line ImageReadError."""
     if isinstance(error, ImageReadError):
         return error
@@ -227,7 +233,7 @@ def read_tiff_info(path) -> TiffInfo:
     except MemoryError:
         raise
     except Exception as error:  # tifffile raises many types for bad files; KeyboardInterrupt passes
-        raise _open_error(path, error) from error
+        raise read_error(path, error) from error
 
 
 def read_tiff(path) -> tuple[np.ndarray, TiffInfo]:
@@ -244,13 +250,13 @@ def read_tiff(path) -> tuple[np.ndarray, TiffInfo]:
     except MemoryError:
         raise
     except Exception as error:
-        raise _open_error(path, error) from error
+        raise read_error(path, error) from error
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return np.ascontiguousarray(array), info
 
 
-def _resolve_compression(compression, like: TiffInfo | None) -> str | None:
+def resolve_compression(compression, like: TiffInfo | None) -> str | None:
     if compression == "same":
         if like is None or like.compression is None:
             return None
@@ -283,7 +289,7 @@ def _description(array: np.ndarray, like: TiffInfo | None) -> str | None:
     return text
 
 
-def _tile_like(like: TiffInfo | None) -> tuple | None:
+def tile_like(like: TiffInfo | None) -> tuple | None:
     """``like``'s tile size when TIFF allows writing it (multiples of 16), else None (strips)."""
     if like is None or like.tile is None or any(n % 16 for n in like.tile):
         return None
@@ -306,7 +312,7 @@ def write_tiff(path, array: np.ndarray, like: TiffInfo | str | os.PathLike | Non
         raise ValueError(f"array: expected a non-empty 2-D array, got shape {tuple(array.shape)}")
     if like is not None and not isinstance(like, TiffInfo):
         like = read_tiff_info(like)
-    codec = _resolve_compression(compression, like)
+    codec = resolve_compression(compression, like)
     predictor = bool(codec is not None and like is not None and like.predictor > 1 and array.dtype.kind in "iuf")
     photometric, colormap = "minisblack", None
     if like is not None and like.photometric == "miniswhite":
@@ -326,7 +332,7 @@ def write_tiff(path, array: np.ndarray, like: TiffInfo | str | os.PathLike | Non
             colormap=colormap,
             compression=codec,
             predictor=predictor or None,
-            tile=_tile_like(like),
+            tile=tile_like(like),
             resolution=resolution,
             resolutionunit=unit,
             description=_description(array, like),

@@ -94,8 +94,8 @@ class GroupInfo:
 class Reduction:
     """A streamed, mergeable summary of a group's images (base class documenting the protocol).
 
-    ``add(image, index)`` takes one image on the computing backend (``index``: its position in
-    the group); ``merge(other)`` adds a partial from the same settings (partials are merged in
+    ``add(image)`` takes the next image on the computing backend (a reduction made for a batch
+    knows the group position of the batch's first image, ``start``); ``merge(other)`` adds a partial from the same settings (partials are merged in
     batch order, so a reduction whose merge is exact or order-fixed is bit-identical for any
     number of workers); ``to(device)`` moves the state to a device; instances pickle with NumPy
     state (Dask ships them between processes).
@@ -103,7 +103,7 @@ class Reduction:
 
     count: int = 0
 
-    def add(self, image, index: int) -> None:  # pragma: no cover - protocol
+    def add(self, image) -> "Reduction":  # pragma: no cover - protocol
         raise NotImplementedError
 
     def merge(self, other: "Reduction") -> "Reduction":  # pragma: no cover - protocol
@@ -123,6 +123,10 @@ class Method:
     remedy: ClassVar[str] = ""  # a setting that avoids clipping or lost grey levels, named in warnings
 
     # -- declaration
+
+    def check_settings(self, settings, *, estimating: bool, correcting: bool) -> None:
+        """Refuse, with a one-line ValueError, settings that would destroy the images when a run
+        estimates and/or corrects with them (e.g. subtracting a rescaled function)."""
 
     def scope(self, settings) -> str:
         """"image", "group" or "series" for these settings."""
@@ -167,8 +171,8 @@ class Method:
 
     # -- group and series scope
 
-    def reduction(self, settings, group: GroupInfo) -> Reduction:
-        """A fresh, empty reduction for one batch of the group."""
+    def reduction(self, settings, group: GroupInfo, start: int = 0) -> Reduction:
+        """A fresh, empty reduction for one batch of the group whose first image is image ``start``."""
         raise NotImplementedError(f"method {self.name}: no group reduction")
 
     def finish(self, settings, reduction: Reduction, group: GroupInfo, device):
@@ -180,6 +184,22 @@ class Method:
     def correct(self, settings, image, *, output_dtype: str = "same", stats=None):
         """One image corrected on its own backend, cast by the output dtype policy."""
         raise NotImplementedError(f"method {self.name}: not a per-image method")
+
+
+def choice_parser(choices, aliases: dict | None = None) -> Callable[[str], str]:
+    """A ``parse`` for options with fixed choices, accepting any case and short ``aliases``
+    (``{"median": "Median Filter"}``); a one-line ValueError lists them otherwise."""
+    by_lower = {choice.lower(): choice for choice in choices}
+    by_lower.update(aliases or {})
+
+    def parse(text: str) -> str:
+        value = by_lower.get(text.strip().lower())
+        if value is None:
+            also = f" (or {', '.join(aliases)})" if aliases else ""
+            raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}{also}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _option_of(field: dataclasses.Field, annotation) -> CliOption:

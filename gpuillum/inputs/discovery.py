@@ -7,7 +7,7 @@ shape or dtype differ from the rest of their plate and channel, missing channels
 show everything wrong with a plate at once, before any work starts. Only bad arguments raise
 ValueError.
 
-The naming rules (layouts, user patterns) are in :mod:`gpuillum.io.layouts`.
+The naming rules (layouts, user patterns) are in :mod:`gpuillum.inputs.layouts`.
 """
 from __future__ import annotations
 
@@ -18,188 +18,12 @@ import os
 import re
 from pathlib import Path
 
+from ..io.safe_open import file_kind
 from . import layouts as _layouts
 from .layouts import LAYOUTS, Layout  # noqa: F401  (LAYOUTS is part of this module's API)
-from .safe_open import file_kind
+from .records import TIFF_SUFFIXES, ImageRecord, Plan, Problem, natural_key
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
 _HEADER_THREADS = 8
-_SUMMARY_PROBLEMS = 50
-_EXAMPLES = 5  # files named per grouped problem line in Plan.summary
-
-
-def natural_key(value):
-    """Sort key that orders embedded numbers by value: A2 < A10, site "2" < "10"; None first."""
-    if value is None:
-        return ()
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", str(value)) if part)
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageRecord:
-    """One image file and what its name (or LoadData row) says about it.
-
-    ``path`` is the absolute path; ``relpath`` the path relative to INPUT with "/" separators
-    (the engine mirrors it under OUT); ``site``, ``z``, ``t`` are strings ("1"), z/t None if absent;
-    ``metadata``: a LoadData row's other ``Metadata_*`` columns as (column, value) pairs, passed on to
-    the corrected images' LoadData CSV.
-    """
-
-    path: Path
-    relpath: str
-    plate: str
-    well: str
-    site: str
-    channel: str
-    z: str | None = None
-    t: str | None = None
-    metadata: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def key(self) -> tuple:
-        """What makes an image unique in a plan: (plate, well, site, channel, z, t)."""
-        return (self.plate, self.well, self.site, self.channel, self.z, self.t)
-
-    def sort_key(self) -> tuple:
-        """Natural order by plate, channel, well, site, z, t."""
-        return tuple(natural_key(v) for v in (self.plate, self.channel, self.well, self.site, self.z, self.t))
-
-
-@dataclasses.dataclass
-class Plan:
-    """What :func:`discover` found: usable ``records``, ``problems`` (one line each), and context.
-
-    ``source`` says how the files were named (layout, pattern or LoadData CSV), ``layout`` the name
-    of the built-in layout used (None for a pattern or CSV), ``shapes`` maps (plate, channel) to the
-    (shape, dtype) of its images when headers were checked, ``skipped`` lists relative paths left
-    out on purpose (thumbnails), without being problems, and ``ignored`` the files the pattern or
-    layout does not name when they were to be ignored (``ignore_unmatched``).
-    """
-
-    records: list[ImageRecord]
-    problems: list[str] = dataclasses.field(default_factory=list)
-    input_dir: Path | None = None
-    source: str = ""
-    layout: str | None = None
-    shapes: dict = dataclasses.field(default_factory=dict)
-    skipped: list[str] = dataclasses.field(default_factory=list)
-    ignored: list[str] = dataclasses.field(default_factory=list)
-    named: set = dataclasses.field(default_factory=set)  # every (plate, channel) the names gave, problem files included
-
-    def groups(self) -> dict[tuple[str, str], list[ImageRecord]]:
-        """{(plate, channel): records in (well, site, z, t) order}, plates and channels in natural order."""
-        groups: dict[tuple[str, str], list[ImageRecord]] = {}
-        for record in sorted(self.records, key=ImageRecord.sort_key):
-            groups.setdefault((record.plate, record.channel), []).append(record)
-        return groups
-
-    @property
-    def plates(self) -> list[str]:
-        return sorted({record.plate for record in self.records}, key=natural_key)
-
-    @property
-    def channels(self) -> list[str]:
-        return sorted({record.channel for record in self.records}, key=natural_key)
-
-    @property
-    def ok(self) -> bool:
-        """True when images were found and nothing is wrong."""
-        return bool(self.records) and not self.problems
-
-    def summary(self, max_problems: int | None = _SUMMARY_PROBLEMS) -> str:
-        """Human-readable report: source, plates, channels, image counts, shape/dtype, problems.
-
-        Problems with the same reason are grouped into one line (a count and the first
-        ``_EXAMPLES`` files), so a wrong pattern on a big plate gives one line, not thousands;
-        at most ``max_problems`` such lines are shown (None: all), then a count of the rest.
-        """
-        plates, channels = self.plates, self.channels
-        lines = [f"INPUT {self.input_dir}" + (f" ({self.source})" if self.source else "")]
-        lines.append(
-            f"{_count(len(self.records), 'image')}, {_count(len(plates), 'plate')}, "
-            f"{_count(len(channels), 'channel')}: {', '.join(channels) or '-'}"
-        )
-        for (plate, channel), records in self.groups().items():
-            text = f"  plate {plate}, channel {channel}: {_count(len(records), 'image')}, {_layout_text(records)}"
-            if (plate, channel) in self.shapes:
-                shape, dtype = self.shapes[(plate, channel)]
-                text += f", {'x'.join(str(n) for n in shape)} {dtype}"
-            lines.append(text)
-        if self.skipped:
-            lines.append(f"{len(self.skipped)} files skipped on purpose (e.g. thumbnails), such as {self.skipped[0]}")
-        if self.ignored:
-            lines.append(f"{_count(len(self.ignored), 'file')} not named by the {'pattern' if self.layout is None else 'layout'}, "
-                         f"ignored as asked (--ignore-unmatched), such as {self.ignored[0]}")
-        if self.problems:
-            grouped = _group_problems(self.problems)
-            lines.append(f"{_count(len(self.problems), 'problem')}:")
-            shown = grouped if max_problems is None else grouped[:max_problems]
-            lines.extend(f"  - {line}" for line in shown)
-            if len(shown) < len(grouped):
-                lines.append(f"  ... and {len(grouped) - len(shown)} more problem lines")
-        else:
-            lines.append("no problems found")
-        return "\n".join(lines)
-
-
-def _count(n: int, noun: str) -> str:
-    """ "1 well", "2 wells"."""
-    return f"{n} {noun}{'s' * (n != 1)}"
-
-
-def _layout_text(records: list[ImageRecord]) -> str:
-    """ "4 wells x 2 sites" when every well has as many sites, else "7 sites in 4 wells"."""
-    sites_per_well: dict[str, set] = collections.defaultdict(set)
-    for record in records:
-        sites_per_well[record.well].add(record.site)
-    counts = {len(sites) for sites in sites_per_well.values()}
-    if len(counts) == 1:
-        return f"{_count(len(sites_per_well), 'well')} x {_count(counts.pop(), 'site')}"
-    return f"{_count(sum(len(s) for s in sites_per_well.values()), 'site')} in {_count(len(sites_per_well), 'well')}"
-
-
-_LEFT_OUT = "; left out"
-_REASON_KINDS = (  # reasons that name a detail of each file, and the shared wording used when grouping them
-    (re.compile(r"duplicate of .*"), "duplicates of other files (same plate, well, site, channel)"),
-    (re.compile(r"listed twice, as .*"), "listed twice (under two sites or channels); one file is one image"),
-    (re.compile(r"unreadable \(.*\)"), "unreadable"),
-    (re.compile(r"\S+ \S+ differs from the \d+ other images of (plate .*) \((.*)\)"), r"shape or dtype differs from the other images of \1 (\2)"),
-)
-
-
-def _group_problems(problems: list[str]) -> list[str]:
-    """One line per distinct reason, in order of first appearance: a reason shared by several
-    files becomes "N files: reason (first 5: a, b, ...); left out"; a reason seen once stays as is."""
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for problem in problems:
-        head, sep, reason = problem.partition(": ")
-        if not sep:
-            groups.setdefault(problem, []).append((problem, ""))
-            continue
-        left_out = reason.endswith(_LEFT_OUT)
-        reason = reason.removesuffix(_LEFT_OUT)
-        for pattern, wording in _REASON_KINDS:
-            if pattern.fullmatch(reason):
-                reason = pattern.sub(wording, reason)
-                break
-        groups.setdefault(reason + _LEFT_OUT * left_out, []).append((problem, head))
-    lines = []
-    for reason, members in groups.items():
-        if len(members) == 1:
-            lines.append(members[0][0])
-            continue
-        heads = [head for _, head in members]
-        if all(head.lower().endswith(_TIFF_SUFFIXES) for head in heads):
-            noun = "files"
-        else:
-            noun = "sites" if all(", site " in head for head in heads) else "plates"
-        left_out = reason.endswith(_LEFT_OUT)
-        first = ("; " if any(", " in head for head in heads) else ", ").join(heads[:_EXAMPLES])
-        lines.append(
-            f"{len(members)} {noun}: {reason.removesuffix(_LEFT_OUT)} "
-            f"(first {min(_EXAMPLES, len(members))}: {first}){_LEFT_OUT if left_out else ''}"
-        )
-    return lines
 
 
 def _tiff_relpaths(input_dir: Path, exclude: list[Path]) -> list[str]:
@@ -211,7 +35,7 @@ def _tiff_relpaths(input_dir: Path, exclude: list[Path]) -> list[str]:
             name for name in subfolders if not name.startswith(".") and (here / name).absolute() not in exclude
         )
         for name in sorted(files):
-            if not name.startswith(".") and name.lower().endswith(_TIFF_SUFFIXES):
+            if not name.startswith(".") and name.lower().endswith(TIFF_SUFFIXES):
                 found.append((here / name).relative_to(input_dir).as_posix())
     return found
 
@@ -242,16 +66,17 @@ def _where(record: ImageRecord) -> str:
             + (f", z {record.z}" if record.z is not None else "") + (f", t {record.t}" if record.t is not None else ""))
 
 
-def _drop_duplicates(records: list[ImageRecord], problems: list[str]) -> list[ImageRecord]:
+def _drop_duplicates(records: list[ImageRecord], problems: list[Problem]) -> list[ImageRecord]:
     first: dict[tuple, ImageRecord] = {}
     for record in sorted(records, key=lambda r: (natural_key(r.relpath), r.relpath)):  # keeps the first in path order
         kept = first.setdefault(record.key, record)
         if kept is not record:
-            problems.append(f"{record.relpath}: duplicate of {kept.relpath} ({_where(record)}); left out")
+            problems.append(Problem(record.relpath, "duplicate", f"duplicate of {kept.relpath} ({_where(record)})",
+                                    shared="duplicates of other files (same plate, well, site, channel)"))
     return list(first.values())
 
 
-def _drop_repeated_files(records: list[ImageRecord], problems: list[str]) -> list[ImageRecord]:
+def _drop_repeated_files(records: list[ImageRecord], problems: list[Problem]) -> list[ImageRecord]:
     """One file is one image: a file a LoadData CSV lists under two sites or channels would count
     twice in its function and share one corrected copy; all but its first record (in plate,
     channel, well, site order) are problems."""
@@ -259,14 +84,14 @@ def _drop_repeated_files(records: list[ImageRecord], problems: list[str]) -> lis
     for record in sorted(records, key=ImageRecord.sort_key):
         kept = first.setdefault(record.relpath, record)
         if kept is not record:
-            problems.append(f"{record.relpath}: listed twice, as {_where(kept)} and as {_where(record)}; "
-                            "one file is one image; left out")
+            problems.append(Problem(record.relpath, "repeated", f"listed twice, as {_where(kept)} and as {_where(record)}; "
+                                    "one file is one image"))
     return list(first.values())
 
 
-def _check_headers(records: list[ImageRecord], problems: list[str]) -> tuple[list[ImageRecord], dict]:
+def _check_headers(records: list[ImageRecord], problems: list[Problem]) -> tuple[list[ImageRecord], dict]:
     """Read every header (threads: file opening is I/O-bound); drop unreadable and odd-shaped images."""
-    from .tiff import ImageReadError, read_tiff_info
+    from ..io.tiff import ImageReadError, read_tiff_info
 
     def header(record):
         try:
@@ -281,7 +106,7 @@ def _check_headers(records: list[ImageRecord], problems: list[str]) -> tuple[lis
     by_group: dict[tuple, list] = collections.defaultdict(list)
     for record, result in zip(records, headers):
         if isinstance(result, ImageReadError):
-            problems.append(f"{record.relpath}: unreadable ({result.reason}); left out")
+            problems.append(Problem(record.relpath, "unreadable", f"unreadable ({result.reason})", shared="unreadable"))
         else:
             readable.append(record)
             by_group[(record.plate, record.channel)].append((record, result))
@@ -294,10 +119,10 @@ def _check_headers(records: list[ImageRecord], problems: list[str]) -> tuple[lis
             if result == majority:
                 kept.append(record)
             else:
-                problems.append(
-                    f"{record.relpath}: {_shape_text(result)} differs from the {counts[majority]} other images of "
-                    f"plate {group[0]}, channel {group[1]} ({_shape_text(majority)}); left out"
-                )
+                where = f"plate {group[0]}, channel {group[1]} ({_shape_text(majority)})"
+                problems.append(Problem(record.relpath, "mismatch", f"{_shape_text(result)} differs from the "
+                                        f"{counts[majority]} other images of {where}",
+                                        shared=f"shape or dtype differs from the other images of {where}"))
     return kept, shapes
 
 
@@ -306,7 +131,7 @@ def _shape_text(header) -> str:
     return f"{'x'.join(str(n) for n in shape)} {dtype}"
 
 
-def _check_completeness(records: list[ImageRecord], problems: list[str]) -> None:
+def _check_completeness(records: list[ImageRecord], problems: list[Problem]) -> None:
     """Report channels missing from a plate (that other plates have) and sites missing a channel."""
     channels_by_plate: dict[str, set] = collections.defaultdict(set)
     channels_by_site: dict[tuple, set] = collections.defaultdict(set)
@@ -316,34 +141,36 @@ def _check_completeness(records: list[ImageRecord], problems: list[str]) -> None
     all_channels = set().union(*channels_by_plate.values()) if channels_by_plate else set()
     for plate in sorted(channels_by_plate, key=natural_key):
         for channel in sorted(all_channels - channels_by_plate[plate], key=natural_key):
-            problems.append(f"plate {plate}: no images of channel {channel} (other plates have it)")
+            problems.append(Problem(f"plate {plate}", "missing-plate-channel", f"no images of channel {channel} (other plates have it)",
+                                    left_out=False, is_file=False))
     for site_key in sorted(channels_by_site, key=lambda k: tuple(natural_key(v) for v in k)):
         plate, well, site, z, t = site_key
         missing = channels_by_plate[plate] - channels_by_site[site_key]
         if missing:
             where = f"plate {plate}, well {well}, site {site}"
             where += (f", z {z}" if z is not None else "") + (f", t {t}" if t is not None else "")
-            problems.append(f"{where}: missing channel{'s' * (len(missing) > 1)} {', '.join(sorted(missing, key=natural_key))}")
+            problems.append(Problem(where, "missing-channel", f"missing channel{'s' * (len(missing) > 1)} "
+                                    f"{', '.join(sorted(missing, key=natural_key))}", left_out=False, is_file=False))
 
 
-def _records_from_loaddata(input_dir: Path, csv_path: Path, problems: list[str]):
+def _records_from_loaddata(input_dir: Path, csv_path: Path, problems: list[Problem]):
     """Records of a LoadData CSV whose files exist under ``input_dir``; the rest become problems."""
-    from .loaddata import read_loaddata  # loaddata imports this module for ImageRecord
+    from .loaddata import read_loaddata
 
     records = []
     for record in read_loaddata(csv_path, base_dir=input_dir):
         if record.relpath.startswith("../"):
-            problems.append(
-                f"{record.relpath}: listed in {csv_path.name} but outside INPUT {input_dir}; "
-                "give their common folder as INPUT; left out"
-            )
+            problems.append(Problem(record.relpath, "outside", f"listed in {csv_path.name} but outside INPUT {input_dir}; "
+                                    "give their common folder as INPUT"))
         elif not record.path.is_file():
             what = f"{file_kind(record.path.stat().st_mode)}, not a regular file" if record.path.exists() else "missing"
-            problems.append(f"{record.relpath}: listed in {csv_path.name} but {what}; left out")
+            problems.append(Problem(record.relpath, "not-found", f"listed in {csv_path.name} but {what}"))
         else:
             records.append(record)
     if not records:
-        problems.append(f"{csv_path}: lists no images" if not problems else f"no usable images: every file listed in {csv_path.name} has a problem")
+        problems.append(Problem(csv_path, "empty", "lists no images", left_out=False, is_file=False) if not problems else
+                        Problem(None, "none-usable", f"no usable images: every file listed in {csv_path.name} has a problem",
+                                left_out=False))
     return records, f"LoadData CSV {csv_path}"
 
 
@@ -366,7 +193,7 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
 
     Naming, at most one of:
 
-    * ``pattern``: a regular expression with named groups (see :mod:`gpuillum.io.layouts`) that
+    * ``pattern``: a regular expression with named groups (see :mod:`gpuillum.inputs.layouts`) that
       must match a TIFF file's whole relative path (``"Plate1/B03_s2_DNA.tif"``) or, failing
       that, its whole file name;
     * ``layout``: a built-in layout name (``LAYOUTS``: gpuillum, imagexpress, operetta/opera/phenix);
@@ -395,7 +222,7 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
     if ignore_unmatched and loaddata is not None:
         raise ValueError("ignore_unmatched (--ignore-unmatched): a LoadData CSV names its files itself; use it with a pattern or a layout")
     input_dir = input_dir.absolute()
-    problems: list[str] = []
+    problems: list[Problem] = []
     skipped: list[str] = []
     ignored: list[str] = []
     layout_name = None
@@ -418,20 +245,19 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
                                                          default_channel=chosen.default_channel)
         if not relpaths:
             thumbnails = f" ({len(skipped)} thumbnails skipped)" if skipped else ""
-            problems.append(f"no TIFF files (*.tif, *.tiff) under {input_dir}{thumbnails}")
+            problems.append(Problem(None, "no-files", f"no TIFF files (*.tif, *.tiff) under {input_dir}{thumbnails}", left_out=False))
         elif pattern is None and layout_name is None:
             names = ", ".join(candidate.name for candidate in _layouts.distinct_layouts())
-            problems.append(
-                f"no built-in layout ({names}) names any of the {len(relpaths)} TIFF files "
-                f"(e.g. {', '.join(relpaths[:3])}); give a pattern or a LoadData CSV"
-            )
+            problems.append(Problem(None, "no-layout", f"no built-in layout ({names}) names any of the {len(relpaths)} TIFF files "
+                                    f"(e.g. {', '.join(relpaths[:3])}); give a pattern or a LoadData CSV", left_out=False))
         else:
             if ignore_unmatched:
                 ignored = unmatched
             else:
-                problems.extend(f"{relpath}: not matched by the {what}; left out" for relpath in unmatched)
+                problems.extend(Problem(relpath, "unmatched", f"not matched by the {what}") for relpath in unmatched)
             if not records:
-                problems.append(f"the {what} names none of the {len(relpaths)} TIFF files under {input_dir}")
+                problems.append(Problem(None, "none-named", f"the {what} names none of the {len(relpaths)} TIFF files under {input_dir}",
+                                        left_out=False))
 
     found_any = bool(records)
     records = _drop_repeated_files(_drop_duplicates(records, problems), problems)
@@ -441,7 +267,8 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
         records, shapes = _check_headers(records, problems)
     _check_completeness(records, problems)
     if found_any and not records:
-        problems.append(f"no usable images under {input_dir}: every image found has a problem")
+        problems.append(Problem(None, "none-usable", f"no usable images under {input_dir}: every image found has a problem",
+                                left_out=False))
     return Plan(
         records=sorted(records, key=ImageRecord.sort_key),
         problems=problems,

@@ -15,10 +15,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
-from .atomic import atomic_write_bytes
-from .discovery import ImageRecord, natural_key
+from ..io.atomic import atomic_write_bytes
+from .records import ImageRecord, natural_key
 from .layouts import DEFAULT_SITE, number_field, plate_from_folder, well_name
-from .safe_open import NotRegularFile, read_regular_text
+from ..io.safe_open import NotRegularFile, read_regular_text
 
 _CHANNEL_PREFIXES = ("FileName_", "URL_")
 
