@@ -176,7 +176,7 @@ OUT_HELP = ("output folder, not inside INPUT; may hold unrelated files, but one 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gpuillum.engine.demo import DEMO_MAX_SIDE, DEMO_SHAPE, DEMO_SITES, DEMO_WELLS
+    from gpuillum.engine.demo import DEMO_MAX_SIDE, DEMO_MAX_SITES, DEMO_SHAPE, DEMO_SITES, DEMO_WELLS
 
     parser = OneLineParser(prog="gpuillum", description="GPU-accelerated illumination correction for microscopy plates.")
     from gpuillum import __version__
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--wells", type=_positive_int, default=DEMO_WELLS, metavar="N",
                       help=f"number of wells, in rows of up to 12 (default {DEMO_WELLS})")
     demo.add_argument("--sites", type=_positive_int, default=DEMO_SITES, metavar="N",
-                      help=f"sites per well (default {DEMO_SITES}; an All-mode function wants 20+ images per channel)")
+                      help=f"sites per well, at most {DEMO_MAX_SITES} (default {DEMO_SITES}; an All-mode function wants 20+ images per channel)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic plate (default 0)")
     _execution_options(demo, resume=False)
     return parser

@@ -802,3 +802,25 @@ def test_a_channel_given_twice_with_function_is_refused(tmp_path, capsys):
     assert code == 2
     assert_one_line_error(err, "--function: channel 'DNA' given twice", "a.npy", "b.npy")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, needle", [
+    (["--sites", "1000000000000"], "sites: at most 100, got 1000000000000"),  # issue 17, case 10: wrote until the disk filled
+    (["--wells", "1000"], "wells: at most 168, got 1000"),
+    (["--seed", "-1"], "seed: expected an integer >= 0, got -1"),  # cosmetic: OUT was created before the refusal
+])
+def test_demo_options_out_of_bounds_are_refused_before_out_exists(tmp_path, capsys, option, needle):
+    code, err = run_cli(capsys, "demo", str(tmp_path / "demo"), *option, "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, needle)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_sizes_are_bounded_in_the_api_too(tmp_path):
+    from gpuillum.engine.demo import DEMO_MAX_SIDE, run_demo
+
+    for size, needle in [(dict(sites=10**12), "sites: at most"), (dict(shape=(16, DEMO_MAX_SIDE + 1)), "shape: expected"),
+                         (dict(shape=(8, 8)), "shape: expected"), (dict(sites=0), "sites: expected an integer >= 1")]:
+        with pytest.raises(ValueError, match=needle):
+            run_demo(tmp_path / "demo", device="cpu", **size)
+    assert not (tmp_path / "demo").exists()

@@ -49,7 +49,7 @@ from gpuillum.io.safe_open import LinkInOut, refuse_links
 from .accumulate import OrderedMerge, accumulate_records, fixed_batches
 from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records, corrected_path, os_error_text
 from .background import BackgroundSettings
-from .cluster import check_scheduler_address, map_in_order, open_client
+from .cluster import check_scheduler_address, check_workers, map_in_order, open_client
 from .progress import Progress
 from .reading import CheckedReader
 from .stopping import raise_if_stop_requested
@@ -866,6 +866,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         raise JobError("calc: aggregation 'Each' computes a function per image while correcting; use run, or aggregation All")
     try:
         device = resolve_device(device)
+        check_workers(workers, gpu=device.is_gpu, scheduler=scheduler)
     except ValueError as error:
         raise JobError(str(error)) from None
     if apply_method is None:
