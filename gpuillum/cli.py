@@ -159,9 +159,9 @@ def _execution_options(parser, *, resume=True):
         again = group.add_mutually_exclusive_group()
         again.add_argument("--resume", action="store_true", help="complete a partial run in OUT (same settings), skipping intact outputs")
         again.add_argument("--overwrite", action="store_true",
-                           help="OUT holds a different run: remove the files its manifest lists, illum/, corrected/ and "
-                           "manifest.json (nothing else) and start again. Without it such an OUT is refused; an OUT with "
-                           "unrelated files but no manifest is used as is")
+                           help="OUT holds a different run: remove the outputs its manifest lists (gpuillum's files "
+                           "under illum/ and corrected/), corrected/load_data.csv and manifest.json (nothing else) and start "
+                           "again. Without it such an OUT is refused; an OUT with unrelated files but no manifest is used as is")
     group.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                        help="bad input files: stop with an error (default) or skip them and list them in the manifest")
     progress = group.add_mutually_exclusive_group()

@@ -445,7 +445,7 @@ class _Job:
         if self.resume and earlier is not None and earlier.settings != manifest_settings:
             raise JobError(f"{path}: --resume with different settings than the earlier run; use the same options or another -o OUT")
         if earlier is not None and self.overwrite:
-            self.remove_earlier_outputs(earlier.files)
+            self.remove_earlier_outputs([*earlier.files, *(entry.get("path") for entry in earlier.orphaned if isinstance(entry, dict))])
             earlier = None
         elif earlier is not None and not self.resume and not _same_run(earlier.settings, manifest_settings):
             raise JobError(f"{self.out_dir}: holds the outputs of a different run (its {MANIFEST_NAME} has another INPUT or "
@@ -486,8 +486,9 @@ class _Job:
         self.save_manifest(force=True)
 
     def replace_unreadable_manifest(self, path: Path, error: BaseException) -> None:
-        """An unreadable manifest: with ``overwrite`` remove illum/, corrected/ and it; else refuse
-        when those folders exist (they may hold another run's outputs)."""
+        """An unreadable manifest: with ``overwrite`` remove it (and the LoadData CSV; it lists no
+        outputs, so the new run writes over them); else refuse when illum/ or corrected/ exist (they
+        may hold another run's outputs)."""
         if self.overwrite:
             self.remove_earlier_outputs(())
         elif any((self.out_dir / folder).exists() for folder in ("illum", "corrected")):
@@ -495,20 +496,13 @@ class _Job:
                            "run; use --overwrite to replace them (illum/, corrected/ and the manifest), or another -o OUT")
 
     def remove_earlier_outputs(self, files) -> None:
-        """--overwrite: delete ``files`` (the earlier manifest's, inside OUT only), illum/, corrected/
-        and the manifest itself; nothing else in OUT is touched."""
-        import shutil
+        """--overwrite: delete the files the earlier manifest lists that are gpuillum outputs by place
+        and kind (under illum/ and corrected/, io.manifest.remove_outputs), its LoadData CSV and the
+        manifest itself, and the folders left empty; nothing else in OUT is touched."""
+        from gpuillum.io.manifest import remove_outputs
 
-        root = self.out_dir.resolve()
         try:
-            for relpath in files:
-                target = (self.out_dir / relpath).resolve()
-                if root in target.parents and target.is_file():
-                    target.unlink()
-            for folder in ("illum", "corrected"):
-                if (self.out_dir / folder).is_dir() and not (self.out_dir / folder).is_symlink():
-                    shutil.rmtree(self.out_dir / folder)
-            (self.out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+            remove_outputs(self.out_dir, files, fixed=(f"corrected/{LOADDATA_NAME}", MANIFEST_NAME))
         except OSError as error:
             raise JobError(f"{error.filename or self.out_dir}: cannot remove the earlier run's output ({error.strerror or error})") from None
 
@@ -838,7 +832,8 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     ``device``: auto|cpu|gpu|cuda:N; ``workers``/``scheduler``: see engine.cluster.
     OUT may hold unrelated files; if it holds the manifest of a different run (another INPUT or
     other settings) the job refuses unless ``resume`` (same settings) or ``overwrite`` (removes the
-    files that manifest lists, illum/, corrected/ and manifest.json, nothing else).
+    outputs that manifest lists, files of gpuillum's kinds under illum/ and corrected/, its
+    load_data.csv and manifest.json, nothing else).
     The manifest's ``status`` is running, then complete or failed (with ``error``).
     Raises JobError (one line) for any problem the user must fix.
     """
