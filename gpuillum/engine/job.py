@@ -41,12 +41,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuillum._checks import check_choice, check_integer, pixels_are
+from gpuillum._checks import check_choice, check_integer, check_path, pixels_are
 from gpuillum.io.manifest import Manifest, input_stamp
 from gpuillum.io.run_lock import LOCK_NAME, FolderLocked, folder_lock
 from gpuillum.io.safe_open import LinkInOut, refuse_links
 
 from .accumulate import OrderedMerge, accumulate_records, fixed_batches
+from .arguments import check_job_arguments
 from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records, corrected_path, os_error_text
 from .background import BackgroundSettings
 from .cluster import check_scheduler_address, check_workers, map_in_order, open_client
@@ -265,7 +266,10 @@ def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None, ignore_un
     """
     from gpuillum.io.discovery import discover
 
-    input_dir = Path(input_dir)
+    try:
+        input_dir = Path(check_path(input_dir, "INPUT"))
+    except TypeError as error:
+        raise JobError(str(error)) from None
     if not input_dir.is_dir():
         raise JobError(f"{input_dir}: input folder does not exist or is not a directory")
     try:
@@ -851,6 +855,9 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         check_integer(workers, "workers")
         if scheduler is not None:
             check_scheduler_address(scheduler)
+        input_dir, out_dir, loaddata, functions = check_job_arguments(
+            input_dir, out_dir, settings=settings, background=background, threads=threads, loaddata=loaddata,
+            functions=functions, pattern=pattern, layout=layout, compression=compression, log=log)
     except (TypeError, ValueError) as error:
         raise JobError(str(error)) from None
     input_dir, out_dir = check_paths(input_dir, out_dir)
@@ -862,7 +869,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     try:
         device = resolve_device(device)
         check_workers(workers, gpu=device.is_gpu, scheduler=scheduler)
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         raise JobError(str(error)) from None
     if apply_method is None:
         apply_method = default_apply_method(settings)

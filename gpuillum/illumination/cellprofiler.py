@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._checks import check_choice, check_image, check_mask, check_shape
+from .._checks import check_choice, check_image, check_instance, check_mask, check_shape
 from ..backend import device_of, get_array_module, get_ndimage, is_cupy_array, same_backend, to_numpy
 from ..correct import apply  # re-exported: CorrectIlluminationApply
 from ..filters.bands import lookup, with_halo
@@ -358,6 +358,16 @@ PRESETS: dict[str, CalculateSettings] = {
 }
 
 
+def check_settings(settings, name: str = "settings") -> CalculateSettings:
+    """Check that ``settings`` is a CalculateSettings (one line saying how to make one if not)."""
+    hint = ""
+    if isinstance(settings, str):
+        hint = f" (preset({settings!r}) makes one from a preset name)"
+    elif isinstance(settings, dict):
+        hint = " (CalculateSettings(**mapping) or preset('jump').replace(**mapping) makes one from a mapping)"
+    return check_instance(settings, name, CalculateSettings, hint)
+
+
 def preset(name: str) -> CalculateSettings:
     """The settings of a named production configuration (see ``PRESETS``)."""
     if name not in PRESETS:
@@ -675,10 +685,7 @@ class IlluminationAccumulator:
     """
 
     def __init__(self, settings: CalculateSettings | None = None):
-        settings = CalculateSettings() if settings is None else settings
-        if not isinstance(settings, CalculateSettings):
-            raise TypeError(f"settings: expected CalculateSettings, got {type(settings).__name__}")
-        self.settings = settings
+        self.settings = check_settings(CalculateSettings() if settings is None else settings)
         self.count = 0  # number of images added
         self.shape = None  # shape of the input images
         self._sum = None  # sum of preprocessed pixels (working shape)
@@ -983,10 +990,9 @@ def calculate(images, settings: CalculateSettings | None = None, masks=None):
     "Each": a float32 (n, H, W) array, one function per image. ``masks``: None, or one mask (or
     None) per image, in the same order.
     """
-    settings = CalculateSettings() if settings is None else settings
-    if not isinstance(settings, CalculateSettings):
-        hint = f" (preset({settings!r}) makes one from a preset name)" if isinstance(settings, str) else ""
-        raise TypeError(f"settings: expected a CalculateSettings, got {type(settings).__name__}{hint}")
+    settings = check_settings(CalculateSettings() if settings is None else settings)
+    if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
+        raise TypeError(f"images: expected a sequence of 2-D images or a 3-D stack (n, H, W), got {type(images).__name__}")
     dimensions = getattr(images, "ndim", None)
     if dimensions is not None and dimensions != 3:
         hint = ": for one image pass [image]" if dimensions == 2 else ""

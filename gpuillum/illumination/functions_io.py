@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._checks import check_float32_range
+from .._checks import check_float32_range, check_path
 from ..backend import to_numpy
 from ..io.atomic import atomic_save_npy
 
@@ -40,7 +40,7 @@ def _as_function(array, name: str) -> np.ndarray:
 
 def save_function(path, function) -> Path:
     """Write ``function`` (NumPy or CuPy, 2-D) as a float32 ``.npy`` file, atomically; returns the path."""
-    path = Path(path)
+    path = Path(check_path(path, "path"))
     if path.is_dir():
         raise ValueError(f"{path}: is a directory; expected the function's file name, e.g. {path / 'Plate1_IllumDNA.npy'}")
     if path.suffix.lower() != ".npy":
@@ -69,7 +69,7 @@ def _read_array(path: Path, suffix: str) -> np.ndarray:
 
 def load_function(path) -> np.ndarray:
     """Read a function saved by CellProfiler or gpuillum (``.npy``, or ``.mat`` variable ``Image``) as float32."""
-    path = Path(path)
+    path = Path(check_path(path, "path"))
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".mat"):
         raise ValueError(f"{path}: expected a .npy or .mat illumination function, got {suffix or 'no extension'!r}")
