@@ -49,8 +49,14 @@ def save_function(path, function) -> Path:
     return path
 
 
+_NPY_SIGNATURE = b"\x93NUMPY"  # the first bytes of every .npy file (NumPy's format.MAGIC_PREFIX)
+
+
 def _read_array(path: Path, suffix: str) -> np.ndarray:
     if suffix == ".npy":
+        with open(path, "rb") as handle:
+            if handle.read(len(_NPY_SIGNATURE)) != _NPY_SIGNATURE:  # else NumPy tries it as a pickle and says so
+                raise KeyError("not a NumPy .npy file: it does not start with the .npy signature")
         try:
             return np.load(path, allow_pickle=False)
         except ValueError as error:
