@@ -934,7 +934,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
                 with contextlib.suppress(Exception):
                     job.finish("failed", message)
                 raise
-    except FolderLocked as error:
+    except (FolderLocked, LinkInOut) as error:  # another run holds OUT; its lock file is a link
         raise JobError(str(error)) from None
     job.result.manifest = out_dir / MANIFEST_NAME
     job.result.timings = {"total": time.perf_counter() - started}
