@@ -6,6 +6,7 @@ says what was expected, so the CLI can print it as is (exit code 2, no traceback
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -109,3 +110,22 @@ def check_mask(mask, image, name: str = "mask"):
             raise TypeError(f"{name}: expected a boolean array, got dtype {mask.dtype}")
         mask = mask != 0
     return mask
+
+
+def check_path(value, name: str) -> str:
+    """Check that ``value`` names a file or folder; returns it as a str.
+
+    str and os.PathLike are taken as they are, bytes as the file system encodes names
+    (``os.fsdecode``, the same file that ``open(bytes)`` opens); anything else is a TypeError.
+    """
+    if isinstance(value, (str, bytes, os.PathLike)):
+        path = os.fspath(value)
+        return os.fsdecode(path) if isinstance(path, bytes) else path
+    raise TypeError(f"{name}: expected a path (str, bytes or os.PathLike), got {type(value).__name__}")
+
+
+def check_instance(value, name: str, kind: type, hint: str = ""):
+    """Check that ``value`` is a ``kind`` (a settings object, ...); ``hint`` follows the message."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{name}: expected a {kind.__name__}, got {type(value).__name__}{hint}")
+    return value

@@ -154,6 +154,8 @@ def resolve_device(spec: str | Device | None = "auto") -> Device:
     """
     if isinstance(spec, Device):
         return spec
+    if spec is not None and not isinstance(spec, str):
+        raise TypeError(f"device: expected auto, cpu, gpu or cuda:N, got {spec!r}")
     spec = (spec or "auto").strip().lower()
     if spec == "cpu":
         return Device("cpu")

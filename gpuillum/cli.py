@@ -159,9 +159,9 @@ def _execution_options(parser, *, resume=True):
         again = group.add_mutually_exclusive_group()
         again.add_argument("--resume", action="store_true", help="complete a partial run in OUT (same settings), skipping intact outputs")
         again.add_argument("--overwrite", action="store_true",
-                           help="OUT holds a different run: remove the files its manifest lists, illum/, corrected/ and "
-                           "manifest.json (nothing else) and start again. Without it such an OUT is refused; an OUT with "
-                           "unrelated files but no manifest is used as is")
+                           help="OUT holds a different run: remove the outputs its manifest lists (gpuillum's files "
+                           "under illum/ and corrected/), corrected/load_data.csv and manifest.json (nothing else) and start "
+                           "again. Without it such an OUT is refused; an OUT with unrelated files but no manifest is used as is")
     group.add_argument("--on-error", choices=("fail", "skip"), default="fail",
                        help="bad input files: stop with an error (default) or skip them and list them in the manifest")
     progress = group.add_mutually_exclusive_group()
@@ -176,7 +176,7 @@ OUT_HELP = ("output folder, not inside INPUT; may hold unrelated files, but one 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gpuillum.engine.demo import DEMO_MAX_SIDE, DEMO_SHAPE, DEMO_SITES, DEMO_WELLS
+    from gpuillum.engine.demo import DEMO_MAX_SIDE, DEMO_MAX_SITES, DEMO_SHAPE, DEMO_SITES, DEMO_WELLS
 
     parser = OneLineParser(prog="gpuillum", description="GPU-accelerated illumination correction for microscopy plates.")
     from gpuillum import __version__
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--wells", type=_positive_int, default=DEMO_WELLS, metavar="N",
                       help=f"number of wells, in rows of up to 12 (default {DEMO_WELLS})")
     demo.add_argument("--sites", type=_positive_int, default=DEMO_SITES, metavar="N",
-                      help=f"sites per well (default {DEMO_SITES}; an All-mode function wants 20+ images per channel)")
+                      help=f"sites per well, at most {DEMO_MAX_SITES} (default {DEMO_SITES}; an All-mode function wants 20+ images per channel)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic plate (default 0)")
     _execution_options(demo, resume=False)
     return parser

@@ -344,6 +344,12 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match=r"objects.npy: cannot read the illumination function \(it holds pickled Python objects, "
                                          r"not a float array; gpuillum never unpickles a file, which could run code\)$"):
         load_function(tmp_path / "objects.npy")
+    # issue 17, cosmetic: random bytes are not "pickled Python objects"
+    (tmp_path / "random.npy").write_bytes(np.random.default_rng(0).bytes(300))
+    for name in ("random.npy", "broken.npy"):
+        with pytest.raises(ValueError, match=rf"{name}: cannot read the illumination function \(not a NumPy \.npy file: it does "
+                                             r"not start with the \.npy signature\)$"):
+            load_function(tmp_path / name)
 
 
 def test_float64_values_beyond_float32_are_refused_not_saved_as_inf(tmp_path):

@@ -387,7 +387,7 @@ def test_out_with_a_different_run_is_refused_unless_overwrite(tmp_path, capsys):
     assert main(["run", str(tmp_path / "other"), "-o", str(out), *ARGS, "--overwrite"]) == 0
     assert sorted(p.relative_to(out / "corrected").as_posix() for p in (out / "corrected").rglob("*.tif")) == \
         ["P1/B03_s1_Actin.tif", "P1/B03_s1_DNA.tif"]
-    assert not (out / "corrected" / "extra.txt").exists()
+    assert (out / "corrected" / "extra.txt").read_text() == "x"  # not a gpuillum output: kept (issue 17, case 12)
     assert (out / "notes.txt").read_text() == "mine"
 
 
@@ -802,3 +802,52 @@ def test_a_channel_given_twice_with_function_is_refused(tmp_path, capsys):
     assert code == 2
     assert_one_line_error(err, "--function: channel 'DNA' given twice", "a.npy", "b.npy")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, needle", [
+    (["--sites", "1000000000000"], "sites: at most 100, got 1000000000000"),  # issue 17, case 10: wrote until the disk filled
+    (["--wells", "1000"], "wells: at most 168, got 1000"),
+    (["--seed", "-1"], "seed: expected an integer >= 0, got -1"),  # cosmetic: OUT was created before the refusal
+])
+def test_demo_options_out_of_bounds_are_refused_before_out_exists(tmp_path, capsys, option, needle):
+    code, err = run_cli(capsys, "demo", str(tmp_path / "demo"), *option, "--device", "cpu", "-q")
+    assert code == 2
+    assert_one_line_error(err, needle)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_sizes_are_bounded_in_the_api_too(tmp_path):
+    from gpuillum.engine.demo import DEMO_MAX_SIDE, run_demo
+
+    for size, needle in [(dict(sites=10**12), "sites: at most"), (dict(shape=(16, DEMO_MAX_SIDE + 1)), "shape: expected"),
+                         (dict(shape=(8, 8)), "shape: expected"), (dict(sites=0), "sites: expected an integer >= 1")]:
+        with pytest.raises(ValueError, match=needle):
+            run_demo(tmp_path / "demo", device="cpu", **size)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_overwrite_deletes_only_gpuillum_outputs_its_manifest_lists(tmp_path, capsys):
+    # issue 17, case 12: a manifest listing OUT/user_notes.txt made --overwrite delete it
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    write_plate(tmp_path / "other", wells=("B03",), sites=1, seed=1)
+    out = tmp_path / "out"
+    assert main(["run", str(tmp_path / "in"), "-o", str(out), *ARGS]) == 0
+    victim = tmp_path / "victim.tif"
+    victim.write_bytes(b"the user's image")
+    users = {out / "user_notes.txt": b"mine", out / "illum" / "notes.txt": b"mine", out / "corrected" / "extra.txt": b"x",
+             out / "corrected" / "P1" / "unlisted.tif": b"not the run's", tmp_path / "outside.tif": b"not in OUT"}
+    for path, data in users.items():
+        path.write_bytes(data)
+    (out / "corrected" / "P1" / "link.tif").symlink_to(victim)
+    manifest = json.loads((out / "manifest.json").read_text())
+    earlier = set(manifest["files"])
+    entry = {"sha256": "0" * 64, "bytes": 4, "role": "corrected", "source": None, "inputs": None}
+    for relpath in ("user_notes.txt", "illum/notes.txt", "corrected/extra.txt", "corrected/../user_notes.txt",
+                    "corrected/../../outside.tif", str(tmp_path / "outside.tif"), "corrected/P1/link.tif"):
+        manifest["files"][relpath] = entry
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["run", str(tmp_path / "other"), "-o", str(out), *ARGS, "--overwrite"]) == 0
+    assert {path: path.read_bytes() for path in users} == users  # none of them is a gpuillum output
+    assert victim.read_bytes() == b"the user's image" and (out / "corrected" / "P1" / "link.tif").is_symlink()
+    assert not [relpath for relpath in earlier if "B02" in relpath and (out / relpath).exists()]  # the earlier run's are gone
+    assert json.loads((out / "manifest.json").read_text())["status"] == "complete"

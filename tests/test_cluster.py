@@ -270,3 +270,50 @@ def test_a_scheduler_lost_mid_run_is_one_line_and_the_run_resumes(tmp_path, monk
     resumed = run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, device="cpu", resume=True)
     assert len(resumed.written) == 12
     assert outputs(tmp_path / "out") == outputs(tmp_path / "reference")
+
+
+# ----------------------------------------------------------------------------- worker caps (issue 17, case 9)
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_more_cpu_workers_than_cores_are_refused_before_out_exists(tmp_path, capsys, command):
+    # --workers 100 on a 2-core machine stalled for 5 minutes, then printed "TimeoutError"
+    from gpuillum.cli import main
+    from gpuillum.engine.cluster import usable_cores
+
+    cores = usable_cores()
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    where = [str(tmp_path / "in"), "-o", str(tmp_path / "out")] if command == "run" else [str(tmp_path / "out")]
+    assert main([command, *where, "--workers", str(cores + 1), "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"gpuillum: error: workers: {cores + 1} worker processes, but this machine has {cores} CPU cores; "
+                   f"use --workers {cores} or fewer (each worker is a Python process that takes about a second to "
+                   "start, longer on a busy machine), or a larger cluster with --scheduler")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(JobError, match=f"^workers: {cores + 1} worker processes"):
+        run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, device="cpu", workers=cores + 1)
+
+
+def test_more_gpu_workers_than_visible_gpus_are_refused(monkeypatch):
+    from gpuillum.engine import cluster
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(ValueError, match=r"^workers: 2 GPU workers, but 1 GPU is visible \(CUDA_VISIBLE_DEVICES 3\); "
+                                         r"use --workers 1 \(one worker per GPU\)"):
+        cluster.check_workers(2, gpu=True)
+    assert cluster.check_workers(1, gpu=True) == 1
+    assert cluster.check_workers(10**6, gpu=False, scheduler="tcp://node7:8786") == 10**6  # the cluster's own size
+
+
+def test_a_local_cluster_that_does_not_start_in_time_is_one_line(monkeypatch):
+    import distributed as dd
+
+    def slow(*args, **kwargs):
+        raise TimeoutError("Nanny start timed out after 60s.")
+
+    monkeypatch.setattr(dd, "LocalCluster", slow)
+    with pytest.raises(ClusterLost, match=r"^the local Dask cluster did not start its 2 workers \(Nanny start timed out "
+                                          r"after 60s\.\); use fewer --workers") as caught:
+        with open_client(workers=2):
+            pass
+    assert "\n" not in str(caught.value)

@@ -369,3 +369,58 @@ def test_wide_images_are_processed_with_a_preview(tmp_path):
     assert {"illum/P1_IllumDNA.npy", "illum/P1_IllumDNA.png"} <= set(files)
     again = run_plate(tmp_path / "in", tmp_path / "out", settings=settings, layout="gpuillum", device="cpu", resume=True)
     assert sorted(again.reused) == sorted(images) and not again.written
+
+
+@pytest.mark.parametrize(
+    "option, error, message",
+    [  # issue 17, case 13: the API's arguments get the CLI's checks and one-line messages
+        (dict(settings={"smoothing": "x"}), JobError, r"^settings: expected a CalculateSettings, got dict \(CalculateSettings\(\*\*"),
+        (dict(settings="jump"), JobError, r"^settings: expected a CalculateSettings, got str \(preset\('jump'\)"),
+        (dict(threads="2"), JobError, r"^threads: expected an integer >= 1, got '2'$"),
+        (dict(threads=0), JobError, r"^threads: expected an integer >= 1, got 0$"),
+        (dict(background={"method": "median"}), JobError, r"^background: expected a BackgroundSettings"),
+        (dict(loaddata=5), JobError, r"^loaddata: expected a path \(str, bytes or os\.PathLike\), got int$"),
+        (dict(pattern=b"(?P<well>.*)"), JobError, r"^pattern: expected a str, got bytes$"),
+        (dict(compression="jpeg"), JobError, r"^compression: expected one of 'same', 'none', .*got 'jpeg'$"),
+        (dict(functions={"DNA": 5}, passes=("apply",)), JobError, r"^functions: expected a path \(str, bytes or os\.PathLike\)"),
+        (dict(log="print"), JobError, r"^log: expected a callable taking one line of text, or None, got str$"),
+        (dict(device=5), JobError, r"^device: expected auto, cpu, gpu or cuda:N, got 5$"),
+    ],
+)
+def test_bad_api_arguments_are_one_line_errors_before_out_exists(tmp_path, option, error, message):
+    write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    with pytest.raises(error, match=message) as caught:
+        run_plate(tmp_path / "in", tmp_path / "out", **{"device": "cpu", **option})
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_api_paths_may_be_bytes_and_a_non_path_is_one_line(tmp_path):
+    import os
+
+    from gpuillum.engine.job import apply_plate, calc_plate, plan_plate
+
+    images = write_plate(tmp_path / "in", wells=("B02",), sites=1)
+    result = calc_plate(os.fsencode(tmp_path / "in"), os.fsencode(tmp_path / "out"), settings=FAST, device="cpu")
+    assert sorted(result.functions) == [("P1", "Actin"), ("P1", "DNA")]
+    result = apply_plate(os.fsencode(tmp_path / "in"), tmp_path / "out", functions=os.fsencode(tmp_path / "out" / "illum"), device="cpu")
+    assert len(result.written) == len(images)
+    assert len(plan_plate(os.fsencode(tmp_path / "in")).records) == len(images)
+    for call in (lambda: run_plate(5, tmp_path / "x"), lambda: run_plate(tmp_path / "in", None), lambda: plan_plate(None)):
+        with pytest.raises(JobError, match=r"^(INPUT|OUT): expected a path \(str, bytes or os\.PathLike\), got (int|NoneType)$"):
+            call()
+
+
+def test_kernel_entry_points_refuse_a_missing_argument_in_one_line(tmp_path):
+    from gpuillum.methods.cellprofiler.functions_io import load_function, save_function
+
+    with pytest.raises(TypeError, match=r"^images: expected a sequence of 2-D images or a 3-D stack \(n, H, W\), got NoneType$"):
+        calculate(None)
+    with pytest.raises(TypeError, match=r"^settings: expected a CalculateSettings, got dict"):
+        IlluminationAccumulator({})
+    with pytest.raises(TypeError, match=r"^path: expected a path \(str, bytes or os\.PathLike\), got NoneType$"):
+        load_function(None)
+    with pytest.raises(TypeError, match=r"^path: expected a path \(str, bytes or os\.PathLike\), got NoneType$"):
+        save_function(None, np.ones((4, 4), np.float32))
+    save_function(bytes(tmp_path / "f.npy"), np.ones((4, 4), np.float32))
+    np.testing.assert_array_equal(load_function(bytes(tmp_path / "f.npy")), np.ones((4, 4), np.float32))

@@ -166,3 +166,27 @@ def test_record_entry_checks_the_role_and_matches_record_file(tmp_path):
     assert first.files == second.files
     with pytest.raises(ValueError, match="role"):
         second.record_entry("b.bin", "0" * 64, 1, "bogus")
+
+
+def test_remove_outputs_deletes_listed_outputs_by_place_and_kind_only(tmp_path):
+    # issue 17, case 12: what --overwrite deletes
+    from gpuillum.io.manifest import is_output, remove_outputs
+
+    out = tmp_path / "out"
+    outputs = ["illum/P1_IllumDNA.npy", "illum/P1_IllumDNA.png", "corrected/P1/a/B02_s1_DNA.tif", "corrected/load_data.csv"]
+    others = ["notes.txt", "illum/notes.txt", "corrected/P1/keep.tif", "corrected/x.csv"]
+    for relpath in outputs + others:
+        (out / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (out / relpath).write_bytes(b"x")
+    (tmp_path / "victim.tif").write_bytes(b"the user's")
+    (out / "corrected" / "P1" / "link.tif").symlink_to(tmp_path / "victim.tif")
+    (out / "corrected" / "linked").symlink_to(out / "corrected" / "P1", target_is_directory=True)
+    listed = outputs[:3] + ["notes.txt", "illum/notes.txt", "corrected/x.csv", "corrected/P1/link.tif", "corrected/linked/keep.tif", "corrected/../notes.txt",
+                                     str(out / "notes.txt"), "corrected/P1/missing.tif"]
+    removed = remove_outputs(out, listed, fixed=("corrected/load_data.csv",))
+    assert sorted(p.relative_to(out).as_posix() for p in removed) == sorted(outputs)
+    assert all((out / relpath).read_bytes() == b"x" for relpath in others)
+    assert (tmp_path / "victim.tif").read_bytes() == b"the user's" and (out / "corrected" / "P1" / "link.tif").is_symlink()
+    assert not (out / "corrected" / "P1" / "a").exists() and (out / "illum").is_dir()  # emptied folders go, others stay
+    assert [is_output(r) for r in ("illum/a.npy", "illum/sub/a.png", "corrected/a.TIF", "illum/a.tif", "x.npy", "/illum/a.npy",
+                                   "corrected\\..\\a.tif")] == [True, True, True, False, False, False, False]

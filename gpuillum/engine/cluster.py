@@ -15,6 +15,7 @@ line each, never Dask's tracebacks.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -31,6 +32,41 @@ def visible_gpus() -> list[str]:
     if listed:
         return [item.strip() for item in listed.split(",") if item.strip()]
     return [str(index) for index in range(gpu_count())]
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_workers(workers: int, *, gpu: bool, scheduler: str | None = None) -> int:
+    """Refuse, before anything is written, more local workers than this machine can start: more
+    worker processes than CPU cores, or more GPU workers than visible GPUs (one worker each).
+    Each worker is a Python process that takes about a second to start (longer on a busy
+    machine); a local cluster the machine cannot hold stalls until Dask's start timeout. With a
+    ``scheduler`` the cluster has its own size and ``workers`` is not used. Returns ``workers``.
+
+    >>> check_workers(2, gpu=False)  # doctest: +SKIP
+    2
+    """
+    if scheduler is not None or workers <= 1:
+        return workers
+    if gpu:
+        gpus = visible_gpus()
+        if workers > len(gpus):
+            listed = f" (CUDA_VISIBLE_DEVICES {os.environ['CUDA_VISIBLE_DEVICES']})" if os.environ.get("CUDA_VISIBLE_DEVICES") else ""
+            raise ValueError(f"workers: {workers} GPU workers, but {len(gpus)} GPU{' is' if len(gpus) == 1 else 's are'} "
+                             f"visible{listed}; use --workers {max(1, len(gpus))} (one worker per GPU)")
+        return workers
+    cores = usable_cores()
+    if workers > cores:
+        raise ValueError(f"workers: {workers} worker processes, but this machine has {cores} CPU cores; use --workers "
+                         f"{cores} or fewer (each worker is a Python process that takes about a second to start, longer "
+                         "on a busy machine), or a larger cluster with --scheduler")
+    return workers
 
 
 # Clusters this module starts keep their logs to themselves: what goes wrong in a task comes back to
@@ -137,6 +173,21 @@ def _gpu_cluster(workers: int):
                             scheduler_kwargs=SCHEDULER_HTTP, silence_logs=CLUSTER_LOG_LEVEL, preload=[WORKER_PRELOAD])
 
 
+def _local_cluster(workers: int, gpu: bool):
+    """A started local cluster of ``workers`` processes; ClusterLost (one line) if they do not start in time."""
+    import distributed
+
+    try:
+        if gpu:
+            return _gpu_cluster(workers)
+        return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                                        scheduler_kwargs=SCHEDULER_HTTP, silence_logs=CLUSTER_LOG_LEVEL,
+                                        preload=[WORKER_PRELOAD])
+    except (TimeoutError, asyncio.TimeoutError) as error:  # one class since Python 3.11
+        raise ClusterLost(f"the local Dask cluster did not start its {workers} workers ({_cluster_error_text(error)}); "
+                          "use fewer --workers") from None
+
+
 @contextlib.contextmanager
 def open_client(*, workers: int = 1, scheduler: str | None = None, gpu: bool = False):
     """A dask.distributed Client for the job, or None to run in-process; closed on exit.
@@ -146,7 +197,7 @@ def open_client(*, workers: int = 1, scheduler: str | None = None, gpu: bool = F
     if scheduler is None and workers <= 1:
         yield None
         return
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     cluster = None
     where = f"the Dask scheduler at {scheduler}" if scheduler is not None else "the local Dask cluster"
@@ -159,12 +210,7 @@ def open_client(*, workers: int = 1, scheduler: str | None = None, gpu: bool = F
                     raise ClusterLost(f"scheduler {scheduler}: cannot connect ({_cluster_error_text(error)})") from None
             else:
                 with deferred_stops():  # a Ctrl-C while the cluster starts stops the run once it is up
-                    if gpu:
-                        cluster = _gpu_cluster(workers)
-                    else:
-                        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                               dashboard_address=None, scheduler_kwargs=SCHEDULER_HTTP,
-                                               silence_logs=CLUSTER_LOG_LEVEL, preload=[WORKER_PRELOAD])
+                    cluster = _local_cluster(workers, gpu)
                 client = Client(cluster)
             try:
                 yield client

@@ -26,6 +26,20 @@ def demo_wells(count: int) -> tuple[str, tuple[int, ...]]:
 
 DEMO_WELLS, DEMO_SITES, DEMO_SHAPE = 24, 8, (384, 384)  # 192 images per channel: enough that cells average out
 DEMO_MAX_SIDE = 4096  # a large camera's frame; at 4096^2 the default plate already holds 12 GiB of pixels
+DEMO_MAX_SITES = 100  # fields per well of a dense screen
+
+
+def check_demo_size(shape, wells: int, sites: int) -> None:
+    """Refuse, before anything is written, a demo plate larger than a real one: each side of
+    ``shape`` 16 to DEMO_MAX_SIDE, ``wells`` 1 to 168 (14 rows of 12), ``sites`` 1 to DEMO_MAX_SITES."""
+    from gpuillum._checks import check_integer, check_shape
+
+    rows, cols = check_shape(shape, "shape")
+    if min(rows, cols) < 16 or max(rows, cols) > DEMO_MAX_SIDE:
+        raise ValueError(f"shape: expected each side 16 to {DEMO_MAX_SIDE}, got {rows}x{cols}")
+    demo_wells(check_integer(wells, "wells"))
+    if check_integer(sites, "sites") > DEMO_MAX_SITES:
+        raise ValueError(f"sites: at most {DEMO_MAX_SITES}, got {sites}")
 
 
 def ideal_divide_function(flat, dark, background: float):
@@ -77,9 +91,19 @@ def run_demo(out, *, shape=DEMO_SHAPE, wells: int = DEMO_WELLS, sites: int = DEM
 
     from .job import check_not_empty
 
+    from gpuillum._checks import check_integer
+    from gpuillum.backend import resolve_device
+    from gpuillum.synthetic import SyntheticModel
+
+    from .cluster import check_workers
+
     check_not_empty(out, "OUT")
     out = Path(out)
-    demo_wells(wells)  # a bad count or a foreign OUT/plate is refused before anything is written
+    # a bad size, seed or worker count or a foreign OUT/plate is refused before anything is written
+    check_demo_size(shape, wells, sites)
+    SyntheticModel(rows=demo_wells(wells)[0], sites=sites, channels=channels, shape=tuple(shape), seed=seed)  # checks the seed
+    check_workers(check_integer(job_options.get("workers", 1), "workers"), gpu=resolve_device(job_options.get("device", "auto")).is_gpu,
+                  scheduler=job_options.get("scheduler"))
     _holds_an_earlier_demo(out)
     try:
         (out / "results").mkdir(parents=True, exist_ok=True)

@@ -41,16 +41,17 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuillum._checks import check_choice, check_integer, pixels_are
+from gpuillum._checks import check_choice, check_integer, check_path, pixels_are
 from gpuillum.inputs.records import Problem
 from gpuillum.io.manifest import Manifest, input_stamp
 from gpuillum.io.run_lock import LOCK_NAME, FolderLocked, folder_lock
 from gpuillum.io.safe_open import LinkInOut, refuse_links
 
 from .accumulate import OrderedMerge, accumulate_records, fixed_batches
+from .arguments import check_job_arguments
 from .apply import ApplyOptions, OutputProblem, WrittenFile, apply_records, corrected_path, os_error_text
 from .background import BackgroundSettings
-from .cluster import check_scheduler_address, map_in_order, open_client
+from .cluster import check_scheduler_address, check_workers, map_in_order, open_client
 from .progress import Progress
 from .reading import CheckedReader
 from .stopping import raise_if_stop_requested
@@ -266,7 +267,10 @@ def plan_plate(input_dir, *, pattern=None, layout=None, loaddata=None, ignore_un
     """
     from gpuillum.inputs.discovery import discover
 
-    input_dir = Path(input_dir)
+    try:
+        input_dir = Path(check_path(input_dir, "INPUT"))
+    except TypeError as error:
+        raise JobError(str(error)) from None
     if not input_dir.is_dir():
         raise JobError(f"{input_dir}: input folder does not exist or is not a directory")
     try:
@@ -441,7 +445,7 @@ class _Job:
         if self.resume and earlier is not None and earlier.settings != manifest_settings:
             raise JobError(f"{path}: --resume with different settings than the earlier run; use the same options or another -o OUT")
         if earlier is not None and self.overwrite:
-            self.remove_earlier_outputs(earlier.files)
+            self.remove_earlier_outputs([*earlier.files, *(entry.get("path") for entry in earlier.orphaned if isinstance(entry, dict))])
             earlier = None
         elif earlier is not None and not self.resume and not _same_run(earlier.settings, manifest_settings):
             raise JobError(f"{self.out_dir}: holds the outputs of a different run (its {MANIFEST_NAME} has another INPUT or "
@@ -482,8 +486,9 @@ class _Job:
         self.save_manifest(force=True)
 
     def replace_unreadable_manifest(self, path: Path, error: BaseException) -> None:
-        """An unreadable manifest: with ``overwrite`` remove illum/, corrected/ and it; else refuse
-        when those folders exist (they may hold another run's outputs)."""
+        """An unreadable manifest: with ``overwrite`` remove it (and the LoadData CSV; it lists no
+        outputs, so the new run writes over them); else refuse when illum/ or corrected/ exist (they
+        may hold another run's outputs)."""
         if self.overwrite:
             self.remove_earlier_outputs(())
         elif any((self.out_dir / folder).exists() for folder in ("illum", "corrected")):
@@ -491,20 +496,13 @@ class _Job:
                            "run; use --overwrite to replace them (illum/, corrected/ and the manifest), or another -o OUT")
 
     def remove_earlier_outputs(self, files) -> None:
-        """--overwrite: delete ``files`` (the earlier manifest's, inside OUT only), illum/, corrected/
-        and the manifest itself; nothing else in OUT is touched."""
-        import shutil
+        """--overwrite: delete the files the earlier manifest lists that are gpuillum outputs by place
+        and kind (under illum/ and corrected/, io.manifest.remove_outputs), its LoadData CSV and the
+        manifest itself, and the folders left empty; nothing else in OUT is touched."""
+        from gpuillum.io.manifest import remove_outputs
 
-        root = self.out_dir.resolve()
         try:
-            for relpath in files:
-                target = (self.out_dir / relpath).resolve()
-                if root in target.parents and target.is_file():
-                    target.unlink()
-            for folder in ("illum", "corrected"):
-                if (self.out_dir / folder).is_dir() and not (self.out_dir / folder).is_symlink():
-                    shutil.rmtree(self.out_dir / folder)
-            (self.out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+            remove_outputs(self.out_dir, files, fixed=(f"corrected/{LOADDATA_NAME}", MANIFEST_NAME))
         except OSError as error:
             raise JobError(f"{error.filename or self.out_dir}: cannot remove the earlier run's output ({error.strerror or error})") from None
 
@@ -834,7 +832,8 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
     ``device``: auto|cpu|gpu|cuda:N; ``workers``/``scheduler``: see engine.cluster.
     OUT may hold unrelated files; if it holds the manifest of a different run (another INPUT or
     other settings) the job refuses unless ``resume`` (same settings) or ``overwrite`` (removes the
-    files that manifest lists, illum/, corrected/ and manifest.json, nothing else).
+    outputs that manifest lists, files of gpuillum's kinds under illum/ and corrected/, its
+    load_data.csv and manifest.json, nothing else).
     The manifest's ``status`` is running, then complete or failed (with ``error``).
     Raises JobError (one line) for any problem the user must fix.
     """
@@ -852,6 +851,9 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         check_integer(workers, "workers")
         if scheduler is not None:
             check_scheduler_address(scheduler)
+        input_dir, out_dir, loaddata, functions = check_job_arguments(
+            input_dir, out_dir, settings=settings, background=background, threads=threads, loaddata=loaddata,
+            functions=functions, pattern=pattern, layout=layout, compression=compression, log=log)
     except (TypeError, ValueError) as error:
         raise JobError(str(error)) from None
     input_dir, out_dir = check_paths(input_dir, out_dir)
@@ -862,7 +864,8 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
         raise JobError("calc: aggregation 'Each' computes a function per image while correcting; use run, or aggregation All")
     try:
         device = resolve_device(device)
-    except ValueError as error:
+        check_workers(workers, gpu=device.is_gpu, scheduler=scheduler)
+    except (TypeError, ValueError) as error:
         raise JobError(str(error)) from None
     if apply_method is None:
         apply_method = default_apply_method(settings)
@@ -927,7 +930,7 @@ def run_plate(input_dir, out_dir, *, settings=None, preset=None, pattern=None, l
                 with contextlib.suppress(Exception):
                     job.finish("failed", message)
                 raise
-    except FolderLocked as error:
+    except (FolderLocked, LinkInOut) as error:  # another run holds OUT; its lock file is a link
         raise JobError(str(error)) from None
     job.result.manifest = out_dir / MANIFEST_NAME
     job.result.timings = {"total": time.perf_counter() - started}

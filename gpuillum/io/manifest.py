@@ -7,19 +7,24 @@ half-written manifest.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import platform
+import stat
 import threading
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .atomic import atomic_write_bytes
 
 FORMAT = "gpuillum-manifest"
 FORMAT_VERSION = 1
 ROLES = ("corrected", "illum", "preview")
+# the kinds of file a run writes, by the folder of OUT it writes them in: all that --overwrite may delete
+OUTPUT_KINDS = {"illum": (".npy", ".png", ".npz"), "corrected": (".tif", ".tiff")}
 _CHUNK = 1 << 20
 
 
@@ -59,6 +64,60 @@ def collect_versions(packages=("gpuillum", "numpy", "scipy", "tifffile", "imagec
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def is_output(relpath, kinds=OUTPUT_KINDS) -> bool:
+    """Whether ``relpath`` (relative to OUT, "/"-separated, as a manifest lists it) names a file of a
+    kind a run writes, where it writes it: ``illum/<name>.npy|.png|.npz`` or ``corrected/.../<name>.tif``.
+
+    >>> is_output("corrected/P1/B02_s1_DNA.tif"), is_output("user_notes.txt"), is_output("corrected/../x.tif")
+    (True, False, False)
+    """
+    path = PurePosixPath(str(relpath))
+    parts = path.parts
+    if path.is_absolute() or len(parts) < 2 or any(part in ("", ".", "..") for part in parts) or "\\" in str(relpath):
+        return False
+    return path.suffix.lower() in kinds.get(parts[0], ())
+
+
+def remove_outputs(out_dir, relpaths, fixed=()) -> list[Path]:
+    """Delete from ``out_dir`` the files of ``relpaths`` that are gpuillum outputs by place and kind
+    (:func:`is_output`), then the files named ``fixed`` (the job's own: its manifest, its LoadData
+    CSV), then the folders those deletions left empty; return the paths deleted.
+
+    Only regular files are deleted, and only where no folder between ``out_dir`` and them is a
+    symbolic link, so a tampered manifest cannot make ``--overwrite`` delete a user's file. What
+    is not there is skipped; OSError for a file that cannot be deleted.
+    """
+    out_dir = Path(out_dir)
+    removed = []
+    for relpath in [r for r in relpaths if is_output(r)] + [str(name) for name in fixed]:
+        path = out_dir.joinpath(*PurePosixPath(relpath).parts)
+        if path in removed or not _regular_without_links(out_dir, path):
+            continue
+        path.unlink()
+        removed.append(path)
+    for path in removed:  # prune, deepest first along each path, up to (not including) OUT
+        for folder in path.parents:
+            if folder == out_dir or out_dir not in folder.parents:
+                break
+            with contextlib.suppress(OSError):  # not empty (or gone): stop going up
+                folder.rmdir()
+                continue
+            break
+    return removed
+
+
+def _regular_without_links(root: Path, path: Path) -> bool:
+    """``path`` (below ``root``) is a regular file and no component of it below ``root`` is a link."""
+    for entry in [*reversed(path.relative_to(root).parents[:-1]), path.relative_to(root)]:
+        try:
+            mode = os.lstat(root / entry).st_mode
+        except OSError:
+            return False
+        if stat.S_ISLNK(mode):
+            return False
+    return stat.S_ISREG(mode)
 
 
 @dataclasses.dataclass

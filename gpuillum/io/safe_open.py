@@ -39,7 +39,8 @@ class NotRegularFile(ValueError):
 
 
 class LinkInOut(ValueError):
-    """A file or folder gpuillum owns in OUT is a symbolic link; ``str(error)`` is one line naming it."""
+    """A file or folder gpuillum owns in OUT is a symbolic link (or the lock file is a hard link or
+    not a regular file), so it is not written; ``str(error)`` is one line naming it."""
 
 
 def file_kind(mode: int) -> str:

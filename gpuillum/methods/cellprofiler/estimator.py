@@ -31,7 +31,7 @@ import numpy as np
 from ..._checks import check_image, check_mask, check_shape
 from ...backend import device_of, get_array_module, is_cupy_array, same_backend, to_numpy
 from ..reduce import ExactSum
-from .settings import INPUT_DTYPES, CalculateSettings
+from .settings import INPUT_DTYPES, CalculateSettings, check_settings
 from .stages import dilate, median_radius, median_table, rescale, rescale_table, smooth, to_cellprofiler_float
 
 
@@ -61,10 +61,7 @@ class IlluminationAccumulator:
     """
 
     def __init__(self, settings: CalculateSettings | None = None):
-        settings = CalculateSettings() if settings is None else settings
-        if not isinstance(settings, CalculateSettings):
-            raise TypeError(f"settings: expected CalculateSettings, got {type(settings).__name__}")
-        self.settings = settings
+        self.settings = check_settings(CalculateSettings() if settings is None else settings)
         self.shape = None  # shape of the input images
         # sum of preprocessed pixels (working shape): integers with the dtype maximum as their scale
         # (CellProfiler floats = sum / scale), or float64 CellProfiler floats
@@ -342,10 +339,9 @@ def calculate(images, settings: CalculateSettings | None = None, masks=None):
     "Each": a float32 (n, H, W) array, one function per image. ``masks``: None, or one mask (or
     None) per image, in the same order.
     """
-    settings = CalculateSettings() if settings is None else settings
-    if not isinstance(settings, CalculateSettings):
-        hint = f" (preset({settings!r}) makes one from a preset name)" if isinstance(settings, str) else ""
-        raise TypeError(f"settings: expected a CalculateSettings, got {type(settings).__name__}{hint}")
+    settings = check_settings(CalculateSettings() if settings is None else settings)
+    if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
+        raise TypeError(f"images: expected a sequence of 2-D images or a 3-D stack (n, H, W), got {type(images).__name__}")
     dimensions = getattr(images, "ndim", None)
     if dimensions is not None and dimensions != 3:
         hint = ": for one image pass [image]" if dimensions == 2 else ""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..._checks import check_float32_range
+from ..._checks import check_float32_range, check_path
 from ...backend import to_numpy
 from ...io.atomic import atomic_save_npy
 
@@ -40,7 +40,7 @@ def _as_function(array, name: str) -> np.ndarray:
 
 def save_function(path, function) -> Path:
     """Write ``function`` (NumPy or CuPy, 2-D) as a float32 ``.npy`` file, atomically; returns the path."""
-    path = Path(path)
+    path = Path(check_path(path, "path"))
     if path.is_dir():
         raise ValueError(f"{path}: is a directory; expected the function's file name, e.g. {path / 'Plate1_IllumDNA.npy'}")
     if path.suffix.lower() != ".npy":
@@ -49,8 +49,14 @@ def save_function(path, function) -> Path:
     return path
 
 
+_NPY_SIGNATURE = b"\x93NUMPY"  # the first bytes of every .npy file (NumPy's format.MAGIC_PREFIX)
+
+
 def _read_array(path: Path, suffix: str) -> np.ndarray:
     if suffix == ".npy":
+        with open(path, "rb") as handle:
+            if handle.read(len(_NPY_SIGNATURE)) != _NPY_SIGNATURE:  # else NumPy tries it as a pickle and says so
+                raise KeyError("not a NumPy .npy file: it does not start with the .npy signature")
         try:
             return np.load(path, allow_pickle=False)
         except ValueError as error:
@@ -69,7 +75,7 @@ def _read_array(path: Path, suffix: str) -> np.ndarray:
 
 def load_function(path) -> np.ndarray:
     """Read a function saved by CellProfiler or gpuillum (``.npy``, or ``.mat`` variable ``Image``) as float32."""
-    path = Path(path)
+    path = Path(check_path(path, "path"))
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".mat"):
         raise ValueError(f"{path}: expected a .npy or .mat illumination function, got {suffix or 'no extension'!r}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..._checks import check_choice
+from ..._checks import check_choice, check_instance
 
 INTENSITY_CHOICES = ("Regular", "Background")
 RESCALE_CHOICES = ("Yes", "No", "Median")
@@ -312,6 +312,16 @@ PRESETS: dict[str, CalculateSettings] = {
     # CDRP illum_8x.cppipe (2017): x0.125, size 10
     "cdrp": CalculateSettings(**_PRODUCTION, manual_size=10, resize_factor=0.125),
 }
+
+
+def check_settings(settings, name: str = "settings") -> CalculateSettings:
+    """Check that ``settings`` is a CalculateSettings (one line saying how to make one if not)."""
+    hint = ""
+    if isinstance(settings, str):
+        hint = f" (preset({settings!r}) makes one from a preset name)"
+    elif isinstance(settings, dict):
+        hint = " (CalculateSettings(**mapping) or preset('jump').replace(**mapping) makes one from a mapping)"
+    return check_instance(settings, name, CalculateSettings, hint)
 
 
 def preset(name: str) -> CalculateSettings:
