@@ -37,7 +37,7 @@ from benchmarks.common import machine_description, write_results  # noqa: E402
 
 def make_plate(folder: Path, images: int, shape, channels=("DNA", "Actin")):
     """A synthetic plate with ``images`` sites per channel (rows of 12 wells, 4 sites per well)."""
-    from gpuillum.synthetic import make_synthetic_plate
+    from gpuillum.demo.synthetic import make_synthetic_plate
 
     sites = 4 if images >= 4 else images
     wells = max(1, -(-images // sites))
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
         args.images, args.shape = 16, (256, 256)
 
     from gpuillum.backend import gpu_available
-    from gpuillum.engine.job import default_threads, run_plate
+    from gpuillum.job import default_threads, run_plate
 
     threads = args.threads or default_threads()
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="gpuillum-bench-"))

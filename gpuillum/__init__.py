@@ -44,11 +44,13 @@ _EXPORTS = {
     "spline_background": "gpuillum.methods.cellprofiler.splines",
     "convex_hull_smooth": "gpuillum.methods.cellprofiler.convex_hull",
     # the plate job
-    "run_plate": "gpuillum.engine.job",
-    "calc_plate": "gpuillum.engine.job",
-    "apply_plate": "gpuillum.engine.job",
-    "plan_plate": "gpuillum.engine.job",
-    "make_synthetic_plate": "gpuillum.synthetic",
+    "run": "gpuillum.job",
+    "run_plate": "gpuillum.job",
+    "calc_plate": "gpuillum.job",
+    "apply_plate": "gpuillum.job",
+    "plan_plate": "gpuillum.job",
+    "BackgroundSettings": "gpuillum.job",
+    "make_synthetic_plate": "gpuillum.demo.synthetic",
     # quality control
     "flatfield_cv": "gpuillum.qc.metrics",
     "compare_to_truth": "gpuillum.qc.metrics",

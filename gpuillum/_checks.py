@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from .backend import get_array_module
+from .errors import InvalidType, InvalidValue
 
 INTEGER_DTYPES = (np.uint8, np.uint16)
 FLOAT_DTYPES = (np.float32,)
@@ -28,15 +29,15 @@ def check_image(image, name: str = "image", dtypes=ORDER_DTYPES, allow_nan: bool
     """
     xp = get_array_module(image)
     if not hasattr(image, "ndim") or not hasattr(image, "dtype"):
-        raise TypeError(f"{name}: expected a 2-D NumPy or CuPy array, got {type(image).__name__}")
+        raise InvalidType(f"{name}: expected a 2-D NumPy or CuPy array, got {type(image).__name__}")
     if image.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array, got {image.ndim}-D with shape {tuple(image.shape)}")
+        raise InvalidValue(f"{name}: expected a 2-D array, got {image.ndim}-D with shape {tuple(image.shape)}")
     if image.size == 0:
-        raise ValueError(f"{name}: expected a non-empty array, got shape {tuple(image.shape)}")
+        raise InvalidValue(f"{name}: expected a non-empty array, got shape {tuple(image.shape)}")
     if dtypes is not None and image.dtype not in tuple(np.dtype(d) for d in dtypes):
-        raise TypeError(f"{name}: dtype {image.dtype} is not supported; expected one of {_dtype_names(dtypes)}")
+        raise InvalidType(f"{name}: dtype {image.dtype} is not supported; expected one of {_dtype_names(dtypes)}")
     if not allow_nan and image.dtype.kind == "f" and bool(xp.isnan(image).any()):
-        raise ValueError(f"{name}: contains NaN; replace or mask those pixels first")
+        raise InvalidValue(f"{name}: contains NaN; replace or mask those pixels first")
     return image
 
 
@@ -53,16 +54,16 @@ def check_float32_range(array, name: str) -> None:
     limit = np.finfo(np.float32).max
     beyond = int(xp.count_nonzero(xp.isfinite(array) & (xp.abs(array) > limit)))
     if beyond:
-        raise ValueError(f"{name}: {pixels_are(beyond)} finite but beyond float32's range (|value| > {limit:.1e}), "
+        raise InvalidValue(f"{name}: {pixels_are(beyond)} finite but beyond float32's range (|value| > {limit:.1e}), "
                          "and illumination functions are float32")
 
 
 def check_integer(value, name: str, minimum: int = 1) -> int:
     """Check that ``value`` is an integer >= ``minimum`` (bools and floats are refused)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        raise InvalidType(f"{name}: expected an integer >= {minimum}, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+        raise InvalidValue(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)
 
 
@@ -75,7 +76,7 @@ def check_shape(shape, name: str = "shape") -> tuple[int, int]:
         or len(shape) != 2
         or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in shape)
     ):
-        raise ValueError(f"{name}: expected two integers >= 1 (rows, cols), got {shape!r}")
+        raise InvalidValue(f"{name}: expected two integers >= 1 (rows, cols), got {shape!r}")
     return int(shape[0]), int(shape[1])
 
 
@@ -87,7 +88,7 @@ def check_radius(radius, name: str = "radius", minimum: int = 1) -> int:
 def check_choice(value, name: str, choices) -> str:
     """Check that ``value`` is one of ``choices``."""
     if value not in choices:
-        raise ValueError(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        raise InvalidValue(f"{name}: expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
     return value
 
 
@@ -100,14 +101,14 @@ def check_mask(mask, image, name: str = "mask"):
         return None
     xp = get_array_module(image)
     if not hasattr(mask, "shape"):
-        raise TypeError(f"{name}: expected a boolean array of shape {tuple(image.shape)}, got {type(mask).__name__}")
+        raise InvalidType(f"{name}: expected a boolean array of shape {tuple(image.shape)}, got {type(mask).__name__}")
     if tuple(mask.shape) != tuple(image.shape):
-        raise ValueError(f"{name}: shape {tuple(mask.shape)} does not match the image shape {tuple(image.shape)}")
+        raise InvalidValue(f"{name}: shape {tuple(mask.shape)} does not match the image shape {tuple(image.shape)}")
     if get_array_module(mask) is not xp:
-        raise TypeError(f"{name}: must live on the same backend as the image ({xp.__name__})")
+        raise InvalidType(f"{name}: must live on the same backend as the image ({xp.__name__})")
     if mask.dtype != bool:
         if mask.dtype.kind not in "biu":
-            raise TypeError(f"{name}: expected a boolean array, got dtype {mask.dtype}")
+            raise InvalidType(f"{name}: expected a boolean array, got dtype {mask.dtype}")
         mask = mask != 0
     return mask
 
@@ -121,11 +122,11 @@ def check_path(value, name: str) -> str:
     if isinstance(value, (str, bytes, os.PathLike)):
         path = os.fspath(value)
         return os.fsdecode(path) if isinstance(path, bytes) else path
-    raise TypeError(f"{name}: expected a path (str, bytes or os.PathLike), got {type(value).__name__}")
+    raise InvalidType(f"{name}: expected a path (str, bytes or os.PathLike), got {type(value).__name__}")
 
 
 def check_instance(value, name: str, kind: type, hint: str = ""):
     """Check that ``value`` is a ``kind`` (a settings object, ...); ``hint`` follows the message."""
     if not isinstance(value, kind):
-        raise TypeError(f"{name}: expected a {kind.__name__}, got {type(value).__name__}{hint}")
+        raise InvalidType(f"{name}: expected a {kind.__name__}, got {type(value).__name__}{hint}")
     return value

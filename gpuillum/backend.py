@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+from .errors import InvalidType, InvalidValue
 
 CUDA_SOURCE_DIRS = (
     Path(__file__).resolve().parent / "filters" / "cuda",
@@ -155,7 +156,7 @@ def resolve_device(spec: str | Device | None = "auto") -> Device:
     if isinstance(spec, Device):
         return spec
     if spec is not None and not isinstance(spec, str):
-        raise TypeError(f"device: expected auto, cpu, gpu or cuda:N, got {spec!r}")
+        raise InvalidType(f"device: expected auto, cpu, gpu or cuda:N, got {spec!r}")
     spec = (spec or "auto").strip().lower()
     if spec == "cpu":
         return Device("cpu")
@@ -166,11 +167,11 @@ def resolve_device(spec: str | Device | None = "auto") -> Device:
     elif spec.startswith("cuda:") and spec[5:].isdigit():
         index = int(spec[5:])
     else:
-        raise ValueError(f"device: expected auto, cpu, gpu or cuda:N, got {spec!r}")
+        raise InvalidValue(f"device: expected auto, cpu, gpu or cuda:N, got {spec!r}")
     if not gpu_available():
-        raise ValueError(f"device {spec!r}: no usable CUDA GPU (cupy missing or cupy.is_available() is false)")
+        raise InvalidValue(f"device {spec!r}: no usable CUDA GPU (cupy missing or cupy.is_available() is false)")
     if index >= gpu_count():
-        raise ValueError(f"device {spec!r}: only {gpu_count()} CUDA device(s) visible")
+        raise InvalidValue(f"device {spec!r}: only {gpu_count()} CUDA device(s) visible")
     return Device("cuda", index)
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from ._checks import check_choice, check_float32_range, check_image, pixels_are
 from .backend import get_array_module, is_cupy_array
 from .output_dtype import OUTPUT_DTYPES, OutputStats, cast_output
+from .errors import InvalidType, InvalidValue
 
 APPLY_METHODS = ("Divide", "Subtract")
 ON_INVALID = ("raise", "ignore")
@@ -60,11 +61,11 @@ def invalid_function_pixels(function, method: str = "Divide") -> int:
 def _check_function(function, image, method: str, on_invalid: str):
     function = check_image(function, "function", dtypes=None, allow_nan=True)
     if function.dtype.kind not in "fiu":
-        raise TypeError(f"function: expected a numeric array, got dtype {function.dtype}")
+        raise InvalidType(f"function: expected a numeric array, got dtype {function.dtype}")
     if tuple(function.shape) != tuple(image.shape):
-        raise ValueError(f"function: shape {tuple(function.shape)} does not match the image shape {tuple(image.shape)}")
+        raise InvalidValue(f"function: shape {tuple(function.shape)} does not match the image shape {tuple(image.shape)}")
     if is_cupy_array(function) != is_cupy_array(image):
-        raise TypeError("function: must live on the same backend as the image (both NumPy or both CuPy)")
+        raise InvalidType("function: must live on the same backend as the image (both NumPy or both CuPy)")
     xp = get_array_module(function)
     if on_invalid == "raise":
         check_float32_range(function, "function")
@@ -73,7 +74,7 @@ def _check_function(function, image, method: str, on_invalid: str):
         count = invalid_function_pixels(function, method)
         if count:
             what = "zero, negative or not finite" if method == "Divide" else "not finite"
-            raise ValueError(
+            raise InvalidValue(
                 f"function: {pixels_are(count)} {what}; {method} would produce inf/NaN "
                 "(fix the function, or pass on_invalid='ignore' for CellProfiler's unguarded arithmetic)"
             )
@@ -127,7 +128,7 @@ def apply(image, function, method: str = "Divide", clip_low: bool = True, clip_h
     check_choice(output_dtype, "output_dtype", OUTPUT_DTYPES)
     for name, flag in (("clip_low", clip_low), ("clip_high", clip_high)):
         if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"{name}: expected True or False, got {flag!r}")
+            raise InvalidType(f"{name}: expected True or False, got {flag!r}")
     image = check_image(image, "image", dtypes=IMAGE_DTYPES, allow_nan=True)
     units = _resolve_units(image, function, method, units)
     function = _check_function(function, image, method, on_invalid)
@@ -165,14 +166,14 @@ def _resolve_units(image, function, method: str, units: str) -> str:
     if finite.size == 0:
         return "cellprofiler"
     if method == "Subtract" and float(finite.max()) > 1:
-        raise ValueError(f"function: values up to {float(finite.max()):.6g}, but a subtracted function in CellProfiler's "
+        raise InvalidValue(f"function: values up to {float(finite.max()):.6g}, but a subtracted function in CellProfiler's "
                          "units lies within [0, 1] (1 = the dtype maximum), so this would blacken the image; pass "
                          "units='counts' for a background in the image's own units, or units='cellprofiler' to insist")
     # a CellProfiler function to divide by is rescaled (its 2nd percentile is 1, or its median) or an
     # average image within [0, 1]; a background in counts lies above 1 and near the image's own values
     level, low = (float(v) for v in xp.percentile(finite, xp.asarray([50.0, 2.0])))
     if method == "Divide" and low > 1.5 and level >= float(xp.median(image)) / 4:
-        raise ValueError(f"function: its median {level:.6g} is of the order of the image's pixel values, so it looks like a "
+        raise InvalidValue(f"function: its median {level:.6g} is of the order of the image's pixel values, so it looks like a "
                          "background in raw counts and dividing by it would give an image of ones; pass units='counts' to "
                          "divide by it normalised to mean 1, or units='cellprofiler' to divide by it as it is")
     return "cellprofiler"

@@ -32,6 +32,7 @@ import numpy as np
 from ._checks import check_choice, check_image
 from .backend import get_array_module, is_cupy_array, same_backend, to_numpy
 from .output_dtype import OUTPUT_DTYPES, OutputStats, cast_output
+from .errors import InvalidType, InvalidValue
 
 MODEL_UNITS = ("counts", "cellprofiler")
 MODEL_FORMAT = "gpuillum-illumination-model"
@@ -83,16 +84,16 @@ class IlluminationModel:
     def __post_init__(self):
         check_choice(self.units, "units", MODEL_UNITS)
         if self.flatfield is None and self.darkfield is None and self.baseline is None:
-            raise ValueError("IlluminationModel: give at least one of flatfield, darkfield, baseline")
+            raise InvalidValue("IlluminationModel: give at least one of flatfield, darkfield, baseline")
         shapes = {tuple(part.shape) for part in (self.flatfield, self.darkfield) if part is not None}
         for name in ("flatfield", "darkfield"):
             part = getattr(self, name)
             if part is not None:
                 check_image(part, name, dtypes=None, allow_nan=True)
         if len(shapes) > 1:
-            raise ValueError(f"IlluminationModel: flatfield and darkfield shapes differ ({' vs '.join(map(str, sorted(shapes)))})")
+            raise InvalidValue(f"IlluminationModel: flatfield and darkfield shapes differ ({' vs '.join(map(str, sorted(shapes)))})")
         if self.baseline is not None and getattr(self.baseline, "ndim", None) != 1:
-            raise ValueError(f"baseline: expected one value per image (1-D), got shape {getattr(self.baseline, 'shape', None)}")
+            raise InvalidValue(f"baseline: expected one value per image (1-D), got shape {getattr(self.baseline, 'shape', None)}")
 
     # -- what it is
 
@@ -129,7 +130,7 @@ class IlluminationModel:
     def function(self):
         """The CellProfiler function array of a plain CellProfiler model (see cellprofiler_method)."""
         if self.cellprofiler_method is None:
-            raise ValueError("model: not a plain CellProfiler function (it has a darkfield and a flat field, or a baseline)")
+            raise InvalidValue("model: not a plain CellProfiler function (it has a darkfield and a flat field, or a baseline)")
         return self.flatfield if self.cellprofiler_method == "Divide" else self.darkfield
 
     def to(self, like) -> "IlluminationModel":
@@ -177,19 +178,19 @@ class IlluminationModel:
 
     def _baseline_at(self, index) -> np.float32:
         if index is None:
-            raise ValueError("index: this model has a per-image baseline; give the image's position in its group")
-        baseline = to_numpy(self.baseline)
-        if not 0 <= index < len(baseline):
-            raise ValueError(f"index: expected 0..{len(baseline) - 1} (the group's images), got {index}")
-        return np.float32(baseline[index])
+            raise InvalidValue("index: this model has a per-image baseline; give the image's position in its group")
+        count = len(self.baseline)
+        if not 0 <= index < count:
+            raise InvalidValue(f"index: expected 0..{count - 1} (the group's images), got {index}")
+        return np.float32(float(self.baseline[index]))  # one value, not the vector, leaves the device
 
     def _check_against(self, image) -> None:
         if self.shape is not None and self.shape != tuple(image.shape):
-            raise ValueError(f"model: shape {self.shape} does not match the image shape {tuple(image.shape)}")
+            raise InvalidValue(f"model: shape {self.shape} does not match the image shape {tuple(image.shape)}")
         for name in ("flatfield", "darkfield"):
             part = getattr(self, name)
             if part is not None and is_cupy_array(part) != is_cupy_array(image):
-                raise TypeError(f"model {name}: must live on the image's backend (use model.to(image))")
+                raise InvalidType(f"model {name}: must live on the image's backend (use model.to(image))")
 
     # -- files
 
@@ -205,7 +206,7 @@ class IlluminationModel:
 
         path = Path(path)
         if path.suffix.lower() != ".npz":
-            raise ValueError(f"path: a model is saved as .npz, got {str(path)!r}")
+            raise InvalidValue(f"path: a model is saved as .npz, got {str(path)!r}")
         arrays = {name: np.ascontiguousarray(to_numpy(getattr(self, name)), dtype=np.float32)
                   for name in PARTS if getattr(self, name) is not None}
         buffer = io.BytesIO()
@@ -222,11 +223,11 @@ class IlluminationModel:
                 description = json.loads(str(data["model"]))
                 arrays = {name: data[name] for name in PARTS if name in data.files}
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not a gpuillum illumination model ({type(error).__name__}: {error})") from None
+            raise InvalidValue(f"{path}: not a gpuillum illumination model ({type(error).__name__}: {error})") from None
         if not isinstance(description, dict) or description.get("format") != MODEL_FORMAT:
-            raise ValueError(f"{path}: not a gpuillum illumination model (no '{MODEL_FORMAT}' description)")
+            raise InvalidValue(f"{path}: not a gpuillum illumination model (no '{MODEL_FORMAT}' description)")
         if description.get("version", 0) > MODEL_VERSION:
-            raise ValueError(f"{path}: model format version {description['version']} is newer than this gpuillum reads "
+            raise InvalidValue(f"{path}: model format version {description['version']} is newer than this gpuillum reads "
                              f"({MODEL_VERSION}); upgrade gpuillum")
         return cls(**arrays, units=description.get("units", "counts"), method=description.get("method", ""),
                    settings=description.get("settings") or {}, info=description.get("info") or {},

@@ -6,7 +6,9 @@ A correction computes float32 values in the input's units. The policy turns them
   dtype's range, never wrapped; float input gives float32. What the clamp and the rounding lose
   is counted (:class:`OutputStats`): pixels clipped below 0 or above the maximum, and the share
   of the input's grey levels that no longer exist in the output (a division by a function above
-  1 merges neighbouring levels of an 8-bit image).
+  1 merges neighbouring levels). Lost levels are worth a warning where the input has few of
+  them (at most FEW_LEVELS, 8-bit content): there merged levels show as contour bands, while
+  merging neighbouring levels of 16-bit data moves a value by one count.
 * ``float32``: the values as they are, negatives and fractions kept.
 * ``signed``: a signed type wide enough for the input's range, so ``raw - background`` keeps its
   negatives exactly: int16 for uint8, int32 for uint16, float32 for float input. Values are
@@ -27,7 +29,8 @@ from .backend import get_array_module, to_numpy
 OUTPUT_DTYPES = ("same", "float32", "signed")
 SIGNED = {np.dtype(np.uint8): np.dtype(np.int16), np.dtype(np.uint16): np.dtype(np.int32)}
 CLIPPED_WARNING = 0.01  # warn when more than 1 % of the pixels are clipped
-LOST_LEVELS_WARNING = 0.25  # warn when more than a quarter of the input's grey levels are lost
+LOST_LEVELS_WARNING = 0.25  # warn when more than a quarter of the input's grey levels are lost ...
+FEW_LEVELS = 256  # ... from an input with so few levels that merged ones show as contour bands (8-bit content)
 
 
 def output_dtype(input_dtype, policy: str = "same") -> np.dtype:
@@ -81,10 +84,15 @@ class OutputStats:
         return self.clipped / self.pixels if self.pixels else 0.0
 
     @property
+    def levels_used(self) -> int:
+        """Distinct grey levels of the inputs (0 when not counted)."""
+        return 0 if self.levels_in is None else int(np.count_nonzero(self.levels_in))
+
+    @property
     def lost_levels(self) -> float:
         if self.levels_in is None or self.levels_out is None:
             return 0.0
-        used = int(np.count_nonzero(self.levels_in))
+        used = self.levels_used
         return max(0.0, 1.0 - int(np.count_nonzero(self.levels_out)) / used) if used else 0.0
 
     def merge(self, other: "OutputStats") -> "OutputStats":
@@ -101,7 +109,8 @@ class OutputStats:
     def to_dict(self) -> dict:
         """The counts for a manifest or a summary (JSON types)."""
         return {"pixels": self.pixels, "clipped_below": self.below, "clipped_above": self.above,
-                "clipped_fraction": round(self.clipped_fraction, 6), "lost_grey_levels": round(self.lost_levels, 4)}
+                "clipped_fraction": round(self.clipped_fraction, 6), "grey_levels_in": self.levels_used,
+                "lost_grey_levels": round(self.lost_levels, 4)}
 
     def warnings(self, label: str, remedy: str = "") -> list[str]:
         """One line per loss over its threshold, naming ``label`` (e.g. "plate P1, channel DNA")
@@ -112,7 +121,7 @@ class OutputStats:
             lines.append(f"{label}: {100 * self.clipped_fraction:.1f} % of the pixels were clipped to the output type's range "
                          f"({self.below} below 0, {self.above} above the maximum); --output-dtype signed or float32 keeps "
                          f"them{also}")
-        if self.lost_levels > LOST_LEVELS_WARNING:
+        if self.lost_levels > LOST_LEVELS_WARNING and self.levels_used <= FEW_LEVELS:
             lines.append(f"{label}: {100 * self.lost_levels:.0f} % of the input's grey levels were merged by rounding to the "
                          f"input's type; --output-dtype float32 keeps them{also}")
         return lines

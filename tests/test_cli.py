@@ -82,7 +82,7 @@ def test_plan_lists_plates_channels_counts_shape_and_problems(tmp_path, capsys):
 
 
 def test_plan_warns_of_a_channel_with_too_few_images_for_a_function(tmp_path, capsys):
-    from gpuillum.engine.job import MIN_IMAGES_ALL
+    from gpuillum.job import MIN_IMAGES as MIN_IMAGES_ALL
 
     write_plate(tmp_path / "small", wells=("B02", "B03"), sites=2)
     assert main(["plan", str(tmp_path / "small")]) == 0  # a warning, not a problem
@@ -97,7 +97,7 @@ def test_plan_warns_of_a_channel_with_too_few_images_for_a_function(tmp_path, ca
 def test_ignore_unmatched_corrects_only_the_plate_a_pattern_selects(tmp_path, capsys):
     import json
 
-    from gpuillum.engine.job import plan_command
+    from gpuillum.job import plan_command
 
     images = write_plate(tmp_path / "in", plates=("P1", "P2"))
     pattern = r"(?P<plate>P1)/(?P<well>[A-Z]\d\d)_s(?P<site>\d+)_(?P<channel>\w+)\.tif"
@@ -155,7 +155,9 @@ def test_cellprofiler_options_and_background(tmp_path):
     argv = ["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--aggregation", "All", "--smoothing", "gaussian",
             "--filter-size", "8", "--rescale", "No", "--background", "tophat", "--background-radius", "4", "--device", "cpu", "-q"]
     assert main(argv) == 0
-    from gpuillum.engine.background import BackgroundSettings, subtract_background
+    from test_engine import subtract_background
+
+    from gpuillum.job import BackgroundSettings
 
     # without --preset/--cppipe the options modify the jump preset (resize x0.2 kept)
     settings = preset("jump").replace(smoothing="Gaussian Filter", manual_size=8, rescale="No")
@@ -239,7 +241,7 @@ def test_a_second_demo_into_an_out_where_one_runs_is_refused(tmp_path, capsys):
 
 def test_demo_defaults_use_enough_images():
     from gpuillum.cli import build_parser
-    from gpuillum.engine.job import MIN_IMAGES_ALL
+    from gpuillum.job import MIN_IMAGES as MIN_IMAGES_ALL
 
     args = build_parser().parse_args(["demo"])
     assert args.wells * args.sites >= 5 * MIN_IMAGES_ALL
@@ -262,7 +264,7 @@ def test_help_documents_inputs_outputs_and_defaults(capsys, command):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "INPUT folder with the plate's TIFF files" in text
+    assert "INPUT a plate folder, a folder of images or stacks, or one image or stack file" in text
     if command != "plan":
         assert "-o OUT, --out OUT output folder" in text
     if command in ("run", "calc"):

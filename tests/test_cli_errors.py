@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from gpuillum.cli import main
+from gpuillum.errors import InvalidType
 
 from test_engine import write_plate
 
@@ -237,7 +238,7 @@ def test_a_ctrl_c_whose_exception_is_swallowed_still_stops_the_run(tmp_path, cap
     import os
     import signal
 
-    from gpuillum.engine import progress
+    from gpuillum.job import progress
 
     write_plate(tmp_path / "in")
     real, counts = progress.Progress.update, []
@@ -267,7 +268,7 @@ def test_a_stop_raised_inside_del_is_latched_and_not_reported_as_ignored(monkeyp
     import signal
     import sys
 
-    from gpuillum.engine.stopping import raise_if_stop_requested, stop_on_signals
+    from gpuillum.job.stopping import raise_if_stop_requested, stop_on_signals
 
     class SignalsWhenCollected:
         def __del__(self):
@@ -290,7 +291,7 @@ def test_a_signal_while_a_cluster_starts_acts_when_the_start_is_over(signal_name
     import os
     import signal
 
-    from gpuillum.engine.stopping import Terminated, deferred_stops, stop_on_signals
+    from gpuillum.job.stopping import Terminated, deferred_stops, stop_on_signals
 
     stop = Terminated if stop == "Terminated" else stop
     finished = []
@@ -305,7 +306,7 @@ def test_a_signal_while_a_cluster_starts_acts_when_the_start_is_over(signal_name
 def test_ignored_signals_stay_ignored_while_a_command_runs():
     import signal
 
-    from gpuillum.engine.stopping import stop_on_signals
+    from gpuillum.job.stopping import stop_on_signals
 
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -417,7 +418,7 @@ def test_argparse_errors_are_one_line(capsys, argv, needle):
 
 
 def test_option_names_in_messages_and_single_preset_prefix(tmp_path, capsys):
-    from gpuillum.engine.job import JobError, run_plate
+    from gpuillum.job import JobError, run_plate
 
     write_plate(tmp_path / "in", wells=("B02",), sites=1)
     code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--filter-size", "-3", "--device", "cpu")
@@ -542,19 +543,34 @@ def test_float64_images_with_a_background_are_refused_by_name(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("error, needles", [
-    (TypeError("image: dtype int16 is not supported; expected one of uint8"), ("image: dtype int16",)),
+    (InvalidType("image: dtype int16 is not supported; expected one of uint8"), ("image: dtype int16",)),
     (MemoryError("Unable to allocate 5.24 TiB for an array"), ("out of host memory", "5.24 TiB", "--dilation-radius")),
 ])
 def test_type_and_memory_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch, error, needles):
-    import gpuillum.engine.job as job
+    import gpuillum.job as job
 
     def failing(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(job, "run_plate", failing)
+    monkeypatch.setattr(job, "run", failing)
     code, err = run_cli(capsys, "run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *ARGS)
     assert code == 2
     assert_one_line_error(err, *needles)
+
+
+@pytest.mark.parametrize("error", [TypeError("unsupported operand type(s)"), ValueError("operands could not be broadcast"),
+                                   IndexError("index 5 is out of bounds")])
+def test_a_bug_keeps_its_traceback_and_exits_1(tmp_path, capsys, monkeypatch, error):
+    """Only UserError is the user's to fix: an error gpuillum did not raise on purpose is a bug, and
+    the CLI lets it show where it happened instead of disguising it as a usage error."""
+    import gpuillum.job as job
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(job, "run", failing)
+    with pytest.raises(type(error)):
+        main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *ARGS])
 
 
 def test_demo_shape_too_large_is_refused_at_parsing(tmp_path, capsys):
@@ -616,7 +632,7 @@ def test_splines_are_subtracted_and_dividing_by_them_is_refused(tmp_path, capsys
 
 @pytest.mark.parametrize("key", ["DAPI", ("P9", "DNA")])
 def test_a_function_for_a_channel_the_input_lacks_is_refused(tmp_path, capsys, key):
-    from gpuillum.engine.job import JobError, run_plate
+    from gpuillum.job import JobError, run_plate
 
     write_plate(tmp_path / "in", wells=("B02",), sites=1)
     function = tmp_path / "flat.npy"
@@ -745,7 +761,7 @@ def test_a_functions_folder_without_the_file_says_where_it_looked(tmp_path, caps
                         str(tmp_path / "functions"), "--device", "cpu", "-q")
     assert code == 2
     assert_one_line_error(err, "P1_IllumActin.npy: illumination function for P1/Actin not found",
-                          f"looked for .npy and .mat in {tmp_path / 'functions'}")
+                          f"looked for .npy, .npz, .mat in {tmp_path / 'functions'}")
     code, err = run_cli(capsys, "apply", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--device", "cpu", "-q")
     assert code == 2
     assert_one_line_error(err, "not found (run calc first, or pass --functions DIR)")
@@ -817,7 +833,7 @@ def test_demo_options_out_of_bounds_are_refused_before_out_exists(tmp_path, caps
 
 
 def test_demo_sizes_are_bounded_in_the_api_too(tmp_path):
-    from gpuillum.engine.demo import DEMO_MAX_SIDE, run_demo
+    from gpuillum.demo.run import DEMO_MAX_SIDE, run_demo
 
     for size, needle in [(dict(sites=10**12), "sites: at most"), (dict(shape=(16, DEMO_MAX_SIDE + 1)), "shape: expected"),
                          (dict(shape=(8, 8)), "shape: expected"), (dict(sites=0), "sites: expected an integer >= 1")]:

@@ -6,7 +6,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from gpuillum.engine.cluster import (  # noqa: E402
+from gpuillum.job.cluster import (  # noqa: E402
     ClusterLost,
     check_scheduler_address,
     map_in_order,
@@ -14,7 +14,7 @@ from gpuillum.engine.cluster import (  # noqa: E402
     per_gpu_worker_specs,
     visible_gpus,
 )
-from gpuillum.engine.job import JobError, run_plate  # noqa: E402
+from gpuillum.job import JobError, run_plate  # noqa: E402
 
 from test_engine import FAST, write_plate  # noqa: E402
 from test_resume import outputs, wait_for_a_corrected_file  # noqa: E402
@@ -87,7 +87,7 @@ def test_per_gpu_workers_each_see_one_device(monkeypatch):
 
 SLOW_WRITES = """
 import time
-import gpuillum.engine.apply as apply_module
+import gpuillum.job.correct as apply_module
 
 _write = apply_module.write_corrected
 
@@ -150,7 +150,7 @@ def _die(value):
 
 @pytest.mark.slow
 def test_a_task_whose_workers_keep_dying_is_one_line_not_a_dask_traceback():
-    from gpuillum.engine.cluster import WorkerLost
+    from gpuillum.job.cluster import WorkerLost
 
     with open_client(workers=2) as client:
         with pytest.raises(WorkerLost, match=r"died \d+ times running task .*out of memory") as caught:
@@ -228,8 +228,8 @@ def test_a_scheduler_lost_mid_run_is_one_line_and_the_run_resumes(tmp_path, monk
 
     import dask
 
-    from gpuillum.engine import job as job_module
     from gpuillum.io.run_lock import LOCK_NAME
+    from gpuillum.job import estimate as estimate_module
 
     write_plate(tmp_path / "in", wells=("B02", "B03", "C02"), sites=2)
     run_plate(tmp_path / "in", tmp_path / "reference", settings=FAST, device="cpu")
@@ -238,7 +238,7 @@ def test_a_scheduler_lost_mid_run_is_one_line_and_the_run_resumes(tmp_path, monk
                                stderr=subprocess.DEVNULL, start_new_session=True,
                                env=dict(os.environ, GPUILLUM_DISABLE_GPU="1"))
     calculated = []
-    calculate = job_module._Job.calculate
+    calculate = estimate_module.estimate_group
 
     def calculate_then_lose_the_cluster(job, group):
         if calculated and cluster.poll() is None:  # the second channel: scheduler and worker die first
@@ -247,7 +247,7 @@ def test_a_scheduler_lost_mid_run_is_one_line_and_the_run_resumes(tmp_path, monk
         calculate(job, group)
         calculated.append(group.channel)
 
-    monkeypatch.setattr(job_module._Job, "calculate", calculate_then_lose_the_cluster)
+    monkeypatch.setattr(estimate_module, "estimate_group", calculate_then_lose_the_cluster)
     try:
         address = cluster.stdout.readline().strip()
         assert address.startswith("tcp://"), "the test cluster did not start"
@@ -279,7 +279,7 @@ def test_a_scheduler_lost_mid_run_is_one_line_and_the_run_resumes(tmp_path, monk
 def test_more_cpu_workers_than_cores_are_refused_before_out_exists(tmp_path, capsys, command):
     # --workers 100 on a 2-core machine stalled for 5 minutes, then printed "TimeoutError"
     from gpuillum.cli import main
-    from gpuillum.engine.cluster import usable_cores
+    from gpuillum.job.cluster import usable_cores
 
     cores = usable_cores()
     write_plate(tmp_path / "in", wells=("B02",), sites=1)
@@ -295,7 +295,7 @@ def test_more_cpu_workers_than_cores_are_refused_before_out_exists(tmp_path, cap
 
 
 def test_more_gpu_workers_than_visible_gpus_are_refused(monkeypatch):
-    from gpuillum.engine import cluster
+    from gpuillum.job import cluster
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     with pytest.raises(ValueError, match=r"^workers: 2 GPU workers, but 1 GPU is visible \(CUDA_VISIBLE_DEVICES 3\); "

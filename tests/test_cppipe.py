@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from gpuillum.cli import build_parser, settings_from_args
+from gpuillum.cli import build_parser
+from gpuillum.cli.options import method_from_args
+from gpuillum.errors import UserError
+from gpuillum.methods import get_method
 from gpuillum.methods.cellprofiler import CalculateSettings
 from gpuillum.methods.cellprofiler.cppipe import read_pipeline
 
@@ -154,6 +157,12 @@ def test_all_modules_disabled(tmp_path):
         CalculateSettings.from_cppipe(path)
 
 
+def settings_from_args(args):
+    """The CalculateSettings the command line's options give (the cellprofiler method's)."""
+    name, options = method_from_args(args)
+    return get_method(name or "cellprofiler").settings_from_options(options).calculate
+
+
 def test_read_pipeline_leaves_out_disabled_modules_like_cellprofiler(tmp_path):
     path = disabled_first(tmp_path)
     assert [m.number for m in read_pipeline(path)] == [1, 3]
@@ -167,11 +176,9 @@ def test_cli_without_cppipe_module_skips_disabled_modules(tmp_path):
 
 
 def test_cli_errors_from_a_pipeline_keep_its_own_terms(tmp_path):
-    from gpuillum.cli import UsageError
-
     path = pipeline(tmp_path, calculate(2, "DNA", "IllumDNA", smoothing="Bogus"))
     args = build_parser().parse_args(["calc", str(tmp_path), "-o", str(tmp_path / "out"), "--cppipe", str(path)])
-    with pytest.raises(UsageError) as error:
+    with pytest.raises(UserError) as error:
         settings_from_args(args)
     message = str(error.value)
     assert message.startswith(f"{path}: module #2: smoothing: expected one of 'No smoothing', ")
@@ -180,13 +187,13 @@ def test_cli_errors_from_a_pipeline_keep_its_own_terms(tmp_path):
     good = pipeline(tmp_path, calculate(2, "DNA", "IllumDNA"), name="good.cppipe")
     args = build_parser().parse_args(["calc", str(tmp_path), "-o", str(tmp_path / "out"), "--cppipe", str(good),
                                       "--resize-factor", "7"])
-    with pytest.raises(UsageError) as error:
+    with pytest.raises(UserError) as error:
         settings_from_args(args)
     assert str(error.value).startswith("--resize-factor: ")
 
 
 def test_option_names_leave_quoted_choices_alone():
-    from gpuillum.cli import _option_names
+    from gpuillum.methods.cellprofiler.method import option_names as _option_names
 
     text = "smoothing: expected one of 'No smoothing', 'Median Filter'; resize_factor too"
     assert _option_names(text) == "--smoothing: expected one of 'No smoothing', 'Median Filter'; --resize-factor too"

@@ -149,11 +149,13 @@ def test_auto_detection_picks_the_layout_naming_most_files(tmp_path):
     assert plan.problems == ["P/B03_s1_DNA.tif: not matched by the layout 'imagexpress'; left out"]
 
 
-def test_no_layout_matches(tmp_path):
+def test_a_folder_no_layout_names_is_read_as_images_of_one_kind(tmp_path):
     _tiff(tmp_path, "random_name.tif")
+    _tiff(tmp_path, "other.tif")
     plan = discover(tmp_path)
-    assert plan.records == [] and plan.layout is None
-    assert len(plan.problems) == 1 and "no built-in layout" in plan.problems[0] and "random_name.tif" in plan.problems[0]
+    assert plan.layout is None and plan.problems == [] and plan.source.startswith("a folder of images without a plate layout")
+    assert [(r.relpath, r.plate, r.channel, r.site, r.page) for r in plan.records] == [
+        ("other.tif", tmp_path.name, "1", "other", None), ("random_name.tif", tmp_path.name, "1", "random_name", None)]
 
 
 def test_no_tiff_files(tmp_path):

@@ -12,11 +12,14 @@ import tifffile
 
 from gpuillum.backend import Device
 from gpuillum.correct import apply as apply_function
-from gpuillum.engine.accumulate import BATCH_SIZE, OrderedMerge, accumulate_records, fixed_batches
-from gpuillum.engine.background import BackgroundSettings, subtract_background
-from gpuillum.engine.job import JobError, check_paths, run_plate
-from gpuillum.engine.progress import Progress
-from gpuillum.engine.reading import CheckedReader, ordered_map
+from gpuillum.job import BackgroundSettings, JobError, run_plate
+from gpuillum.job.estimate import OrderedMerge, reduce_batch
+from gpuillum.job.executor import BATCH_SIZE, fixed_batches, ordered_map
+from gpuillum.job.outdir import check_paths
+from gpuillum.job.progress import Progress
+from gpuillum.job.reading import CheckedReader
+from gpuillum.methods import get_method
+from gpuillum.methods.cellprofiler.method import CellProfilerSettings
 from gpuillum.methods.cellprofiler import IlluminationAccumulator, calculate, preset
 from gpuillum.inputs.records import ImageRecord
 from gpuillum.inputs.loaddata import read_loaddata
@@ -42,6 +45,18 @@ def plate_image(rng, shape=SHAPE, channel_index=0, dtype=np.uint16):
     if dtype == np.uint8:
         image = image / 16
     return np.clip(np.rint(image), 0, top).astype(dtype)
+
+
+def subtract_background(image, background: BackgroundSettings):
+    """The per-image background of ``--background``, written out from the kernels: the fast median
+    subtracted in float32, rounded and clamped, or the white top-hat."""
+    from gpuillum.filters.median_background import median_background
+    from gpuillum.filters.morphology import white_tophat
+
+    if background.method == "tophat":
+        return white_tophat(image, background.radius)
+    top = np.iinfo(image.dtype).max
+    return np.clip(np.rint(image.astype(np.float32) - median_background(image, background.radius)), 0, top).astype(image.dtype)
 
 
 def layout_relpath(layout, plate, well, site, channel_index, channel):
@@ -159,14 +174,11 @@ def test_background_alone_is_one_pass_per_image(tmp_path, method):
         np.testing.assert_array_equal(corrected, subtract_background(image, background))
 
 
-def test_background_reference_median_and_tophat(rng):
-    from gpuillum.filters.median_background import median_background
-    from gpuillum.filters.morphology import white_tophat
-
+def test_background_stage_is_the_registered_method_with_the_fast_median(rng):
     image = plate_image(rng)
-    expected = np.clip(np.rint(image.astype(np.float32) - median_background(image, 5)), 0, 65535).astype(np.uint16)
-    np.testing.assert_array_equal(subtract_background(image, BackgroundSettings("median", 5)), expected)
-    np.testing.assert_array_equal(subtract_background(image, BackgroundSettings("tophat", 3)), white_tophat(image, 3))
+    for background in (BackgroundSettings("median", 5), BackgroundSettings("tophat", 3)):
+        method, settings = background.as_method()
+        np.testing.assert_array_equal(method.correct(settings, image), subtract_background(image, background))
     with pytest.raises(ValueError, match="background"):
         BackgroundSettings("rolling", 5)
 
@@ -212,9 +224,18 @@ def test_accumulation_is_fixed_order_whatever_the_threads(tmp_path, rng):
         for record in batch:
             partial.add(tifffile.imread(record.path))
         expected = partial if expected is None else expected.merge(partial)
-    for threads in (1, 4):
-        total, skipped = accumulate_records(records, settings, Device("cpu"), reader, threads=threads)
-        assert not skipped and total.count == len(records)
+    method, info = get_method("cellprofiler"), None
+    for threads in (1, 4):  # the batch tasks run on that many threads; the partials merge in batch order
+        from concurrent.futures import ThreadPoolExecutor
+
+        merge = OrderedMerge()
+        task = lambda batch: reduce_batch(batch, method, CellProfilerSettings(settings), info, reader, Device("cpu"), "fail")
+        with ThreadPoolExecutor(threads) as pool:
+            for index, (_batch, (partial, skipped, used)) in enumerate(ordered_map(task, fixed_batches(records), pool, threads)):
+                assert not skipped and len(used) == len(_batch)
+                merge.push(index, partial)
+        total = merge.result()
+        assert total.count == len(records)
         np.testing.assert_array_equal(total.finalize(), expected.finalize())
         np.testing.assert_array_equal(total.average()[0], expected.average()[0])
 
@@ -248,30 +269,33 @@ def test_ordered_map_keeps_order_and_bounds_the_read_ahead():
         with lock:
             started.append(item)
         time.sleep(0.002 * (item % 3))
-        if item == 5:
+        if item == 25:
             raise ValueError(f"item {item}: bad")
         return item * 10
 
     seen = []
     with ThreadPoolExecutor(4) as pool:
-        for item, result, error in ordered_map(work, range(20), pool, depth=3):
+        for item, result in ordered_map(work, range(20), pool, depth=3):
             # never more than `depth` items submitted beyond the ones consumed
             assert len(started) <= len(seen) + 3
             seen.append(item)
-            assert (error is not None) == (item == 5)
-            if error is None:
-                assert result == item * 10
-    assert seen == list(range(20))
+            assert result == item * 10
+        assert seen == list(range(20))
+        # an error stops the map when its item's turn comes; the calls not started are cancelled
+        with pytest.raises(ValueError, match="item 25: bad"):
+            list(ordered_map(work, range(20, 40), pool, depth=3))
+    assert len(started) < 40
 
 
 def test_checked_reader_names_the_file(tmp_path):
     path = tmp_path / "x.tif"
     tifffile.imwrite(path, np.zeros((8, 9), np.uint16))
     record = ImageRecord(path=path, relpath="x.tif", plate="P", well="B02", site="1", channel="DNA")
+    image = tifffile.imread(path)
     with pytest.raises(ValueError, match=r"x\.tif: shape \(8, 9\) differs"):
-        CheckedReader((8, 8), "uint16")(record)
+        CheckedReader((8, 8), "uint16").check(record, image)
     with pytest.raises(ValueError, match=r"x\.tif: dtype uint16 differs"):
-        CheckedReader((8, 9), "uint8")(record)
+        CheckedReader((8, 9), "uint8").check(record, image)
 
 
 # ----------------------------------------------------------------------------- paths, progress
@@ -398,7 +422,7 @@ def test_bad_api_arguments_are_one_line_errors_before_out_exists(tmp_path, optio
 def test_api_paths_may_be_bytes_and_a_non_path_is_one_line(tmp_path):
     import os
 
-    from gpuillum.engine.job import apply_plate, calc_plate, plan_plate
+    from gpuillum.job import apply_plate, calc_plate, plan_plate
 
     images = write_plate(tmp_path / "in", wells=("B02",), sites=1)
     result = calc_plate(os.fsencode(tmp_path / "in"), os.fsencode(tmp_path / "out"), settings=FAST, device="cpu")

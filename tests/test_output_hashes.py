@@ -22,7 +22,7 @@ import scipy
 
 from gpuillum.cli import main
 from gpuillum.io.tiff import read_tiff
-from gpuillum.synthetic import make_synthetic_plate
+from gpuillum.demo.synthetic import make_synthetic_plate
 
 RECORDED_WITH = {"numpy": "2.4", "scipy": "1.17"}
 

@@ -12,7 +12,7 @@ from scipy.signal import convolve2d
 from gpuillum.qc.figures import GAP, MARGIN, before_after, function_preview, text_mask
 from gpuillum.qc.metrics import compare_to_truth, correction_report, flatfield_cv
 from gpuillum.qc.png import COLORMAP, apply_colormap, encode_png, to_display, write_png
-from gpuillum.synthetic import SyntheticModel
+from gpuillum.demo.synthetic import SyntheticModel
 
 
 # ---------------------------------------------------------------- reference implementations

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from gpuillum.cli import main
-from gpuillum.engine.job import run_plate
+from gpuillum.job import run_plate
 from gpuillum.io.run_lock import LOCK_NAME
 
 from test_cli import ARGS_RESUME, read_all
@@ -48,7 +48,7 @@ def plate(tmp_path):
 
 def test_crash_after_k_files_then_resume_gives_identical_outputs(tmp_path, plate, monkeypatch):
     source, reference = plate
-    import gpuillum.engine.apply as apply_module
+    import gpuillum.job.correct as apply_module
 
     real, count = apply_module.write_corrected, []
 

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from gpuillum.cli import main
-from gpuillum.engine.job import JobError, run_plate
+from gpuillum.job import JobError, run_plate
 from gpuillum.io.run_lock import LOCK_NAME, FolderLocked, folder_lock
 
 from test_engine import FAST, write_plate
@@ -104,7 +104,7 @@ def test_run_plate_releases_the_lock_after_success_and_failure(tmp_path, monkeyp
     write_plate(tmp_path / "in", wells=("B02",), sites=1)
     run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, device="cpu")
     assert not (tmp_path / "out" / LOCK_NAME).exists()
-    import gpuillum.engine.apply as apply_module
+    import gpuillum.job.correct as apply_module
 
     def failing(*args, **kwargs):
         raise OSError(28, "No space left on device", "somewhere")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from gpuillum.synthetic import (
+from gpuillum.demo.synthetic import (
     GAIN,
     READ_NOISE_ELECTRONS,
     SyntheticModel,

@@ -26,6 +26,7 @@ import numpy as np
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_mask, check_radius
 from ..backend import get_array_module, on_input_device
 from .neutral import never_wins
+from ..errors import InvalidValue
 
 STATS = ("min", "max", "mean", "median", "percentile")
 REDUCE_DTYPES = ORDER_DTYPES + (np.float64,)
@@ -153,10 +154,10 @@ def block_minimum(image, block_size: int, *, mask=None):
 def _check_q(stat: str, q):
     if stat != "percentile":
         if q is not None:
-            raise ValueError(f"q: only used with stat='percentile', got q={q!r} with stat={stat!r}")
+            raise InvalidValue(f"q: only used with stat='percentile', got q={q!r} with stat={stat!r}")
         return None
     if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0 <= float(q) <= 100:
-        raise ValueError(f"q: expected a number in [0, 100] with stat='percentile', got {q!r}")
+        raise InvalidValue(f"q: expected a number in [0, 100] with stat='percentile', got {q!r}")
     return float(q)
 
 

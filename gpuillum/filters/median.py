@@ -25,6 +25,7 @@ from ..backend import cuda_kernel, get_array_module, on_input_device
 from .bands import cpu_threads, run_jobs
 from .footprints import FOOTPRINTS, chord_half_widths, covering_radius
 from .ranks import dense_ranks
+from ..errors import InvalidType, InvalidValue
 
 MODES = ("ignore", "reflect", "nearest", "mirror", "constant")
 # scipy.ndimage mode -> numpy.pad mode giving the same extension (also for pads wider than the image)
@@ -91,14 +92,14 @@ def _median(image, radius, footprint, mode, cval, count: bool):
 def _cval_as(cval, dtype) -> np.generic:
     """``cval`` in the image dtype, converted like scipy's C cast (truncation for integers)."""
     if isinstance(cval, bool) or not isinstance(cval, (int, float, np.integer, np.floating)):
-        raise TypeError(f"cval: expected a real number, got {cval!r}")
+        raise InvalidType(f"cval: expected a real number, got {cval!r}")
     if math.isnan(cval):
-        raise ValueError("cval: expected a real number, got nan")
+        raise InvalidValue("cval: expected a real number, got nan")
     if dtype == np.float32:
         return np.float32(cval)
     info = np.iinfo(dtype)
     if math.isinf(cval) or not info.min <= math.trunc(cval) <= info.max:
-        raise ValueError(f"cval: expected a value in [{info.min}, {info.max}] for a {np.dtype(dtype).name} image, got {cval!r}")
+        raise InvalidValue(f"cval: expected a value in [{info.min}, {info.max}] for a {np.dtype(dtype).name} image, got {cval!r}")
     return dtype.type(math.trunc(cval))
 
 
@@ -408,7 +409,7 @@ def _median_levels_gpu(levels, half, oy0, ox0, height, width, n_levels):
     per_warp = n_coarse + (n_levels if fine_in_shared else 0)
     warps_per_block = min(_MAX_WARPS_PER_BLOCK, _SHARED_BYTES // (4 * per_warp))
     if warps_per_block < 1:
-        raise ValueError(f"image: {n_levels} distinct values need more GPU shared memory than a block has")
+        raise InvalidValue(f"image: {n_levels} distinct values need more GPU shared memory than a block has")
     sm_count = cp.cuda.Device().attributes["MultiProcessorCount"]
     n_warps = min(n_items, sm_count * _WARPS_PER_SM)
     if not fine_in_shared:

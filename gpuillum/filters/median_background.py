@@ -46,6 +46,7 @@ from ..backend import get_array_module, on_input_device
 from .blocks import block_reduce
 from .median import median_filter
 from .resample import upsample
+from ..errors import InvalidValue
 
 AUTO_RADIUS_PER_FACTOR = 8
 MIN_GRID_SAMPLES = 16
@@ -73,7 +74,7 @@ def median_background(image, radius: int, *, downsample="auto", footprint: str =
     elif isinstance(downsample, numbers.Integral) and not isinstance(downsample, bool) and downsample >= 1:
         factor = int(downsample)
     else:
-        raise ValueError(f"downsample: expected 'auto' or an integer >= 1, got {downsample!r}")
+        raise InvalidValue(f"downsample: expected 'auto' or an integer >= 1, got {downsample!r}")
     xp = get_array_module(image)
     if factor == 1:
         return median_filter(image, radius, footprint=footprint, mode="ignore").astype(xp.float32)

@@ -21,6 +21,7 @@ import numpy as np
 from .._checks import check_choice, check_image, check_mask
 from ..backend import get_array_module, on_input_device, to_numpy
 from .blocks import block_reduce
+from ..errors import InvalidValue
 
 MAX_DEGREE = 8
 UNDETERMINED_CHOICES = ("minimum-norm", "raise")
@@ -68,7 +69,7 @@ def _normal_equations(values, weights, p_rows, p_cols, degree: int):
     return g, moments[rows_a, cols_b]
 
 
-class UndeterminedFit(ValueError):
+class UndeterminedFit(InvalidValue):
     """The valid pixels do not fix every coefficient (they lie on a curve of the fit's degree, e.g.
     one row or two lines for a quadratic): many surfaces fit them equally well."""
 
@@ -97,7 +98,7 @@ def _solve(values, weights, p_rows, p_cols, degree: int, undetermined: str = "mi
 
 def _check_degree(degree) -> int:
     if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or not 0 <= degree <= MAX_DEGREE:
-        raise ValueError(f"degree: expected an integer in [0, {MAX_DEGREE}], got {degree!r}")
+        raise InvalidValue(f"degree: expected an integer in [0, {MAX_DEGREE}], got {degree!r}")
     return int(degree)
 
 
@@ -110,7 +111,7 @@ def _check_clip(clip):
         or not all(isinstance(c, numbers.Real) and not isinstance(c, bool) for c in clip)
         or not clip[0] <= clip[1]
     ):
-        raise ValueError(f"clip: expected None or a (low, high) pair with low <= high, got {clip!r}")
+        raise InvalidValue(f"clip: expected None or a (low, high) pair with low <= high, got {clip!r}")
     return float(clip[0]), float(clip[1])
 
 

@@ -17,6 +17,7 @@ import scipy.sparse
 
 from .._checks import check_image, check_shape
 from ..backend import get_array_module, is_cupy_array, on_input_device
+from ..errors import InvalidValue
 
 RESAMPLE_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 
@@ -61,7 +62,7 @@ def cellprofiler_resize_shape(shape, factor: float, name: str = "factor") -> tup
     a ValueError naming the argument ``name`` when an axis would vanish."""
     out = tuple(int(np.round(float(length) * factor)) for length in shape)
     if min(out) < 1:
-        raise ValueError(f"{name}: {factor!r} shrinks shape {tuple(shape)} to {out}; need at least 1 pixel per axis")
+        raise InvalidValue(f"{name}: {factor!r} shrinks shape {tuple(shape)} to {out}; need at least 1 pixel per axis")
     return out
 
 
@@ -208,7 +209,7 @@ def resize_bilinear(image, factor_or_shape):
     if isinstance(factor_or_shape, numbers.Real) and not isinstance(factor_or_shape, bool):
         factor = float(factor_or_shape)
         if not np.isfinite(factor) or factor <= 0:
-            raise ValueError(f"factor_or_shape: expected a factor > 0 or (rows, cols), got {factor_or_shape!r}")
+            raise InvalidValue(f"factor_or_shape: expected a factor > 0 or (rows, cols), got {factor_or_shape!r}")
         out_shape = cellprofiler_resize_shape(image.shape, factor, "factor_or_shape")
     else:
         out_shape = check_shape(factor_or_shape, "factor_or_shape")
@@ -232,7 +233,7 @@ def resize_mask(mask, shape):
     positions of ``resize_bilinear`` (a bool array on the mask's device)."""
     xp = get_array_module(mask)
     if mask.ndim != 2 or mask.dtype != bool:
-        raise ValueError(f"mask: expected a 2-D bool array, got {mask.ndim}-D {mask.dtype}")
+        raise InvalidValue(f"mask: expected a 2-D bool array, got {mask.ndim}-D {mask.dtype}")
     rows, cols = check_shape(shape)
     row_index = xp.asarray(nearest_indices(mask.shape[0], rows))
     col_index = xp.asarray(nearest_indices(mask.shape[1], cols))

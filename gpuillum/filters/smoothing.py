@@ -16,6 +16,7 @@ import numpy as np
 from .._checks import check_image, check_mask
 from ..backend import get_array_module, get_ndimage, on_input_device
 from .bands import along_axis
+from ..errors import InvalidValue
 
 SMOOTH_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 TRUNCATE = 4.0
@@ -23,7 +24,7 @@ TRUNCATE = 4.0
 
 def _check_sigma(sigma) -> float:
     if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not np.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"sigma: expected a finite number > 0, got {sigma!r}")
+        raise InvalidValue(f"sigma: expected a finite number > 0, got {sigma!r}")
     return float(sigma)
 
 

@@ -22,6 +22,7 @@ from ..io.safe_open import file_kind
 from . import layouts as _layouts
 from .layouts import LAYOUTS, Layout  # noqa: F401  (LAYOUTS is part of this module's API)
 from .records import TIFF_SUFFIXES, ImageRecord, Plan, Problem, natural_key
+from ..errors import InvalidValue
 
 _HEADER_THREADS = 8
 
@@ -189,7 +190,8 @@ def _choose_layout(name: str | None, relpaths: list[str]) -> tuple[Layout | None
 
 def discover(input_dir, *, pattern: str | None = None, layout: str | None = None, loaddata=None, check_headers: bool = True,
              exclude=(), ignore_unmatched: bool = False) -> Plan:
-    """Find the images under ``input_dir`` and group them by plate and channel.
+    """Find the images under ``input_dir`` (a folder, or one image or stack file) and group them by
+    plate and channel.
 
     Naming, at most one of:
 
@@ -200,7 +202,9 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
     * ``loaddata``: a CellProfiler LoadData CSV; relative PathName values are taken relative to
       ``input_dir``, and every listed file must lie under it;
     * none: every built-in layout is tried and the one that names the most TIFF files is used
-      (``plan.layout``, ``plan.source`` say which).
+      (``plan.layout``, ``plan.source`` say which); when no layout names any file, the folder is
+      read as images of one kind (gpuillum.inputs.folders: channel tokens in the names, stacks
+      by their axes), as is an ``input_dir`` that is one file.
 
     Files whose name gives no plate belong to the plate named after their first folder, or, when
     they sit directly in INPUT, after INPUT's folder name (``layouts.plate_from_folder``).
@@ -214,13 +218,17 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
     ValueError only for bad arguments.
     """
     input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise ValueError(f"input_dir: {input_dir} is not a directory")
     given = [name for name, value in (("pattern", pattern), ("layout", layout), ("loaddata", loaddata)) if value is not None]
+    if input_dir.is_file():
+        if given:
+            raise InvalidValue(f"{given[0]}: INPUT {input_dir} is one file; {given[0]} names the files of a folder")
+        return _single_file(input_dir.absolute())
+    if not input_dir.is_dir():
+        raise InvalidValue(f"input_dir: {input_dir} is not a directory")
     if len(given) > 1:
-        raise ValueError(f"discover: give at most one of pattern, layout, loaddata (got {' and '.join(given)})")
+        raise InvalidValue(f"discover: give at most one of pattern, layout, loaddata (got {' and '.join(given)})")
     if ignore_unmatched and loaddata is not None:
-        raise ValueError("ignore_unmatched (--ignore-unmatched): a LoadData CSV names its files itself; use it with a pattern or a layout")
+        raise InvalidValue("ignore_unmatched (--ignore-unmatched): a LoadData CSV names its files itself; use it with a pattern or a layout")
     input_dir = input_dir.absolute()
     problems: list[Problem] = []
     skipped: list[str] = []
@@ -247,9 +255,7 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
             thumbnails = f" ({len(skipped)} thumbnails skipped)" if skipped else ""
             problems.append(Problem(None, "no-files", f"no TIFF files (*.tif, *.tiff) under {input_dir}{thumbnails}", left_out=False))
         elif pattern is None and layout_name is None:
-            names = ", ".join(candidate.name for candidate in _layouts.distinct_layouts())
-            problems.append(Problem(None, "no-layout", f"no built-in layout ({names}) names any of the {len(relpaths)} TIFF files "
-                                    f"(e.g. {', '.join(relpaths[:3])}); give a pattern or a LoadData CSV", left_out=False))
+            return _folder(input_dir, relpaths, skipped)
         else:
             if ignore_unmatched:
                 ignored = unmatched
@@ -280,3 +286,32 @@ def discover(input_dir, *, pattern: str | None = None, layout: str | None = None
         ignored=ignored,
         named=named,
     )
+
+
+def _folder(input_dir: Path, relpaths: list[str], skipped: list[str]) -> Plan:
+    """A folder that no layout names: images of one kind, stacks by their axes (inputs.folders)."""
+    from .folders import folder_records
+
+    problems: list[Problem] = []
+    records, shapes = folder_records(input_dir, relpaths, _layouts.plate_from_folder(input_dir), problems)
+    return _unlayouted_plan(input_dir, records, shapes, problems, skipped,
+                            f"a folder of images without a plate layout ({len(relpaths)} TIFF files)")
+
+
+def _single_file(path: Path) -> Plan:
+    """One image or stack file as INPUT: its images, named after the file."""
+    from .folders import folder_records, single_file_plate
+
+    problems: list[Problem] = []
+    records, shapes = folder_records(path.parent, [path.name], single_file_plate(path), problems)
+    what = "one image" if len(records) == 1 and records[0].page is None else f"a stack of {len(records)} planes"
+    return _unlayouted_plan(path, records, shapes, problems, [], f"{what}, {path.name}")
+
+
+def _unlayouted_plan(input_path: Path, records, shapes, problems, skipped, source: str) -> Plan:
+    records = _drop_duplicates(records, problems)
+    if not records and not problems:
+        problems.append(Problem(None, "no-files", f"no images in {input_path}", left_out=False))
+    named = {(r.plate, r.channel) for r in records}
+    return Plan(records=sorted(records, key=ImageRecord.sort_key), problems=problems, input_dir=input_path, source=source,
+                shapes={key: shape for key, shape in shapes.items() if key in named}, skipped=skipped, named=named)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import PurePath
+from ..errors import InvalidValue
 
 _TIFF = r"(?i:(?:\.ome)?\.tiff?)"  # OME-TIFF files (name.ome.tif) too
 _UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
@@ -97,7 +98,7 @@ def get_layout(name: str) -> Layout:
     """The built-in layout called ``name`` (case-insensitive); ValueError listing the names otherwise."""
     layout = LAYOUTS.get(str(name).lower())
     if layout is None:
-        raise ValueError(f"layout: unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}")
+        raise InvalidValue(f"layout: unknown layout {name!r}; expected one of {', '.join(LAYOUTS)}")
     return layout
 
 
@@ -115,11 +116,11 @@ def compile_pattern(pattern: str) -> re.Pattern:
     try:
         regex = re.compile(pattern)
     except re.error as error:
-        raise ValueError(f"pattern: invalid regular expression {pattern!r} ({error})") from None
+        raise InvalidValue(f"pattern: invalid regular expression {pattern!r} ({error})") from None
     groups = set(regex.groupindex)
     has_well = "well" in groups or {"row", "col"} <= groups
     if "channel" not in groups or not has_well:
-        raise ValueError(
+        raise InvalidValue(
             f"pattern: needs the named groups channel and well (or row and col), "
             f"e.g. (?P<well>[A-P]\\d{{2}})_(?P<channel>\\w+)\\.tif; found {sorted(groups) or 'none'}"
         )

@@ -19,6 +19,7 @@ from ..io.atomic import atomic_write_bytes
 from .records import ImageRecord, natural_key
 from .layouts import DEFAULT_SITE, number_field, plate_from_folder, well_name
 from ..io.safe_open import NotRegularFile, read_regular_text
+from ..errors import InvalidValue
 
 _CHANNEL_PREFIXES = ("FileName_", "URL_")
 
@@ -53,7 +54,7 @@ def _file_path(row: dict, channel: str, base: Path, csv_path: Path, line: int) -
             return None
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("file", ""):
-            raise ValueError(f"{csv_path}: line {line}: URL_{channel} {url!r} is not a file: URL (only local files are supported)")
+            raise InvalidValue(f"{csv_path}: line {line}: URL_{channel} {url!r} is not a file: URL (only local files are supported)")
         path = Path(urllib.request.url2pathname(parsed.path))
     if not path.is_absolute():
         path = base / path
@@ -83,26 +84,26 @@ def read_loaddata(csv_path, base_dir=None) -> list[ImageRecord]:
     try:
         text = read_regular_text(csv_path, encoding="utf-8-sig")
     except FileNotFoundError:
-        raise ValueError(f"loaddata: {csv_path}: no such file") from None
+        raise InvalidValue(f"loaddata: {csv_path}: no such file") from None
     except (OSError, UnicodeDecodeError, NotRegularFile) as error:
-        raise ValueError(f"loaddata: {csv_path}: cannot read ({error})") from None
+        raise InvalidValue(f"loaddata: {csv_path}: cannot read ({error})") from None
     reader = csv.DictReader(io.StringIO(text))
     try:
         columns = list(reader.fieldnames or [])
         rows = list(reader)
     except csv.Error as error:  # e.g. a field over the csv module's limit of 131072 characters
-        raise ValueError(f"loaddata: {csv_path}: line {reader.reader.line_num}: not a readable CSV ({error})") from None
+        raise InvalidValue(f"loaddata: {csv_path}: line {reader.reader.line_num}: not a readable CSV ({error})") from None
     channels = _channels(columns)
     if not channels:
-        raise ValueError(f"loaddata: {csv_path}: no FileName_<channel> or URL_<channel> columns (found {', '.join(columns) or 'no header'})")
+        raise InvalidValue(f"loaddata: {csv_path}: no FileName_<channel> or URL_<channel> columns (found {', '.join(columns) or 'no header'})")
     if "Metadata_Well" not in columns and not ({"Metadata_Row"} <= set(columns) and ({"Metadata_Col", "Metadata_Column"} & set(columns))):
-        raise ValueError(f"loaddata: {csv_path}: needs a Metadata_Well column (or Metadata_Row and Metadata_Col)")
+        raise InvalidValue(f"loaddata: {csv_path}: needs a Metadata_Well column (or Metadata_Row and Metadata_Col)")
     extra = [column for column in columns if column.startswith("Metadata_") and column not in _WRITTEN_METADATA]
     records = []
     for line, row in enumerate(rows, start=2):
         well = _well(row)
         if well is None:
-            raise ValueError(f"{csv_path}: line {line}: empty well (Metadata_Well)")
+            raise InvalidValue(f"{csv_path}: line {line}: empty well (Metadata_Well)")
         for channel in channels:
             path = _file_path(row, channel, base, csv_path, line)
             if path is None:
@@ -165,7 +166,7 @@ def write_loaddata_csv(path, rows) -> None:
     """
     rows = list(rows)
     if not rows:
-        raise ValueError("rows: expected at least one LoadData row, got none")
+        raise InvalidValue("rows: expected at least one LoadData row, got none")
     columns: list[str] = []
     for row in rows:
         columns.extend(key for key in row if key not in columns)

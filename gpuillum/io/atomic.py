@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .safe_open import create_new
+from ..errors import InvalidType, InvalidValue
 
 _TEMPORARY_NAME = re.compile(r"\..+\.tmp-\d+-[0-9a-f]{8}")
 DEFAULT_NAME_MAX = 255  # bytes: Linux, macOS and Windows file systems
@@ -96,7 +97,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
 def atomic_save_npy(path, array) -> None:
     """Save a NumPy array as ``.npy`` atomically (``np.load(path)`` gives it back exactly)."""
     if not isinstance(array, np.ndarray):
-        raise TypeError(f"array: expected a NumPy array, got {type(array).__name__} (copy CuPy arrays to the host first)")
+        raise InvalidType(f"array: expected a NumPy array, got {type(array).__name__} (copy CuPy arrays to the host first)")
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     atomic_write_bytes(path, buffer.getvalue())
@@ -112,7 +113,7 @@ def remove_stale_temporaries(folder, *, recursive: bool = True) -> list[Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"folder: {folder} is not a directory")
+        raise InvalidValue(f"folder: {folder} is not a directory")
     candidates = folder.rglob(".*.tmp-*") if recursive else folder.glob(".*.tmp-*")
     removed = []
     for candidate in sorted(candidates):

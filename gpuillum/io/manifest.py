@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 from .atomic import atomic_write_bytes
+from ..errors import InvalidValue
 
 FORMAT = "gpuillum-manifest"
 FORMAT_VERSION = 1
@@ -200,16 +201,16 @@ class Manifest:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ValueError(f"{path}: no such manifest file") from None
+            raise InvalidValue(f"{path}: no such manifest file") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not a readable gpuillum manifest ({error})") from None
+            raise InvalidValue(f"{path}: not a readable gpuillum manifest ({error})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a gpuillum manifest (no \"format\": \"{FORMAT}\")")
+            raise InvalidValue(f"{path}: not a gpuillum manifest (no \"format\": \"{FORMAT}\")")
         if data.get("format_version", 0) > FORMAT_VERSION:
-            raise ValueError(f"{path}: manifest format version {data['format_version']} is newer than this gpuillum reads ({FORMAT_VERSION})")
+            raise InvalidValue(f"{path}: manifest format version {data['format_version']} is newer than this gpuillum reads ({FORMAT_VERSION})")
         problem = _shape_problem(cls, data)
         if problem:
-            raise ValueError(f"{path}: not a readable gpuillum manifest ({problem})")
+            raise InvalidValue(f"{path}: not a readable gpuillum manifest ({problem})")
         names = {field.name for field in dataclasses.fields(cls)}
         return cls(**{name: value for name, value in data.items() if name in names})
 

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from .safe_open import open_owned
+from ..errors import InvalidValue
 
 try:
     import fcntl
@@ -32,7 +33,7 @@ LOCK_NAME = ".gpuillum-run.lock"
 _held = threading.local()  # lock paths this thread holds: a nested block on the same folder goes ahead
 
 
-class FolderLocked(ValueError):
+class FolderLocked(InvalidValue):
     """Another live run holds the folder's lock; ``str(error)`` is one line naming the lock file."""
 
 

@@ -18,6 +18,7 @@ import errno
 import os
 import stat
 from pathlib import Path, PurePosixPath
+from ..errors import InvalidValue
 
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # 0 where the OS has no such flag (Windows)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
@@ -26,7 +27,7 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSO
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"))
 
 
-class NotRegularFile(ValueError):
+class NotRegularFile(InvalidValue):
     """An input that is not a regular file; ``kind`` says what it is ("a FIFO", "a directory", ...)
     and ``str(error)`` is ``"<path>: is <kind>, not a regular file"``."""
 
@@ -38,7 +39,7 @@ class NotRegularFile(ValueError):
         return (type(self), (self.path, self.kind))
 
 
-class LinkInOut(ValueError):
+class LinkInOut(InvalidValue):
     """A file or folder gpuillum owns in OUT is a symbolic link (or the lock file is a hard link or
     not a regular file), so it is not written; ``str(error)`` is one line naming it."""
 

@@ -24,6 +24,7 @@ import tifffile
 from .atomic import atomic_path
 from .safe_open import create_new, open_regular
 from .tiff import SOFTWARE, TiffInfo, info_of_page, read_error, resolve_compression, tile_like
+from ..errors import InvalidType, InvalidValue
 
 FRAME_AXES = "TIQ"  # a sequence over time (tifffile's I: image series, Q: unnamed)
 KNOWN_AXES = FRAME_AXES + "ZC"
@@ -171,9 +172,9 @@ def _ome_with_type(ome_xml: str, dtype: np.dtype) -> str:
 def write_stack(path, array: np.ndarray, like: StackInfo, compression="same") -> None:
     """Write ``array`` (shape ``like.shape``) as one TIFF with ``like``'s axes and metadata, atomically."""
     if not isinstance(array, np.ndarray):
-        raise TypeError(f"array: expected a NumPy array, got {type(array).__name__}")
+        raise InvalidType(f"array: expected a NumPy array, got {type(array).__name__}")
     if tuple(array.shape) != tuple(like.shape):
-        raise ValueError(f"array: shape {tuple(array.shape)} differs from the stack's {tuple(like.shape)}")
+        raise InvalidValue(f"array: shape {tuple(array.shape)} differs from the stack's {tuple(like.shape)}")
     plane = like.plane
     codec = resolve_compression(compression, plane)
     predictor = bool(codec is not None and plane.predictor > 1 and array.dtype.kind in "iuf")

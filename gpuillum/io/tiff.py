@@ -32,6 +32,7 @@ import tifffile
 
 from .atomic import atomic_path
 from .safe_open import NotRegularFile, create_new, open_regular
+from ..errors import InvalidType, InvalidValue
 
 SOFTWARE = "gpuillum"
 
@@ -44,7 +45,7 @@ COMPRESSION_CHOICES = ("same", "none") + WRITE_COMPRESSIONS + ("deflate",)
 _COMPRESSION_NAMES = {1: None, 5: "lzw", 8: "zlib", 32946: "zlib", 32773: "packbits", 50000: "zstd", 34925: "lzma"}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InvalidValue):
     """A file that cannot be read as one 2-D grey image; ``str(error)`` is ``"<path>: <reason>"``."""
 
     def __init__(self, path, reason: str):
@@ -267,7 +268,7 @@ def resolve_compression(compression, like: TiffInfo | None) -> str | None:
     name = str(compression).lower()
     name = _COMPRESSION_ALIASES.get(name, name)
     if name is not None and name not in WRITE_COMPRESSIONS:
-        raise ValueError(f"compression: expected one of {', '.join(COMPRESSION_CHOICES)} or None, got {compression!r}")
+        raise InvalidValue(f"compression: expected one of {', '.join(COMPRESSION_CHOICES)} or None, got {compression!r}")
     return name
 
 
@@ -307,9 +308,9 @@ def write_tiff(path, array: np.ndarray, like: TiffInfo | str | os.PathLike | Non
     tile size, the OME-XML or other ImageDescription. The Software tag says "gpuillum".
     """
     if not isinstance(array, np.ndarray):
-        raise TypeError(f"array: expected a NumPy array, got {type(array).__name__} (copy CuPy arrays to the host first)")
+        raise InvalidType(f"array: expected a NumPy array, got {type(array).__name__} (copy CuPy arrays to the host first)")
     if array.ndim != 2 or array.size == 0:
-        raise ValueError(f"array: expected a non-empty 2-D array, got shape {tuple(array.shape)}")
+        raise InvalidValue(f"array: expected a non-empty 2-D array, got shape {tuple(array.shape)}")
     if like is not None and not isinstance(like, TiffInfo):
         like = read_tiff_info(like)
     codec = resolve_compression(compression, like)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 
 from .base import CliOption, GroupInfo, Method, Reduction, setting  # noqa: F401 (the protocol's public names)
+from ..errors import InvalidType, InvalidValue
 
 BUILT_IN = ("gpuillum.methods.cellprofiler.method", "gpuillum.methods.median", "gpuillum.methods.tophat")
 DEFAULT_METHOD = "cellprofiler"
@@ -26,17 +27,17 @@ def register(method: Method) -> Method:
     another meaning, is a ValueError: the CLI's options would clash.
     """
     if not isinstance(method, Method):
-        raise TypeError(f"method: expected a gpuillum.methods.Method instance, got {type(method).__name__}")
+        raise InvalidType(f"method: expected a gpuillum.methods.Method instance, got {type(method).__name__}")
     for name in (method.name, *method.aliases):
         owner = _NAMES.get(name)
         if owner is not None and owner != method.name:
-            raise ValueError(f"method name {name!r} is taken by method {owner!r}")
+            raise InvalidValue(f"method name {name!r} is taken by method {owner!r}")
     signatures = {option.flag: (option.signature, other.name) for other in _METHODS.values() if other.name != method.name
                   for option in other.cli_options()}
     for option in method.cli_options():
         taken = signatures.get(option.flag)
         if taken is not None and taken[0] != option.signature:
-            raise ValueError(f"method {method.name}: option {option.flag} means something else for method {taken[1]}")
+            raise InvalidValue(f"method {method.name}: option {option.flag} means something else for method {taken[1]}")
     _METHODS[method.name] = method
     for name in (method.name, *method.aliases):
         _NAMES[name] = method.name
@@ -68,5 +69,5 @@ def get_method(name: str) -> Method:
     """The method called ``name`` (or one of its aliases); a one-line ValueError listing the names otherwise."""
     _load_built_in()
     if not isinstance(name, str) or name.strip().lower() not in _NAMES:
-        raise ValueError(f"method: expected one of {', '.join(sorted(_METHODS))}, got {name!r} (gpuillum methods lists them)")
+        raise InvalidValue(f"method: expected one of {', '.join(sorted(_METHODS))}, got {name!r} (gpuillum methods lists them)")
     return _METHODS[_NAMES[name.strip().lower()]]

@@ -22,6 +22,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
+from ..errors import InvalidValue
 
 SCOPES = ("image", "group", "series")
 INTEGER_AND_FLOAT32 = ("uint8", "uint16", "float32")
@@ -94,8 +95,7 @@ class GroupInfo:
 class Reduction:
     """A streamed, mergeable summary of a group's images (base class documenting the protocol).
 
-    ``add(image)`` takes the next image on the computing backend (a reduction made for a batch
-    knows the group position of the batch's first image, ``start``); ``merge(other)`` adds a partial from the same settings (partials are merged in
+    ``add(image)`` takes the next image on the computing backend; ``merge(other)`` adds a partial from the same settings (partials are merged in
     batch order, so a reduction whose merge is exact or order-fixed is bit-identical for any
     number of workers); ``to(device)`` moves the state to a device; instances pickle with NumPy
     state (Dask ships them between processes).
@@ -121,6 +121,7 @@ class Method:
     Settings: ClassVar[type]
     aliases: ClassVar[tuple[str, ...]] = ()
     remedy: ClassVar[str] = ""  # a setting that avoids clipping or lost grey levels, named in warnings
+    unit_floats: ClassVar[bool] = False  # float images must lie in [0, 1] (CellProfiler's convention)
 
     # -- declaration
 
@@ -146,7 +147,7 @@ class Method:
                        and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
             if missing:
                 flags = ", ".join(option.flag for option in self.cli_options() if option.dest in {f.name for f in missing})
-                raise ValueError(f"method {self.name}: needs {flags}") from None
+                raise InvalidValue(f"method {self.name}: needs {flags}") from None
             raise
 
     def default_settings(self):
@@ -171,8 +172,8 @@ class Method:
 
     # -- group and series scope
 
-    def reduction(self, settings, group: GroupInfo, start: int = 0) -> Reduction:
-        """A fresh, empty reduction for one batch of the group whose first image is image ``start``."""
+    def reduction(self, settings, group: GroupInfo) -> Reduction:
+        """A fresh, empty reduction for one batch of the group."""
         raise NotImplementedError(f"method {self.name}: no group reduction")
 
     def finish(self, settings, reduction: Reduction, group: GroupInfo, device):
@@ -196,7 +197,7 @@ def choice_parser(choices, aliases: dict | None = None) -> Callable[[str], str]:
         value = by_lower.get(text.strip().lower())
         if value is None:
             also = f" (or {', '.join(aliases)})" if aliases else ""
-            raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}{also}, got {text!r}")
+            raise InvalidValue(f"expected one of {', '.join(repr(c) for c in choices)}{also}, got {text!r}")
         return value
 
     return parse

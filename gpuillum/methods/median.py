@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from . import register
 from .background import subtract_background
 from .base import Method, setting
+from ..errors import InvalidValue
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def _downsample(value) -> str:
     if text in ("exact", "auto"):
         return text
     if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
-        raise ValueError(f"downsample: expected exact, auto or an integer >= 1, got {value!r}")
+        raise InvalidValue(f"downsample: expected exact, auto or an integer >= 1, got {value!r}")
     return "exact" if int(text) == 1 else str(int(text))
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_numpy
 from .png import apply_colormap, display_limits, rescale01, write_png
+from ..errors import InvalidValue
 
 WHITE = (255, 255, 255)
 BLACK = (0, 0, 0)
@@ -94,7 +95,7 @@ def _shrink(image, max_size):
 
 def _check_2d(image, name):
     if not hasattr(image, "ndim") or image.ndim != 2 or image.size == 0:
-        raise ValueError(f"{name}: expected a non-empty 2-D array, got {getattr(image, 'shape', type(image).__name__)}")
+        raise InvalidValue(f"{name}: expected a non-empty 2-D array, got {getattr(image, 'shape', type(image).__name__)}")
 
 
 def _format(value: float) -> str:
@@ -115,7 +116,7 @@ def function_preview(function, path, *, title: str | None = None, max_size: int 
     small = _shrink(function, max_size)
     finite = np.isfinite(small)
     if not finite.any():
-        raise ValueError("function: has no finite values")
+        raise InvalidValue("function: has no finite values")
     lo, hi = float(small[finite].min()), float(small[finite].max())
     image = apply_colormap(rescale01(small, (lo, hi)))
     h, w = small.shape
@@ -178,7 +179,7 @@ def before_after(before, after, path, *, low: float = 0.5, high: float = 95.0, p
     _check_2d(before, "before")
     _check_2d(after, "after")
     if tuple(before.shape) != tuple(after.shape):
-        raise ValueError(f"after: shape {tuple(after.shape)} does not match before's {tuple(before.shape)}")
+        raise InvalidValue(f"after: shape {tuple(after.shape)} does not match before's {tuple(before.shape)}")
     halves = [_shrink(image, max_size) for image in (before, after)]
     limits = display_limits(np.concatenate([half.ravel() for half in halves]), low, high)
     greys = [np.rint(np.nan_to_num(rescale01(half, limits)) * 255).astype(np.uint8) for half in halves]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module, same_backend
 from ..filters.smoothing import gaussian_float64
+from ..errors import InvalidValue
 
 BIN = 4
 DARK_PERCENTILE = 0.1
@@ -28,17 +29,17 @@ def _as_images(images) -> list:
     if hasattr(images, "ndim") and images.ndim == 3:
         images = list(images)
     elif hasattr(images, "ndim"):
-        raise ValueError(f"images: expected a 3-D stack or a sequence of 2-D arrays, got {images.ndim}-D")
+        raise InvalidValue(f"images: expected a 3-D stack or a sequence of 2-D arrays, got {images.ndim}-D")
     else:
         images = list(images)
     if not images:
-        raise ValueError("images: expected at least one image, got none")
+        raise InvalidValue("images: expected at least one image, got none")
     shape = tuple(images[0].shape)
     for index, image in enumerate(images):
         if image.ndim != 2 or tuple(image.shape) != shape:
-            raise ValueError(f"images: image {index} has shape {tuple(image.shape)}, expected 2-D {shape} like image 0")
+            raise InvalidValue(f"images: image {index} has shape {tuple(image.shape)}, expected 2-D {shape} like image 0")
     if min(shape) < 2 * BIN:
-        raise ValueError(f"images: expected images of at least {2 * BIN}x{2 * BIN} pixels, got {shape}")
+        raise InvalidValue(f"images: expected images of at least {2 * BIN}x{2 * BIN} pixels, got {shape}")
     return images
 
 
@@ -94,20 +95,20 @@ def flatfield_cv(images, mask=None, *, dark="auto", return_field: bool = False) 
     xp = get_array_module(images[0])
     if mask is not None:
         if tuple(mask.shape) != tuple(images[0].shape):
-            raise ValueError(f"mask: shape {tuple(mask.shape)} does not match the image shape {tuple(images[0].shape)}")
+            raise InvalidValue(f"mask: shape {tuple(mask.shape)} does not match the image shape {tuple(images[0].shape)}")
         mask = same_backend(mask, images[0]).astype(bool)
         if not bool(mask.any()):
-            raise ValueError("mask: selects no pixels")
+            raise InvalidValue("mask: selects no pixels")
     if isinstance(dark, str):
         if dark != "auto":
-            raise ValueError(f"dark: expected 'auto' or a number, got {dark!r}")
+            raise InvalidValue(f"dark: expected 'auto' or a number, got {dark!r}")
         dark = min(float(xp.percentile(image if mask is None else image[mask], DARK_PERCENTILE)) for image in images)
     dark = float(dark)
     binned = xp.stack([_bin(image, xp) for image in images])
     median = xp.median(binned, axis=0).astype(xp.float64) - dark
     valid = xp.ones(median.shape, dtype=bool) if mask is None else _bin_mask(mask, xp)
     if not bool(valid.any()):
-        raise ValueError(f"mask: no complete {BIN}x{BIN} block of valid pixels")
+        raise InvalidValue(f"mask: no complete {BIN}x{BIN} block of valid pixels")
     sigma = min(median.shape) * SIGMA_FRACTION
     field = _smooth(median, valid, sigma, xp)
     field = xp.where(valid, field / field[valid].mean(), xp.nan)
@@ -138,17 +139,17 @@ def compare_to_truth(recovered, truth, *, border: int = 0) -> dict:
     """
     xp = get_array_module(recovered)
     if recovered.ndim != 2 or tuple(recovered.shape) != tuple(truth.shape):
-        raise ValueError(f"recovered: shape {tuple(recovered.shape)} does not match the truth's {tuple(truth.shape)}")
+        raise InvalidValue(f"recovered: shape {tuple(recovered.shape)} does not match the truth's {tuple(truth.shape)}")
     border = int(border)
     if border < 0 or 2 * border >= min(recovered.shape):
-        raise ValueError(f"border: expected 0 <= border < {min(recovered.shape) / 2:g}, got {border}")
+        raise InvalidValue(f"border: expected 0 <= border < {min(recovered.shape) / 2:g}, got {border}")
     region = (slice(border, recovered.shape[0] - border), slice(border, recovered.shape[1] - border))
     rec = xp.asarray(recovered[region], dtype=xp.float64)
     tru = xp.asarray(same_backend(truth, recovered)[region], dtype=xp.float64)
     if not (bool(xp.isfinite(rec).all()) and bool(xp.isfinite(tru).all())):
-        raise ValueError("recovered/truth: contain NaN or infinite values")
+        raise InvalidValue("recovered/truth: contain NaN or infinite values")
     if float(tru.min()) <= 0 or float(tru.mean()) <= 0 or float(rec.mean()) <= 0:
-        raise ValueError("truth: expected a positive illumination function (and a recovered one of positive mean)")
+        raise InvalidValue("truth: expected a positive illumination function (and a recovered one of positive mean)")
     rec = rec / rec.mean()
     tru = tru / tru.mean()
     rel = rec / tru - 1.0

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_numpy
 from ..io.atomic import atomic_write_bytes
+from ..errors import InvalidValue
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _GREY, _RGB = 0, 2
@@ -47,12 +48,12 @@ def encode_png(array) -> bytes:
     elif array.ndim == 3 and array.shape[2] == 3 and array.dtype == np.uint8:
         colour_type, channels = _RGB, 3
     else:
-        raise ValueError(
+        raise InvalidValue(
             f"array: expected uint8/uint16 (H, W) or uint8 (H, W, 3), got {array.dtype} with shape {array.shape}"
         )
     height, width = array.shape[:2]
     if height == 0 or width == 0:
-        raise ValueError(f"array: expected a non-empty image, got shape {array.shape}")
+        raise InvalidValue(f"array: expected a non-empty image, got shape {array.shape}")
     bit_depth = array.dtype.itemsize * 8
     # Big-endian samples, one row of bytes per image row.
     raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder(">")).view(np.uint8).reshape(height, -1)

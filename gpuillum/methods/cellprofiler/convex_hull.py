@@ -32,6 +32,7 @@ import numpy as np
 
 from ..._checks import check_image, check_mask
 from ...backend import same_backend, to_numpy
+from ...errors import InvalidValue
 
 _DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
 # CellProfiler's settings: 256 levels, a 16-level coarse pass above 16 levels, radius-2 disk.
@@ -61,7 +62,7 @@ def convex_hull_transform(image, levels: int = 256, mask=None):
     check_image(image, "image", dtypes=_DTYPES)
     mask = check_mask(mask, image)
     if isinstance(levels, bool) or not isinstance(levels, numbers.Integral) or levels < 2:
-        raise ValueError(f"levels: expected an integer >= 2, got {levels!r}")
+        raise InvalidValue(f"levels: expected an integer >= 2, got {levels!r}")
     host = to_numpy(image)
     if host.dtype.kind != "f":
         host = host.astype(np.float64)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from ...errors import InvalidValue
 
 _MODULE_HEADER = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_]*):\[(?P<attributes>.*)\]\s*$")
 _ESCAPE = re.compile(r"\\x([0-9A-Fa-f]{2})")
@@ -69,9 +70,9 @@ def read_pipeline(path, exclude_disabled: bool = True) -> list[PipelineModule]:
         with open_regular(path) as handle:  # never a FIFO, which would block for ever
             text = handle.read().decode("utf-8", errors="replace")
     except NotRegularFile as error:
-        raise ValueError(f"{path}: cannot read the pipeline ({error.kind}, not a regular file)") from None
+        raise InvalidValue(f"{path}: cannot read the pipeline ({error.kind}, not a regular file)") from None
     except OSError as error:
-        raise ValueError(f"{path}: cannot read the pipeline ({error.strerror or error})") from None
+        raise InvalidValue(f"{path}: cannot read the pipeline ({error.strerror or error})") from None
     return parse_pipeline(text, source=str(path), exclude_disabled=exclude_disabled)
 
 
@@ -79,14 +80,14 @@ def parse_pipeline(text: str, source: str = "<pipeline>", exclude_disabled: bool
     """Parse the text of a ``.cppipe`` file (see ``read_pipeline``)."""
     lines = text.splitlines()
     if not lines or not lines[0].startswith("CellProfiler Pipeline"):
-        raise ValueError(f"{source}: not a CellProfiler text pipeline (first line must start with 'CellProfiler Pipeline')")
+        raise InvalidValue(f"{source}: not a CellProfiler text pipeline (first line must start with 'CellProfiler Pipeline')")
     version = None
     for line in lines[1:]:
         if line.startswith("Version:"):
             version = line.split(":", 1)[1].strip()
             break
     if version is None or not version.isdigit() or int(version) < 3:
-        raise ValueError(f"{source}: pipeline text format version {version!r} is not supported (expected 3 or later)")
+        raise InvalidValue(f"{source}: pipeline text format version {version!r} is not supported (expected 3 or later)")
 
     modules: list[PipelineModule] = []
     current = None
@@ -99,7 +100,7 @@ def parse_pipeline(text: str, source: str = "<pipeline>", exclude_disabled: bool
             number = _attribute(attributes, "module_num")
             revision = _attribute(attributes, "variable_revision_number")
             if number is None or revision is None or not number.isdigit() or not revision.isdigit():
-                raise ValueError(f"{source}:{line_number}: module header without module_num/variable_revision_number")
+                raise InvalidValue(f"{source}:{line_number}: module header without module_num/variable_revision_number")
             enabled = _attribute(attributes, "enabled")
             current = dict(
                 name=header.group("name"),
@@ -111,7 +112,7 @@ def parse_pipeline(text: str, source: str = "<pipeline>", exclude_disabled: bool
         elif current is not None and line.startswith((" ", "\t")) and line.strip():
             setting = line.lstrip()
             if ":" not in setting:
-                raise ValueError(f"{source}:{line_number}: setting line without ':' in module {current['name']}")
+                raise InvalidValue(f"{source}:{line_number}: setting line without ':' in module {current['name']}")
             name, value = setting.split(":", 1)
             current["settings"] = current["settings"] + ((unescape(name), unescape(value)),)
     if current is not None:

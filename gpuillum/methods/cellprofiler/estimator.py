@@ -33,12 +33,13 @@ from ...backend import device_of, get_array_module, is_cupy_array, same_backend,
 from ..reduce import ExactSum
 from .settings import INPUT_DTYPES, CalculateSettings, check_settings
 from .stages import dilate, median_radius, median_table, rescale, rescale_table, smooth, to_cellprofiler_float
+from ...errors import InvalidType, InvalidValue
 
 
 
 def _check_some_valid(valid) -> None:
     if valid is not None and not bool(valid.any()):
-        raise ValueError("masks: every pixel is masked in every image; nothing to average")
+        raise InvalidValue("masks: every pixel is masked in every image; nothing to average")
 
 
 class IlluminationAccumulator:
@@ -80,9 +81,9 @@ class IlluminationAccumulator:
         shape = tuple(image.shape)
         if self.shape is not None:
             if shape != self.shape:
-                raise ValueError(f"image: shape {shape} differs from the shape {self.shape} of the images already added")
+                raise InvalidValue(f"image: shape {shape} differs from the shape {self.shape} of the images already added")
             if is_cupy_array(image) != is_cupy_array(self._total.total):
-                raise TypeError("image: mixes NumPy and CuPy arrays; give every image as the same kind of array as the first")
+                raise InvalidType("image: mixes NumPy and CuPy arrays; give every image as the same kind of array as the first")
         factor = self.settings.resize_factor
         if factor != 1.0 and self.shape is None:  # a setting too small for these images: say which
             from ...filters.resample import cellprofiler_resize_shape
@@ -143,7 +144,7 @@ class IlluminationAccumulator:
     def add(self, image, mask=None) -> "IlluminationAccumulator":
         """Add one 2-D image (uint8, uint16, float32 or float64; NumPy or CuPy) and its optional mask."""
         if not self.settings.is_all and self.count:
-            raise ValueError("add: an 'Each' accumulator holds one image; use calculate() or one accumulator per image")
+            raise InvalidValue("add: an 'Each' accumulator holds one image; use calculate() or one accumulator per image")
         with device_of(image):
             shape, pixels, mask, deferred = self._prepare(image, mask)
             self._deferred = deferred
@@ -166,15 +167,15 @@ class IlluminationAccumulator:
         A partial from another backend is moved to this one's backend (one array copy).
         """
         if not isinstance(other, IlluminationAccumulator):
-            raise TypeError(f"other: expected an IlluminationAccumulator, got {type(other).__name__}")
+            raise InvalidType(f"other: expected an IlluminationAccumulator, got {type(other).__name__}")
         if other.settings != self.settings:
-            raise ValueError("other: accumulators with different settings cannot be merged")
+            raise InvalidValue("other: accumulators with different settings cannot be merged")
         if not self.settings.is_all and self.count + other.count > 1:
-            raise ValueError("other: 'Each' accumulators hold one image each and cannot be merged")
+            raise InvalidValue("other: 'Each' accumulators hold one image each and cannot be merged")
         if other.count == 0:
             return self
         if self.count and other.shape != self.shape:
-            raise ValueError(f"other: image shape {other.shape} differs from {self.shape}")
+            raise InvalidValue(f"other: image shape {other.shape} differs from {self.shape}")
         like = other._total.total if self._total.total is None else self._total.total
         with device_of(like):  # partials summed in worker threads may arrive with another device current
             if self.count and self._deferred != other._deferred:
@@ -235,7 +236,7 @@ class IlluminationAccumulator:
         """The averaged image (float32, 0 where no image contributed) and the valid mask (count > 0,
         None when every pixel has a contribution). The division is float64, as CellProfiler's."""
         if self.count == 0:
-            raise ValueError("finalize: no images were added to this accumulator; add() at least one first")
+            raise InvalidValue("finalize: no images were added to this accumulator; add() at least one first")
         xp = get_array_module(self._total.total)
         total = self._float_sum()
         if self._deferred:  # unmasked images only
@@ -324,11 +325,11 @@ def _zero_masked_non_finite(image, mask, resizing: bool, xp):
     if bool(finite.all()):
         return image
     if mask is not None and resizing:
-        raise ValueError("image: contains NaN or infinite values; with resize_factor != 1 masked pixels must be "
+        raise InvalidValue("image: contains NaN or infinite values; with resize_factor != 1 masked pixels must be "
                          "finite too (the resize spreads them into valid pixels)")
     if mask is None or not bool((finite | ~mask).all()):
         where = "" if mask is None else " in unmasked pixels"
-        raise ValueError(f"image: contains NaN or infinite values{where}; replace or mask those pixels first")
+        raise InvalidValue(f"image: contains NaN or infinite values{where}; replace or mask those pixels first")
     return xp.where(finite, image, image.dtype.type(0))
 
 
@@ -341,11 +342,11 @@ def calculate(images, settings: CalculateSettings | None = None, masks=None):
     """
     settings = check_settings(CalculateSettings() if settings is None else settings)
     if isinstance(images, (str, bytes)) or not hasattr(images, "__iter__"):
-        raise TypeError(f"images: expected a sequence of 2-D images or a 3-D stack (n, H, W), got {type(images).__name__}")
+        raise InvalidType(f"images: expected a sequence of 2-D images or a 3-D stack (n, H, W), got {type(images).__name__}")
     dimensions = getattr(images, "ndim", None)
     if dimensions is not None and dimensions != 3:
         hint = ": for one image pass [image]" if dimensions == 2 else ""
-        raise ValueError(f"images: got one {dimensions}-D array of shape {tuple(images.shape)}; expected a sequence of "
+        raise InvalidValue(f"images: got one {dimensions}-D array of shape {tuple(images.shape)}; expected a sequence of "
                          f"2-D images or a 3-D stack (n, H, W){hint}")
     pairs = _image_mask_pairs(images, masks)
     if settings.is_all:
@@ -353,7 +354,7 @@ def calculate(images, settings: CalculateSettings | None = None, masks=None):
         for image, mask in pairs:
             accumulator.add(image, mask)
         if accumulator.count == 0:
-            raise ValueError("images: no images given")
+            raise InvalidValue("images: no images given")
         return accumulator.finalize()
     return _calculate_each(pairs, settings, len(images) if hasattr(images, "__len__") else None)
 
@@ -368,19 +369,19 @@ def _image_mask_pairs(images, masks):
         yield from zip(images, itertools.repeat(None))
         return
     if getattr(masks, "ndim", None) == 2:
-        raise ValueError("masks: got one 2-D array; expected one mask (or None) per image, e.g. [mask] * len(images)")
+        raise InvalidValue("masks: got one 2-D array; expected one mask (or None) per image, e.g. [mask] * len(images)")
     if hasattr(images, "__len__") and hasattr(masks, "__len__") and len(images) != len(masks):
-        raise ValueError(f"masks: {len(masks)} masks for {len(images)} images; expected one mask (or None) per image")
+        raise InvalidValue(f"masks: {len(masks)} masks for {len(images)} images; expected one mask (or None) per image")
     remaining = iter(masks)
     count = 0
     for image in images:
         mask = next(remaining, _MISSING)
         if mask is _MISSING:
-            raise ValueError(f"masks: ran out after {count} masks while images remained; expected one mask (or None) per image")
+            raise InvalidValue(f"masks: ran out after {count} masks while images remained; expected one mask (or None) per image")
         yield image, mask
         count += 1
     if next(remaining, _MISSING) is not _MISSING:
-        raise ValueError(f"masks: more masks than the {count} images; expected one mask (or None) per image")
+        raise InvalidValue(f"masks: more masks than the {count} images; expected one mask (or None) per image")
 
 
 def _calculate_each(pairs, settings: CalculateSettings, count: int | None):
@@ -391,27 +392,27 @@ def _calculate_each(pairs, settings: CalculateSettings, count: int | None):
     for index, (image, mask) in enumerate(pairs):
         accumulator = IlluminationAccumulator(settings).add(image, mask)
         if mask is not None and not bool(accumulator._masked_count.any()):  # its mask (pixel_count would copy it)
-            raise ValueError(f"masks: image {index} has every pixel masked; CellProfiler would give it an all-zero "
+            raise InvalidValue(f"masks: image {index} has every pixel masked; CellProfiler would give it an all-zero "
                              "function, which no image can be divided by")
         function = accumulator.finalize()
         if first_shape is None:
             first_shape = function.shape
         elif function.shape != first_shape:
-            raise ValueError(f"images: image {index} has shape {function.shape}, image 0 has {first_shape}; "
+            raise InvalidValue(f"images: image {index} has shape {function.shape}, image 0 has {first_shape}; "
                              "'Each' stacks one function per image, so every image needs the same shape")
         if count is None:
             functions.append(function)
             continue
         if index >= count:
-            raise ValueError(f"images: len() says {count} images, iterating gave more")
+            raise InvalidValue(f"images: len() says {count} images, iterating gave more")
         if stacked is None:
             with device_of(function):  # on the input's GPU, like the functions
                 stacked = get_array_module(function).empty((count, *first_shape), dtype=np.float32)
         stacked[index] = function
     if first_shape is None:
-        raise ValueError("images: no images given")
+        raise InvalidValue("images: no images given")
     if count is None:
         return get_array_module(functions[0]).stack(functions)
     if index + 1 != count:
-        raise ValueError(f"images: len() says {count} images, iterating gave {index + 1}")
+        raise InvalidValue(f"images: len() says {count} images, iterating gave {index + 1}")
     return stacked

@@ -15,15 +15,16 @@ import numpy as np
 from ..._checks import check_float32_range, check_path
 from ...backend import to_numpy
 from ...io.atomic import atomic_save_npy
+from ...errors import InvalidType, InvalidValue
 
 
 def function_filename(plate: str, channel: str) -> str:
     """The CellProfiler/JUMP file name of a plate's function for one channel: ``<plate>_Illum<channel>.npy``."""
     for name, value in (("plate", plate), ("channel", channel)):
         if not isinstance(value, str) or not value:
-            raise ValueError(f"{name}: expected a non-empty string, got {value!r}")
+            raise InvalidValue(f"{name}: expected a non-empty string, got {value!r}")
         if any(sep in value for sep in ("/", "\\", os.sep)):
-            raise ValueError(f"{name}: must not contain a path separator, got {value!r}")
+            raise InvalidValue(f"{name}: must not contain a path separator, got {value!r}")
     return f"{plate}_Illum{channel}.npy"
 
 
@@ -31,9 +32,9 @@ def _as_function(array, name: str) -> np.ndarray:
     """``array`` as a 2-D float32 NumPy array, or a one-line error."""
     array = to_numpy(array)
     if array.ndim != 2 or array.size == 0:
-        raise ValueError(f"{name}: expected a non-empty 2-D illumination function, got shape {tuple(array.shape)}")
+        raise InvalidValue(f"{name}: expected a non-empty 2-D illumination function, got shape {tuple(array.shape)}")
     if array.dtype.kind not in "fiu":
-        raise TypeError(f"{name}: expected a numeric array, got dtype {array.dtype}")
+        raise InvalidType(f"{name}: expected a numeric array, got dtype {array.dtype}")
     check_float32_range(array, name)
     return np.ascontiguousarray(array, dtype=np.float32)
 
@@ -42,9 +43,9 @@ def save_function(path, function) -> Path:
     """Write ``function`` (NumPy or CuPy, 2-D) as a float32 ``.npy`` file, atomically; returns the path."""
     path = Path(check_path(path, "path"))
     if path.is_dir():
-        raise ValueError(f"{path}: is a directory; expected the function's file name, e.g. {path / 'Plate1_IllumDNA.npy'}")
+        raise InvalidValue(f"{path}: is a directory; expected the function's file name, e.g. {path / 'Plate1_IllumDNA.npy'}")
     if path.suffix.lower() != ".npy":
-        raise ValueError(f"path: illumination functions are saved as .npy, got {str(path)!r}")
+        raise InvalidValue(f"path: illumination functions are saved as .npy, got {str(path)!r}")
     atomic_save_npy(path, _as_function(function, "function"))
     return path
 
@@ -78,12 +79,12 @@ def load_function(path) -> np.ndarray:
     path = Path(check_path(path, "path"))
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".mat"):
-        raise ValueError(f"{path}: expected a .npy or .mat illumination function, got {suffix or 'no extension'!r}")
+        raise InvalidValue(f"{path}: expected a .npy or .mat illumination function, got {suffix or 'no extension'!r}")
     if not path.is_file():
-        raise ValueError(f"{path}: no such illumination function file")
+        raise InvalidValue(f"{path}: no such illumination function file")
     try:
         data = _read_array(path, suffix)
     except Exception as error:  # corrupt or foreign files raise many types (OSError, MatReadError, ...)
         reason = error.args[0] if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
-        raise ValueError(f"{path}: cannot read the illumination function ({reason})") from None
+        raise InvalidValue(f"{path}: cannot read the illumination function ({reason})") from None
     return _as_function(data, str(path))

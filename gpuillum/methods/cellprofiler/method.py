@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ...correct import APPLY_METHODS, apply
 from .. import register
 from ..base import CliOption, GroupInfo, Method, choice_parser
+from ...errors import InvalidType, InvalidValue
 from .settings import (
     AGGREGATION_CHOICES,
     COMPAT_CHOICES,
@@ -65,11 +66,11 @@ class CellProfilerSettings:
 
     def __post_init__(self):
         if not isinstance(self.calculate, CalculateSettings):
-            raise TypeError(f"calculate: expected a CalculateSettings, got {type(self.calculate).__name__}")
+            raise InvalidType(f"calculate: expected a CalculateSettings, got {type(self.calculate).__name__}")
         if self.apply_method is None:
             object.__setattr__(self, "apply_method", default_apply_method(self.calculate))
         if self.apply_method not in APPLY_METHODS:
-            raise ValueError(f"apply_method: expected Divide or Subtract, got {self.apply_method!r}")
+            raise InvalidValue(f"apply_method: expected Divide or Subtract, got {self.apply_method!r}")
 
 
 def option_names(text: str) -> str:
@@ -121,6 +122,7 @@ class CellProfilerMethod(Method):
                "one function per plate x channel, or per image")
     Settings = CellProfilerSettings
     remedy = "--rescale Median"
+    unit_floats = True
 
     def scope(self, settings: CellProfilerSettings) -> str:
         return "group" if settings.calculate.is_all else "image"
@@ -168,9 +170,9 @@ class CellProfilerMethod(Method):
         if values.get("dilate") or "dilation_radius" in changes:
             changes["dilate"] = True
         if values.get("preset") and values.get("cppipe"):
-            raise ValueError("--preset and --cppipe: give one of them")
+            raise InvalidValue("--preset and --cppipe: give one of them")
         if values.get("cppipe_module") and not values.get("cppipe"):
-            raise ValueError("--cppipe-module needs --cppipe")
+            raise InvalidValue("--cppipe-module needs --cppipe")
         if values.get("cppipe"):
             base = settings_from_cppipe(values["cppipe"], values.get("cppipe_module"))  # errors in the pipeline's own terms
         else:
@@ -179,7 +181,7 @@ class CellProfilerMethod(Method):
             calculate = base.replace(**changes) if changes else base
             return CellProfilerSettings(calculate, values.get("apply_method"))
         except (ValueError, TypeError) as error:
-            raise ValueError(option_names(str(error).splitlines()[0])) from None
+            raise InvalidValue(option_names(str(error).splitlines()[0])) from None
 
     def describe(self, settings: CellProfilerSettings) -> str:
         return describe_calculation(settings.calculate)
@@ -197,13 +199,13 @@ class CellProfilerMethod(Method):
         if not (estimating and correcting):
             return
         if not calculate.is_all and calculate.smoothing == "No smoothing" and calculate.intensity == "Regular":
-            raise ValueError("aggregation Each with smoothing 'No smoothing' divides each image by itself (every image "
+            raise InvalidValue("aggregation Each with smoothing 'No smoothing' divides each image by itself (every image "
                              "becomes flat); use --aggregation All or a --smoothing method (e.g. Median Filter)")
         if apply_method == "Subtract" and calculate.rescale != "No":
-            raise ValueError(f"apply method Subtract with rescale {calculate.rescale}: the rescaled function (>= 1) is "
+            raise InvalidValue(f"apply method Subtract with rescale {calculate.rescale}: the rescaled function (>= 1) is "
                              "subtracted in 0..1 units and blackens every image; use --rescale No")
         if apply_method == "Divide" and calculate.smoothing == "Splines" and calculate.rescale != "Yes":
-            raise ValueError(f"apply method Divide with smoothing Splines and rescale {calculate.rescale}: the spline function "
+            raise InvalidValue(f"apply method Divide with smoothing Splines and rescale {calculate.rescale}: the spline function "
                              "is a zero-mean background (negative in places) and dividing by it blackens the images; use "
                              "--apply-method Subtract")
 
@@ -217,10 +219,10 @@ class CellProfilerMethod(Method):
         try:
             cellprofiler_resize_shape(group.shape, factor)
         except ValueError:
-            raise ValueError(f"images of {group.label} are {group.shape[0]}x{group.shape[1]}, too small for resize factor "
+            raise InvalidValue(f"images of {group.label} are {group.shape[0]}x{group.shape[1]}, too small for resize factor "
                              f"{factor:g} (it leaves no pixel on an axis); use a larger resize factor or 1") from None
 
-    def reduction(self, settings: CellProfilerSettings, group: GroupInfo, start: int = 0):
+    def reduction(self, settings: CellProfilerSettings, group: GroupInfo):
         from .estimator import IlluminationAccumulator
 
         return IlluminationAccumulator(settings.calculate)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..._checks import check_choice, check_instance
+from ...errors import InvalidType, InvalidValue
 
 INTENSITY_CHOICES = ("Regular", "Background")
 RESCALE_CHOICES = ("Yes", "No", "Median")
@@ -40,9 +41,9 @@ def _check_number(value, name: str, low: float, high: float = np.inf, integer: b
     kind = "an integer" if integer else "a finite number"
     bounds = f">= {low}" if high == np.inf else f"in [{low}, {high}]"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral if integer else numbers.Real):
-        raise ValueError(f"{name}: expected {kind} {bounds}, got {value!r}")
+        raise InvalidValue(f"{name}: expected {kind} {bounds}, got {value!r}")
     if not (low <= value <= high and math.isfinite(value)):
-        raise ValueError(f"{name}: expected {kind} {bounds}, got {value!r}")
+        raise InvalidValue(f"{name}: expected {kind} {bounds}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -90,15 +91,15 @@ class CalculateSettings:
         check_choice(self.compat, "compat", COMPAT_CHOICES)
         for name in ("dilate", "spline_automatic"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"{name}: expected True or False, got {getattr(self, name)!r}")
+                raise InvalidValue(f"{name}: expected True or False, got {getattr(self, name)!r}")
         _check_number(self.dilation_radius, "dilation_radius", 0, integer=True)
         if self.dilate and self.dilation_radius < 1:
-            raise ValueError(f"dilation_radius: expected an integer >= 1 when dilate is on, got {self.dilation_radius!r}")
+            raise InvalidValue(f"dilation_radius: expected an integer >= 1 when dilate is on, got {self.dilation_radius!r}")
         _check_number(self.block_size, "block_size", 1, integer=True)
         for name in ("object_width", "manual_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+                raise InvalidValue(f"{name}: expected a finite number > 0, got {value!r}")
         _check_number(self.spline_points, "spline_points", 4, integer=True)
         _check_number(self.spline_threshold, "spline_threshold", 0.1, 5.0)
         _check_number(self.spline_rescale, "spline_rescale", 1.0)
@@ -106,7 +107,7 @@ class CalculateSettings:
         _check_number(self.spline_convergence, "spline_convergence", 1e-5, 0.1)
         factor = self.resize_factor
         if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0 < factor <= 1:
-            raise ValueError(f"resize_factor: expected a number in (0, 1], got {factor!r}")
+            raise InvalidValue(f"resize_factor: expected a number in (0, 1], got {factor!r}")
 
     @property
     def is_all(self) -> bool:
@@ -136,7 +137,7 @@ class CalculateSettings:
         modules = read_pipeline(path, exclude_disabled=False)
         calculators = [m for m in modules if m.name == "CorrectIlluminationCalculate"]
         if not calculators:
-            raise ValueError(f"{path}: no CorrectIlluminationCalculate module in the pipeline")
+            raise InvalidValue(f"{path}: no CorrectIlluminationCalculate module in the pipeline")
         available = ", ".join(
             f"module {m.number}" + (f" ({m.values[1]})" if len(m.values) > 1 else "") + ("" if m.enabled else " [disabled]")
             for m in calculators
@@ -144,24 +145,24 @@ class CalculateSettings:
         if module is None:
             chosen = [m for m in calculators if m.enabled][:1]
             if not chosen:
-                raise ValueError(f"{path}: every CorrectIlluminationCalculate module is disabled in the pipeline ({available})")
+                raise InvalidValue(f"{path}: every CorrectIlluminationCalculate module is disabled in the pipeline ({available})")
         elif isinstance(module, numbers.Integral) and not isinstance(module, bool):
             chosen = [m for m in calculators if m.number == module]
         elif isinstance(module, str):
             named = [m for m in calculators if len(m.values) > 1 and m.values[1] == module]
             chosen = [m for m in named if m.enabled] or named
         else:
-            raise TypeError(
+            raise InvalidType(
                 f"module: expected a module number, an output image name or None (the first), got {module!r}; "
                 f"the CorrectIlluminationCalculate modules of {path} are {available}"
             )
         if not chosen:
-            raise ValueError(
+            raise InvalidValue(
                 f"module: {path} has no CorrectIlluminationCalculate module {module!r}; "
                 f"its CorrectIlluminationCalculate modules are {available}"
             )
         if not chosen[0].enabled:
-            raise ValueError(
+            raise InvalidValue(
                 f"module: CorrectIlluminationCalculate module {module!r} of {path} is disabled in the pipeline "
                 f"(CellProfiler does not run it); enable it there or pick another of {available}"
             )
@@ -175,11 +176,11 @@ def _settings_from_module(module, modules, source: str) -> CalculateSettings:
     where = f"{source}: module #{module.number}"
     revision = module.revision
     if revision not in (1, 2, 3):
-        raise ValueError(f"{where}: CorrectIlluminationCalculate variable_revision_number {revision} is not supported (1-3)")
+        raise InvalidValue(f"{where}: CorrectIlluminationCalculate variable_revision_number {revision} is not supported (1-3)")
     if revision == 1:
         values = values + ["Yes", "auto", "5", "2", "2", "40", "0.001"]
     if len(values) != 23:
-        raise ValueError(f"{where}: expected 23 settings for revision {revision}, found {len(values)}")
+        raise InvalidValue(f"{where}: expected 23 settings for revision {revision}, found {len(values)}")
     image_name = values[0]
     aggregation = values[7]
     compat = "4.2"
@@ -194,7 +195,7 @@ def _settings_from_module(module, modules, source: str) -> CalculateSettings:
         try:
             return cast(float(values[index])) if cast is int else cast(values[index])
         except ValueError:
-            raise ValueError(f"{where}: setting {index + 1} ({name}) is not a number: {values[index]!r}") from None
+            raise InvalidValue(f"{where}: setting {index + 1} ({name}) is not a number: {values[index]!r}") from None
 
     def yes_no(index, name):
         check_choice(values[index], f"{where}: {name}", YES_NO)
@@ -225,7 +226,7 @@ def _settings_from_module(module, modules, source: str) -> CalculateSettings:
     except ValueError as error:
         if str(error).startswith(source):
             raise
-        raise ValueError(f"{where}: {error}") from None
+        raise InvalidValue(f"{where}: {error}") from None
 
 
 _INPUT_MODULES = ("Images", "Metadata", "NamesAndTypes", "Groups", "LoadData", "LoadImages", "LoadSingleImage")
@@ -246,7 +247,7 @@ def _producer(image_name: str, module, modules, where: str):
     makers = [other for other in modules if other.number < module.number and _output_index(other, image_name) is not None]
     enabled = [other for other in makers if other.enabled]
     if makers and not enabled:
-        raise ValueError(
+        raise InvalidValue(
             f"{where}: input {image_name!r} is made only by {makers[-1].name} module #{makers[-1].number}, "
             "which is disabled in the pipeline"
         )
@@ -268,13 +269,13 @@ def _resize_factor_for(image_name: str, module, modules, where: str) -> float:
     output = _output_index(resize, image_name)
     upstream = _producer(resize.values[output - 1], resize, modules, where) if output else None
     if upstream is not None and upstream.name == "Resize":
-        raise ValueError(f"{source}, fed by Resize module #{upstream.number}; only a single Resize is emulated")
+        raise InvalidValue(f"{source}, fed by Resize module #{upstream.number}; only a single Resize is emulated")
     method = resize.value("Resizing method") or resize.value("Select resizing method") or ""
     interpolation = resize.value("Interpolation method") or ""
     if not method.startswith("Resize by a fraction"):
-        raise ValueError(f"{where}: input {image_name!r} comes from a Resize to fixed dimensions; only 'by factor' resizing is emulated")
+        raise InvalidValue(f"{where}: input {image_name!r} comes from a Resize to fixed dimensions; only 'by factor' resizing is emulated")
     if interpolation != "Bilinear":
-        raise ValueError(f"{where}: input {image_name!r} comes from a {interpolation!r} Resize; only 'Bilinear' is emulated")
+        raise InvalidValue(f"{where}: input {image_name!r} comes from a {interpolation!r} Resize; only 'Bilinear' is emulated")
     factors = []
     for text in ("Resizing factor", "X Resizing factor", "Y Resizing factor"):
         value = resize.value(text)
@@ -285,12 +286,12 @@ def _resize_factor_for(image_name: str, module, modules, where: str) -> float:
         except ValueError:
             factor = np.nan
         if not np.isfinite(factor):
-            raise ValueError(f"{source}: {text!r} expected a number, got {value!r}")
+            raise InvalidValue(f"{source}: {text!r} expected a number, got {value!r}")
         factors.append(factor)
     if not factors:
-        raise ValueError(f"{source}: expected an 'X Resizing factor' and a 'Y Resizing factor' (or a 'Resizing factor') setting")
+        raise InvalidValue(f"{source}: expected an 'X Resizing factor' and a 'Y Resizing factor' (or a 'Resizing factor') setting")
     if len(set(factors)) != 1:
-        raise ValueError(f"{source}: different X and Y factors {sorted(set(factors))}; only equal factors are emulated")
+        raise InvalidValue(f"{source}: different X and Y factors {sorted(set(factors))}; only equal factors are emulated")
     return factors[0]
 
 
@@ -327,7 +328,7 @@ def check_settings(settings, name: str = "settings") -> CalculateSettings:
 def preset(name: str) -> CalculateSettings:
     """The settings of a named production configuration (see ``PRESETS``)."""
     if name not in PRESETS:
-        raise ValueError(f"preset: expected one of {', '.join(repr(n) for n in PRESETS)}, got {name!r}")
+        raise InvalidValue(f"preset: expected one of {', '.join(repr(n) for n in PRESETS)}, got {name!r}")
     return PRESETS[name]
 
 

@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from ..._checks import check_choice, check_image, check_mask
 from ...backend import same_backend, to_numpy
+from ...errors import InvalidType, InvalidValue
 
 MODES = ("auto", "dark", "bright", "gray")
 _MODE_SIGN = {"dark": -1, "bright": 1, "gray": 0}
@@ -43,7 +44,7 @@ _MIN_RCOND = 1e-8
 _DENSE_BELOW = 2
 
 
-class ScaleTooLarge(ValueError):
+class ScaleTooLarge(InvalidValue):
     """``scale`` leaves fewer than 2 resampled pixels on a side of the fitted region."""
 
     def __init__(self, scale: float, region: tuple, name: str = "scale"):
@@ -266,16 +267,16 @@ def _unbiased_std(values) -> float:
 
 def _positive_real(value, name, allow_zero=False):
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise TypeError(f"{name}: expected a finite number, got {value!r}")
+        raise InvalidType(f"{name}: expected a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name}: expected a number {bound}, got {value!r}")
+        raise InvalidValue(f"{name}: expected a number {bound}, got {value!r}")
     return float(value)
 
 
 def _integer_at_least(value, name, minimum):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+        raise InvalidType(f"{name}: expected an integer >= {minimum}, got {value!r}")
     if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
+        raise InvalidValue(f"{name}: expected an integer >= {minimum}, got {value}")
     return int(value)

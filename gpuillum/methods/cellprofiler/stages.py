@@ -10,6 +10,7 @@ from ..._checks import check_choice, check_image
 from ...backend import get_array_module, get_ndimage, same_backend, to_numpy
 from ...filters.bands import lookup, with_halo
 from .settings import INPUT_DTYPES, RESCALE_CHOICES, ROBUST_FACTOR, CalculateSettings, median_radius, smoothing_sigma
+from ...errors import InvalidValue
 
 
 
@@ -77,7 +78,7 @@ def _median_quantise(pixels, xp, mask=None):
         wraps &= mask
     if bool(wraps.any()):
         checked = pixels if mask is None else pixels[mask]
-        raise ValueError(f"images: float values span [{float(checked.min()):.6g}, {float(checked.max()):.6g}], "
+        raise InvalidValue(f"images: float values span [{float(checked.min()):.6g}, {float(checked.max()):.6g}], "
                          "but the Median Filter quantises them as uint16(x * 65535) (CellProfiler), which wraps "
                          "values outside [0, 1]; scale float images to [0, 1]")
     return (scaled.astype(xp.int64) & 0xFFFF).astype(xp.uint16)
@@ -136,7 +137,7 @@ def _spline_smooth(pixels, mask, settings: CalculateSettings):
     except ScaleTooLarge as error:  # say which setting (or mask) to change
         if not settings.spline_automatic:
             raise ScaleTooLarge(error.scale, error.region, "spline_rescale") from None
-        raise ValueError(f"masks: the valid pixels span only {error.region}, which the automatic spline scale "
+        raise InvalidValue(f"masks: the valid pixels span only {error.region}, which the automatic spline scale "
                          f"{error.scale:g} (shortest image side / 200) shrinks below 2 pixels per side; "
                          "set spline_automatic=False with a smaller spline_rescale") from None
     # zero-mean over the mask (the background is meant for Subtract), in the background's float32
@@ -236,7 +237,7 @@ def rescale_table(levels, table, mask, option: str, counts=None):
     more than ``table.size`` bins), else it is counted here."""
     check_choice(option, "rescale", RESCALE_CHOICES)
     if counts is not None and mask is not None:
-        raise ValueError("counts: a histogram of every pixel cannot serve a masked rescale")
+        raise InvalidValue("counts: a histogram of every pixel cannot serve a masked rescale")
     xp = get_array_module(levels)
     if option != "No":
         if counts is None:

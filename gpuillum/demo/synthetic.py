@@ -30,7 +30,8 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from ._checks import check_choice
+from .._checks import check_choice
+from ..errors import InvalidValue
 
 NUCLEAR_STAINS = ("dna", "dapi", "hoechst", "nuc", "h2b")
 EXACT_POISSON_BELOW = 50.0
@@ -260,7 +261,7 @@ def _row_index(letters: str) -> int:
     index = 0
     for letter in letters.upper():
         if not "A" <= letter <= "Z":
-            raise ValueError(f"rows: expected well-row letters such as 'B' or 'AA', got {letters!r}")
+            raise InvalidValue(f"rows: expected well-row letters such as 'B' or 'AA', got {letters!r}")
         index = index * 26 + ord(letter) - ord("A") + 1
     return index - 1
 
@@ -302,7 +303,7 @@ def well_names(rows: Sequence[str], cols: Sequence[int]) -> tuple[str, ...]:
     up to 1536 gets real, unique names. The same rows and cols always give the same names.
     """
     if any(int(col) < 1 for col in cols):
-        raise ValueError(f"cols: expected column numbers >= 1, got {tuple(cols)}")
+        raise InvalidValue(f"cols: expected column numbers >= 1, got {tuple(cols)}")
     positions = [(_row_index(row), int(col) - 1) for row in rows for col in cols]
     for height, width in PLATE_FORMATS:
         placed = _place_wells(positions, height, width)
@@ -310,7 +311,7 @@ def well_names(rows: Sequence[str], cols: Sequence[int]) -> tuple[str, ...]:
             digits = max(2, len(str(width)))
             return tuple(f"{_row_letters(p // width)}{p % width + 1:0{digits}d}" for p in sorted(placed))
     largest = PLATE_FORMATS[-1][0] * PLATE_FORMATS[-1][1]
-    raise ValueError(f"rows, cols: {len(positions)} wells from rows {''.join(rows)} do not fit a {largest}-well plate")
+    raise InvalidValue(f"rows, cols: {len(positions)} wells from rows {''.join(rows)} do not fit a {largest}-well plate")
 
 
 @dataclass
@@ -334,15 +335,15 @@ class SyntheticModel:
         self.shape = tuple(int(s) for s in self.shape)
         check_choice(self.bit_depth, "bit_depth", BIT_DEPTHS)
         if len(self.shape) != 2 or min(self.shape) < 16:
-            raise ValueError(f"shape: expected (height, width) of at least 16 pixels each, got {self.shape}")
+            raise InvalidValue(f"shape: expected (height, width) of at least 16 pixels each, got {self.shape}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed: expected an integer >= 0, got {self.seed!r}")
+            raise InvalidValue(f"seed: expected an integer >= 0, got {self.seed!r}")
         if int(self.sites) < 1:
-            raise ValueError(f"sites: expected an integer >= 1, got {self.sites}")
+            raise InvalidValue(f"sites: expected an integer >= 1, got {self.sites}")
         if not self.rows or not self.cols or not self.channels:
-            raise ValueError("rows, cols and channels: expected at least one of each")
+            raise InvalidValue("rows, cols and channels: expected at least one of each")
         if len(set(self.channels)) != len(self.channels):
-            raise ValueError(f"channels: names must be unique, got {self.channels}")
+            raise InvalidValue(f"channels: names must be unique, got {self.channels}")
 
     @property
     def dtype(self) -> np.dtype:
@@ -510,7 +511,7 @@ class SyntheticPlate:
 
 def _tiff_template(image: np.ndarray) -> "TiffInfo":
     """Header that ``write_tiff`` copies: the pixel size as a resolution tag, horizontal predictor."""
-    from .io.tiff import TiffInfo
+    from ..io.tiff import TiffInfo
 
     pixels_per_cm = (round(1e4 / PIXEL_SIZE_UM * 1000), 1000)
     return TiffInfo(shape=image.shape, dtype=image.dtype.name, compression="zlib", predictor=2,
@@ -527,8 +528,8 @@ def make_synthetic_plate(out_dir, *, plate="DEMO", rows="BC", cols=(3, 4, 5), si
     resolution tag by default). Truth: ``out_dir/truth/<plate>_flat_<channel>.npy`` (float32, mean 1),
     ``<plate>_dark_<channel>.npy`` (counts) and ``truth.json`` (every parameter).
     """
-    from .io.atomic import atomic_save_npy, atomic_write_bytes
-    from .io.tiff import write_tiff
+    from ..io.atomic import atomic_save_npy, atomic_write_bytes
+    from ..io.tiff import write_tiff
 
     model = SyntheticModel(plate, rows, cols, sites, channels, shape, seed, bit_depth)
     out_dir = Path(out_dir)

@@ -22,6 +22,7 @@ import os
 from collections import deque
 
 from .stopping import deferred_stops
+from ..errors import InvalidType, InvalidValue
 
 
 def visible_gpus() -> list[str]:
@@ -58,12 +59,12 @@ def check_workers(workers: int, *, gpu: bool, scheduler: str | None = None) -> i
         gpus = visible_gpus()
         if workers > len(gpus):
             listed = f" (CUDA_VISIBLE_DEVICES {os.environ['CUDA_VISIBLE_DEVICES']})" if os.environ.get("CUDA_VISIBLE_DEVICES") else ""
-            raise ValueError(f"workers: {workers} GPU workers, but {len(gpus)} GPU{' is' if len(gpus) == 1 else 's are'} "
+            raise InvalidValue(f"workers: {workers} GPU workers, but {len(gpus)} GPU{' is' if len(gpus) == 1 else 's are'} "
                              f"visible{listed}; use --workers {max(1, len(gpus))} (one worker per GPU)")
         return workers
     cores = usable_cores()
     if workers > cores:
-        raise ValueError(f"workers: {workers} worker processes, but this machine has {cores} CPU cores; use --workers "
+        raise InvalidValue(f"workers: {workers} worker processes, but this machine has {cores} CPU cores; use --workers "
                          f"{cores} or fewer (each worker is a Python process that takes about a second to start, longer "
                          "on a busy machine), or a larger cluster with --scheduler")
     return workers
@@ -76,14 +77,14 @@ CLUSTER_LOG_LEVEL = logging.CRITICAL
 # No dashboard; the scheduler's HTTP endpoints (health, metrics) take a free port instead of trying
 # 8787 and warning when another cluster on the host has it.
 SCHEDULER_HTTP = {"dashboard": False, "dashboard_address": ":0"}
-WORKER_PRELOAD = "gpuillum.engine.worker_signals"  # workers leave SIGINT and SIGTERM to the client
+WORKER_PRELOAD = "gpuillum.job.worker_signals"  # workers leave SIGINT and SIGTERM to the client
 
 
-class WorkerLost(ValueError):
+class WorkerLost(InvalidValue):
     """A worker process died while running a task (killed for memory, or crashed); one line."""
 
 
-class ClusterLost(ValueError):
+class ClusterLost(InvalidValue):
     """The job could not reach its Dask cluster, or lost it (the scheduler stopped, the connection
     broke, the scheduler cancelled the job's tasks); one line."""
 
@@ -98,15 +99,15 @@ def check_scheduler_address(address: str) -> None:
     from distributed.comm.registry import get_backend
 
     if not isinstance(address, str):
-        raise TypeError(f"scheduler: expected an address like tcp://host:8786, got {address!r}")
+        raise InvalidType(f"scheduler: expected an address like tcp://host:8786, got {address!r}")
     try:
         scheme, location = parse_address(address, strict=False)
         get_backend(scheme)
         port = parse_host_port(location)[1] if scheme in _HOST_PORT_SCHEMES else 1
     except ValueError as error:
-        raise ValueError(f"scheduler: expected an address like tcp://host:8786, got {address!r} ({error})") from None
+        raise InvalidValue(f"scheduler: expected an address like tcp://host:8786, got {address!r} ({error})") from None
     if not 0 < port < 65536:
-        raise ValueError(f"scheduler: expected a port from 1 to 65535 in {address!r}")
+        raise InvalidValue(f"scheduler: expected a port from 1 to 65535 in {address!r}")
 
 
 def _cluster_errors() -> tuple[type[BaseException], ...]:
@@ -159,7 +160,7 @@ def per_gpu_worker_specs(gpu_ids) -> dict:
 def _gpu_cluster(workers: int):
     gpu_ids = visible_gpus()[:workers]
     if not gpu_ids:
-        raise ValueError("workers: no visible CUDA GPU to start GPU workers on")
+        raise InvalidValue("workers: no visible CUDA GPU to start GPU workers on")
     try:
         from dask_cuda import LocalCUDACluster
     except Exception:  # not installed, or installed without its cuda bindings (see ci-and-gpu.md 6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from ..errors import InvalidValue
 
 ROW_LETTERS = "BCDEFGHIJKLMNO"
 WELLS_PER_ROW = 12
@@ -20,7 +21,7 @@ def demo_wells(count: int) -> tuple[str, tuple[int, ...]]:
     columns = min(count, WELLS_PER_ROW)
     rows = math.ceil(count / WELLS_PER_ROW)
     if rows > len(ROW_LETTERS):
-        raise ValueError(f"wells: at most {len(ROW_LETTERS) * WELLS_PER_ROW}, got {count}")
+        raise InvalidValue(f"wells: at most {len(ROW_LETTERS) * WELLS_PER_ROW}, got {count}")
     return ROW_LETTERS[:rows], tuple(range(2, 2 + columns))
 
 
@@ -36,10 +37,10 @@ def check_demo_size(shape, wells: int, sites: int) -> None:
 
     rows, cols = check_shape(shape, "shape")
     if min(rows, cols) < 16 or max(rows, cols) > DEMO_MAX_SIDE:
-        raise ValueError(f"shape: expected each side 16 to {DEMO_MAX_SIDE}, got {rows}x{cols}")
+        raise InvalidValue(f"shape: expected each side 16 to {DEMO_MAX_SIDE}, got {rows}x{cols}")
     demo_wells(check_integer(wells, "wells"))
     if check_integer(sites, "sites") > DEMO_MAX_SITES:
-        raise ValueError(f"sites: at most {DEMO_MAX_SITES}, got {sites}")
+        raise InvalidValue(f"sites: at most {DEMO_MAX_SITES}, got {sites}")
 
 
 def ideal_divide_function(flat, dark, background: float):
@@ -55,7 +56,7 @@ def _holds_an_earlier_demo(out: Path) -> bool:
     if not plate.exists():
         return False
     if not (plate / "truth" / "truth.json").is_file():
-        raise ValueError(f"{plate}: exists and is not a gpuillum demo plate (no truth/truth.json); choose another demo OUT")
+        raise InvalidValue(f"{plate}: exists and is not a gpuillum demo plate (no truth/truth.json); choose another demo OUT")
     return True
 
 
@@ -74,7 +75,7 @@ def clear_earlier_demo(out: Path) -> bool:
     try:
         shutil.rmtree(plate)
     except OSError as error:
-        raise ValueError(f"{error.filename or plate}: cannot remove the earlier demo plate ({error.strerror or error})") from None
+        raise InvalidValue(f"{error.filename or plate}: cannot remove the earlier demo plate ({error.strerror or error})") from None
     return True
 
 
@@ -89,13 +90,13 @@ def run_demo(out, *, shape=DEMO_SHAPE, wells: int = DEMO_WELLS, sites: int = DEM
     """
     from gpuillum.io.run_lock import FolderLocked, folder_lock
 
-    from .job import check_not_empty
+    from gpuillum.job.spec import check_not_empty
 
     from gpuillum._checks import check_integer
     from gpuillum.backend import resolve_device
-    from gpuillum.synthetic import SyntheticModel
+    from gpuillum.demo.synthetic import SyntheticModel
 
-    from .cluster import check_workers
+    from gpuillum.job.cluster import check_workers
 
     check_not_empty(out, "OUT")
     out = Path(out)
@@ -108,13 +109,13 @@ def run_demo(out, *, shape=DEMO_SHAPE, wells: int = DEMO_WELLS, sites: int = DEM
     try:
         (out / "results").mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ValueError(f"{error.filename or out}: cannot create the demo folder ({error.strerror or error})") from None
+        raise InvalidValue(f"{error.filename or out}: cannot create the demo folder ({error.strerror or error})") from None
     try:
         # one demo at a time in OUT: another one would delete this one's plate while it runs
         with folder_lock(out / "results"):
             return _make_run_and_score(out, shape, wells, sites, seed, channels, job_options)
     except FolderLocked as error:
-        raise ValueError(str(error)) from None
+        raise InvalidValue(str(error)) from None
 
 
 def _make_run_and_score(out: Path, shape, wells: int, sites: int, seed: int, channels, job_options) -> str:
@@ -126,9 +127,9 @@ def _make_run_and_score(out: Path, shape, wells: int, sites: int, seed: int, cha
     from gpuillum.io.tiff import read_tiff
     from gpuillum.qc.figures import before_after
     from gpuillum.qc.metrics import compare_to_truth, correction_report
-    from gpuillum.synthetic import make_synthetic_plate
+    from gpuillum.demo.synthetic import make_synthetic_plate
 
-    from .job import run_plate
+    from gpuillum.job import run_plate
 
     rows, cols = demo_wells(wells)
     earlier = clear_earlier_demo(out)
