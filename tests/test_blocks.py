@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -85,10 +87,22 @@ def test_block_minimum_rejects_bad_input(rng):
         block_minimum(image.astype(np.int32), 4)
 
 
+def sample_count(length, block_size):
+    """Samples per axis of the edge-anchored layout, from its definition (gpuillum.filters.blocks'
+    docstring) in exact fractions: the number of intervals is the integer nearest to
+    (length - 1) / block_size, a tie going to the even one, and at least one; one sample when length == 1."""
+    if length == 1:
+        return 1
+    exact = Fraction(length - 1, block_size)
+    below = exact.numerator // exact.denominator
+    nearest = min((below, below + 1), key=lambda k: (abs(exact - k), k % 2))
+    return max(1, nearest) + 1
+
+
 def brute_force_reduce(image, block_size, stat, q=None, mask=None):
     """Loop over pixels: assign each to its nearest edge-anchored sample, then reduce with numpy."""
     height, width = image.shape
-    counts = [edge_anchored_count(height, block_size), edge_anchored_count(width, block_size)]
+    counts = [sample_count(height, block_size), sample_count(width, block_size)]
 
     def nearest(i, length, n):
         if n == 1:
@@ -202,6 +216,14 @@ def test_block_reduce_layout_counts_and_half_border_blocks():
     maxima = block_reduce(index, 10, stat="max")[:, 0]
     assert minima[0] == 0 and maxima[0] == 4 and minima[1] == 5 and maxima[1] == 14 and maxima[-1] == 100
     assert edge_anchored_count(2, 100) == 2 and edge_anchored_count(1, 5) == 1
+
+
+def test_edge_anchored_count_follows_its_definition():
+    # 30/20 = 1.5 and 10/20 = 0.5 are ties (to 2 and to 0, raised to 1 interval); 100/20 = 5 exactly
+    assert [sample_count(length, 20) for length in (31, 11, 101, 1)] == [3, 2, 6, 1]
+    for length in range(1, 300):
+        for block_size in (1, 2, 3, 7, 10, 16, 20, 60, 500):
+            assert edge_anchored_count(length, block_size) == sample_count(length, block_size), (length, block_size)
 
 
 def test_block_reduce_median_of_even_count_is_numpy_median():

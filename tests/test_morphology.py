@@ -1,6 +1,8 @@
 """Grey-scale morphology: exact against scikit-image (mode="ignore"), scipy.ndimage and brute force."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -175,15 +177,16 @@ def test_bad_input_raises_one_line_message(image, radius, footprint, error, name
 
 
 def test_cuda_instantiations_match_the_source():
-    """The Python side asks for exactly the template instantiations the .cu file lists (and compiles)."""
-    pytest.importorskip("cupy")
-    from gpuillum.backend import compile_check, cuda_source
+    """The Python side asks for exactly the template instantiations the .cu file lists; CI's
+    scripts/check_cuda.py compiles those listed ones with NVRTC (no test here needs CuPy to import,
+    so .ci/run and scripts/test.sh run the same tests)."""
+    from gpuillum.backend import cuda_source
 
     text = cuda_source(morphology.CUDA_SOURCE)
     listed = [line.split(":", 1)[1] for line in text.splitlines() if line.startswith("// instantiations:")]
     assert [n.strip() for n in ";".join(listed).split(";")] == list(morphology.CUDA_INSTANTIATIONS)
-    ptx = compile_check(morphology.CUDA_SOURCE, morphology.CUDA_INSTANTIATIONS)
-    assert b"chord_erosion" in (ptx if isinstance(ptx, bytes) else ptx.encode())
+    kernels = set(re.findall(r"__global__\s+void\s+(\w+)", text))
+    assert {name.split("<")[0] for name in morphology.CUDA_INSTANTIATIONS} <= kernels
 
 
 @pytest.mark.gpu
