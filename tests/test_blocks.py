@@ -247,35 +247,38 @@ def test_block_reduce_rejects_bad_arguments(rng):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
-def test_block_minimum_gpu_matches_cpu(cupy, rng, dtype):
+def test_block_minimum_gpu_matches_cpu(cupy, on_device, rng, dtype):
     image = (rng.random((506, 301)) * 250).astype(dtype)
     mask = rng.random(image.shape) < 0.2
     for m in (None, mask):
         expected = block_minimum(image, 60, mask=m)
-        out = block_minimum(cupy.asarray(image), 60, mask=None if m is None else cupy.asarray(m))
+        with on_device():
+            out = block_minimum(cupy.asarray(image), 60, mask=None if m is None else cupy.asarray(m))
         assert isinstance(out, cupy.ndarray) and out.dtype == dtype
         assert np.array_equal(out.get(), expected)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("stat, q", [("min", None), ("max", None), ("mean", None), ("median", None), ("percentile", 20)])
-def test_block_reduce_gpu_matches_cpu(cupy, rng, stat, q):
+def test_block_reduce_gpu_matches_cpu(cupy, on_device, rng, stat, q):
     image = (rng.random((203, 157)) * 4000).astype(np.uint16)
     mask = rng.random(image.shape) < 0.5
     expected = block_reduce(image, 16, stat=stat, q=q, mask=mask)
-    out = block_reduce(cupy.asarray(image), 16, stat=stat, q=q, mask=cupy.asarray(mask))
+    with on_device():
+        out = block_reduce(cupy.asarray(image), 16, stat=stat, q=q, mask=cupy.asarray(mask))
     np.testing.assert_allclose(out.get(), expected, rtol=1e-6, equal_nan=True)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("stat", ["min", "max", "mean"])
-def test_separable_stats_gpu_match_cpu(cupy, rng, dtype, stat):
+def test_separable_stats_gpu_match_cpu(cupy, on_device, rng, dtype, stat):
     image = (rng.random((1, 97)) * 250).astype(dtype), (rng.random((161, 203)) * 250).astype(dtype)
     for picture in image:
         mask = rng.random(picture.shape) < 0.3
         for m, block_size in ((None, 3), (mask, 8), (mask, 500)):
             expected = block_reduce(picture, block_size, stat=stat, mask=m)
-            out = block_reduce(cupy.asarray(picture), block_size, stat=stat, mask=None if m is None else cupy.asarray(m))
+            with on_device():
+                out = block_reduce(cupy.asarray(picture), block_size, stat=stat, mask=None if m is None else cupy.asarray(m))
             assert isinstance(out, cupy.ndarray) and out.dtype == np.float32
             np.testing.assert_allclose(out.get(), expected, rtol=1e-6, equal_nan=True)
