@@ -7,12 +7,29 @@ import os
 import platform
 import socket
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def source_commit() -> str | None:
+    """The gpuillum commit a benchmark measures: ``GPUILLUM_COMMIT`` when set (a copy of the working
+    tree without .git, as carried to a GPU machine), else ``git describe --always --dirty`` of this
+    checkout ("-dirty": uncommitted changes were measured too); None when neither says."""
+    if os.environ.get("GPUILLUM_COMMIT"):
+        return os.environ["GPUILLUM_COMMIT"]
+    try:
+        described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parent,
+                                   capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if described.returncode != 0:
+        return None
+    return described.stdout.strip() or None
 
 
 def machine_description() -> dict:
@@ -28,6 +45,7 @@ def machine_description() -> dict:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": source_commit(),
         "gpu": None,
     }
     for module in ("skimage", "centrosome", "numba", "tifffile", "dask", "cupy", "cucim"):

@@ -8,7 +8,9 @@
 # take the others with it. On an offline machine without dask/distributed, carry wheels in .whl/
 # (see the README): they are installed into /tmp/gpuillum-site first. Logs go to $LOGDIR; when $OUT
 # is set (a remote runner's output folder) the logs and the new results are packed into
-# $OUT/gpu_check.tar.gz after every phase, so a run cut short still returns what it finished.
+# $OUT/gpu_check.tar.gz after every phase, so a run cut short still returns what it finished. The commit
+# measured goes into machine.txt and every benchmark JSON: set GPUILLUM_COMMIT=$(git describe --always --dirty)
+# when the machine holds a copy of the working tree without .git.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 QUICK=""
@@ -59,6 +61,7 @@ status=0
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     $PY -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__version__, 'available', cupy.is_available())"
+    echo "gpuillum at ${GPUILLUM_COMMIT:-$(git describe --always --dirty 2>/dev/null || echo 'an unknown commit (no .git here: set GPUILLUM_COMMIT)')}"
     date -u +%Y-%m-%dT%H:%M:%SZ
 } 2>&1 | tee "$LOGDIR/machine.txt"
 for name in "${PHASES[@]}"; do

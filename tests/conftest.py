@@ -55,3 +55,21 @@ def cupy():
     import cupy
 
     return cupy
+
+
+@pytest.fixture
+def on_device(cupy):
+    """For GPU tests: ``with on_device(): result = kernel(device_input)`` fails the test when the kernel
+    copies a device array to the host outside a step that runs there by design (tests/device_guard.py)."""
+    from device_guard import device_resident
+
+    return lambda: device_resident(cupy.ndarray)
+
+
+@pytest.fixture
+def stage_inputs(monkeypatch):
+    """The plate job's stages, watched: ``take()`` tells which backend each stage's calls received
+    since the last take (tests/device_guard.py)."""
+    from device_guard import StageInputs
+
+    return StageInputs(monkeypatch).watch()

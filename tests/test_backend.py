@@ -76,13 +76,13 @@ def test_device_of_numpy_is_a_null_context():
 
 
 @pytest.mark.gpu
-def test_kernel_runs_on_the_device_of_its_input(cupy):
+def test_kernel_runs_on_the_device_of_its_input(cupy, on_device):
     import gpuillum
 
     if cupy.cuda.runtime.getDeviceCount() < 2:
         pytest.skip("needs two GPUs")
     with cupy.cuda.Device(1):
         image = cupy.arange(64 * 64, dtype=cupy.uint16).reshape(64, 64)
-    with cupy.cuda.Device(0):
+    with cupy.cuda.Device(0), on_device():
         result = gpuillum.grey_opening(image, 3)
     assert result.device.id == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -123,6 +124,28 @@ def test_summary_keeps_cpu_and_gpu_kernel_runs_apart(tmp_path):
     assert {device: [p.name for p in files] for device, files in groups.items()} == {
         "CPU": ["kernels-cpu-20260101.json"], "GPU: H100": ["kernels-gpu-H100-20260102.json"]}
     assert list(groups) == ["CPU", "GPU: H100"]
+
+
+def test_cellprofiler_summary_shows_the_gpu_time_with_the_upload_first(tmp_path):
+    row = {"setting": "jump", "images": 96, "timing": "whole plate", "gpuillum_cpu_s": 0.08, "cellprofiler_cpu_s": 2.5,
+           "speedup_cpu": 31.25, "gpu_s": 0.005, "gpu_with_upload_s": 0.04, "speedup_gpu": 500.0}
+    each = {key: value for key, value in row.items() if key != "gpu_with_upload_s"} | {"setting": "each-median-auto"}
+    machine = {"date": "2026-01-02", "gpu": {"name": "H100"}, "commit": "abc1234"}
+    path = tmp_path / "cellprofiler-gpu-H100-20260102.json"
+    path.write_text(json.dumps({"machine": machine, "arguments": {"size": 1080}, "results": [row, each]}))
+    table = summarize.cellprofiler_table(path)
+    assert "| speed-up | GPU s, images uploaded | GPU s, images already on the GPU |" in table
+    assert "| 31.2x | 0.0400 (62x) | 0.0050 (500x) |" in table and "| 31.2x | - | 0.0050 (500x) |" in table
+    assert "gpuillum at abc1234" in table
+
+
+def test_benchmarks_record_the_commit_they_measure(monkeypatch):
+    monkeypatch.setenv("GPUILLUM_COMMIT", "abc1234-dirty")
+    assert common.machine_description()["commit"] == "abc1234-dirty"
+    monkeypatch.delenv("GPUILLUM_COMMIT")
+    described = common.source_commit()  # this checkout's commit, "-dirty" with changes; None without git
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert described is None or (len(described) >= 7 and head.startswith(described.removesuffix("-dirty")))
 
 
 def test_median_background_accuracy_smoke_run(results_dir):

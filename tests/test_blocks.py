@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -85,10 +87,22 @@ def test_block_minimum_rejects_bad_input(rng):
         block_minimum(image.astype(np.int32), 4)
 
 
+def sample_count(length, block_size):
+    """Samples per axis of the edge-anchored layout, from its definition (gpuillum.filters.blocks'
+    docstring) in exact fractions: the number of intervals is the integer nearest to
+    (length - 1) / block_size, a tie going to the even one, and at least one; one sample when length == 1."""
+    if length == 1:
+        return 1
+    exact = Fraction(length - 1, block_size)
+    below = exact.numerator // exact.denominator
+    nearest = min((below, below + 1), key=lambda k: (abs(exact - k), k % 2))
+    return max(1, nearest) + 1
+
+
 def brute_force_reduce(image, block_size, stat, q=None, mask=None):
     """Loop over pixels: assign each to its nearest edge-anchored sample, then reduce with numpy."""
     height, width = image.shape
-    counts = [edge_anchored_count(height, block_size), edge_anchored_count(width, block_size)]
+    counts = [sample_count(height, block_size), sample_count(width, block_size)]
 
     def nearest(i, length, n):
         if n == 1:
@@ -204,6 +218,14 @@ def test_block_reduce_layout_counts_and_half_border_blocks():
     assert edge_anchored_count(2, 100) == 2 and edge_anchored_count(1, 5) == 1
 
 
+def test_edge_anchored_count_follows_its_definition():
+    # 30/20 = 1.5 and 10/20 = 0.5 are ties (to 2 and to 0, raised to 1 interval); 100/20 = 5 exactly
+    assert [sample_count(length, 20) for length in (31, 11, 101, 1)] == [3, 2, 6, 1]
+    for length in range(1, 300):
+        for block_size in (1, 2, 3, 7, 10, 16, 20, 60, 500):
+            assert edge_anchored_count(length, block_size) == sample_count(length, block_size), (length, block_size)
+
+
 def test_block_reduce_median_of_even_count_is_numpy_median():
     image = np.array([[1, 2, 10, 20]], dtype=np.float32)
     assert block_reduce(image, 3, stat="median")[0, 0] == np.median([1, 2])
@@ -225,35 +247,38 @@ def test_block_reduce_rejects_bad_arguments(rng):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
-def test_block_minimum_gpu_matches_cpu(cupy, rng, dtype):
+def test_block_minimum_gpu_matches_cpu(cupy, on_device, rng, dtype):
     image = (rng.random((506, 301)) * 250).astype(dtype)
     mask = rng.random(image.shape) < 0.2
     for m in (None, mask):
         expected = block_minimum(image, 60, mask=m)
-        out = block_minimum(cupy.asarray(image), 60, mask=None if m is None else cupy.asarray(m))
+        with on_device():
+            out = block_minimum(cupy.asarray(image), 60, mask=None if m is None else cupy.asarray(m))
         assert isinstance(out, cupy.ndarray) and out.dtype == dtype
         assert np.array_equal(out.get(), expected)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("stat, q", [("min", None), ("max", None), ("mean", None), ("median", None), ("percentile", 20)])
-def test_block_reduce_gpu_matches_cpu(cupy, rng, stat, q):
+def test_block_reduce_gpu_matches_cpu(cupy, on_device, rng, stat, q):
     image = (rng.random((203, 157)) * 4000).astype(np.uint16)
     mask = rng.random(image.shape) < 0.5
     expected = block_reduce(image, 16, stat=stat, q=q, mask=mask)
-    out = block_reduce(cupy.asarray(image), 16, stat=stat, q=q, mask=cupy.asarray(mask))
+    with on_device():
+        out = block_reduce(cupy.asarray(image), 16, stat=stat, q=q, mask=cupy.asarray(mask))
     np.testing.assert_allclose(out.get(), expected, rtol=1e-6, equal_nan=True)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("stat", ["min", "max", "mean"])
-def test_separable_stats_gpu_match_cpu(cupy, rng, dtype, stat):
+def test_separable_stats_gpu_match_cpu(cupy, on_device, rng, dtype, stat):
     image = (rng.random((1, 97)) * 250).astype(dtype), (rng.random((161, 203)) * 250).astype(dtype)
     for picture in image:
         mask = rng.random(picture.shape) < 0.3
         for m, block_size in ((None, 3), (mask, 8), (mask, 500)):
             expected = block_reduce(picture, block_size, stat=stat, mask=m)
-            out = block_reduce(cupy.asarray(picture), block_size, stat=stat, mask=None if m is None else cupy.asarray(m))
+            with on_device():
+                out = block_reduce(cupy.asarray(picture), block_size, stat=stat, mask=None if m is None else cupy.asarray(m))
             assert isinstance(out, cupy.ndarray) and out.dtype == np.float32
             np.testing.assert_allclose(out.get(), expected, rtol=1e-6, equal_nan=True)

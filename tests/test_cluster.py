@@ -17,7 +17,7 @@ from gpuillum.job.cluster import (  # noqa: E402
 from gpuillum.job import JobError, run_plate  # noqa: E402
 
 from test_engine import FAST, write_plate  # noqa: E402
-from test_resume import outputs, wait_for_a_corrected_file  # noqa: E402
+from test_resume import environment_running, outputs, wait_for_a_corrected_file  # noqa: E402
 
 
 def _slow_square(value):
@@ -119,10 +119,7 @@ def test_a_signal_to_the_whole_process_group_stops_a_dask_run_in_one_line(tmp_pa
     write_plate(tmp_path / "in", wells=("B02", "B03", "B04", "C02", "C03", "C04"), sites=4)
     reference = tmp_path / "reference"
     run_plate(tmp_path / "in", reference, settings=FAST, device="cpu")
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_WRITES)  # every process, workers included, writes slowly
-    site = os.pathsep.join(filter(None, [str(tmp_path / "site"), os.environ.get("PYTHONPATH")]))  # keeps a caller's packages
-    env = dict(os.environ, PYTHONPATH=site, GPUILLUM_DISABLE_GPU="1")
+    env = environment_running(tmp_path, SLOW_WRITES)  # every process, workers included, writes slowly
     out = tmp_path / "out"
     command = [sys.executable, "-m", "gpuillum", "run", str(tmp_path / "in"), "-o", str(out), *ARGS_RESUME, "--workers", "2"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

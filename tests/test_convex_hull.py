@@ -143,9 +143,11 @@ def test_bad_input(rng):
 
 
 @pytest.mark.gpu
-def test_cupy_round_trip(cupy, rng):
+def test_cupy_round_trip(cupy, on_device, rng):
     image = make_image("vignetted", (64, 64), rng)
     mask = make_mask("disk", image.shape, rng)
-    out = convex_hull_smooth(cupy.asarray(image), cupy.asarray(mask))
+    with on_device() as host_steps:  # the hull runs on the host by design (README: GPU)
+        out = convex_hull_smooth(cupy.asarray(image), cupy.asarray(mask))
+    assert {copy.step for copy in host_steps} == {"gpuillum.methods.cellprofiler.convex_hull.convex_hull_smooth"}
     assert isinstance(out, cupy.ndarray) and out.dtype == np.float32
     np.testing.assert_array_equal(out.get(), convex_hull_smooth(image, mask))

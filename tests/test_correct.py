@@ -154,7 +154,7 @@ def test_bad_arguments(pair):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 @pytest.mark.parametrize("method", ["Divide", "Subtract"])
-def test_gpu_fused_kernel_matches_numpy(cupy, rng, dtype, method):
+def test_gpu_fused_kernel_matches_numpy(cupy, on_device, rng, dtype, method):
     if dtype == np.float32:
         image = (rng.random((64, 70)) * 1.2).astype(np.float32)
     else:
@@ -164,7 +164,8 @@ def test_gpu_fused_kernel_matches_numpy(cupy, rng, dtype, method):
         function *= np.float32(0.3)
     for clip_low, clip_high in [(True, True), (False, False)]:
         expected = apply(image, function, method, clip_low, clip_high)
-        got = apply(cupy.asarray(image), cupy.asarray(function), method, clip_low, clip_high)
+        with on_device():
+            got = apply(cupy.asarray(image), cupy.asarray(function), method, clip_low, clip_high)
         assert isinstance(got, cupy.ndarray) and got.dtype == expected.dtype
         np.testing.assert_array_equal(got.get(), expected)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from device_guard import assert_stages_ran_on
 from gpuillum.backend import Device
 from gpuillum.correct import apply as apply_function
 from gpuillum.job import BackgroundSettings, JobError, run_plate
@@ -351,11 +352,30 @@ def test_progress_bar_draws_count_rate_and_eta():
     assert quiet.getvalue() == ""
 
 
+PLATE_STAGES = ("accumulate", "finalize", "apply")
+
+
+def test_the_stage_watch_sees_where_a_plate_job_ran(tmp_path, stage_inputs):
+    # the GPU plate tests' evidence, checked here on the CPU: every stage of a CPU run got host data,
+    # and the assertion those tests make about a GPU run fails on it
+    write_plate(tmp_path / "in", wells=("B02", "C03"), sites=2)
+    result = run_plate(tmp_path / "in", tmp_path / "out", settings=FAST, layout="gpuillum", device="cpu",
+                       background=BackgroundSettings("median", 5))
+    seen = stage_inputs.take()
+    assert_stages_ran_on(seen, "host", PLATE_STAGES + ("median background",))
+    with pytest.raises(AssertionError, match="stages that got data off the device"):
+        assert_stages_ran_on(seen, "device", PLATE_STAGES)
+    assert stage_inputs.take() == {} and Manifest.load(result.manifest).devices == ["cpu"]
+
+
 @pytest.mark.gpu
-def test_gpu_run_matches_cpu_run(tmp_path):
+def test_gpu_run_matches_cpu_run(tmp_path, stage_inputs):
     images = write_plate(tmp_path / "in", sites=10)  # > BATCH_SIZE images per channel: pinned batches and merges
-    run_plate(tmp_path / "in", tmp_path / "cpu", settings=FAST, layout="gpuillum", device="cpu", threads=2)
-    run_plate(tmp_path / "in", tmp_path / "gpu", settings=FAST, layout="gpuillum", device="gpu", threads=2)
+    on_cpu = run_plate(tmp_path / "in", tmp_path / "cpu", settings=FAST, layout="gpuillum", device="cpu", threads=2)
+    assert_stages_ran_on(stage_inputs.take(), "host", PLATE_STAGES)
+    on_gpu = run_plate(tmp_path / "in", tmp_path / "gpu", settings=FAST, layout="gpuillum", device="gpu", threads=2)
+    assert_stages_ran_on(stage_inputs.take(), "device", PLATE_STAGES)  # no stage fell back to the host
+    assert Manifest.load(on_cpu.manifest).devices == ["cpu"] and Manifest.load(on_gpu.manifest).devices == ["cuda:0"]
     for channel in ("DNA", "Actin"):
         cpu = np.load(tmp_path / "cpu" / "illum" / f"P1_Illum{channel}.npy")
         gpu = np.load(tmp_path / "gpu" / "illum" / f"P1_Illum{channel}.npy")

@@ -302,10 +302,11 @@ def test_bad_input_raises_one_line_message(kwargs, error, words):
 @pytest.mark.parametrize("mode", ("ignore",) + PADDED_MODES)
 @pytest.mark.parametrize("footprint", ["disk", "square"])
 @pytest.mark.parametrize("shape, radius", [((64, 129), 7), ((37, 41), 1), ((1, 50), 3), ((50, 1), 4), ((13, 17), 40)])
-def test_gpu_matches_cpu(cupy, rng, dtype, mode, footprint, shape, radius):
+def test_gpu_matches_cpu(cupy, on_device, rng, dtype, mode, footprint, shape, radius):
     image = random_image(rng, shape, dtype)
     expected = median_filter(image, radius, footprint=footprint, mode=mode, cval=9)
-    result = median_filter(cupy.asarray(image), radius, footprint=footprint, mode=mode, cval=9)
+    with on_device():
+        result = median_filter(cupy.asarray(image), radius, footprint=footprint, mode=mode, cval=9)
     assert isinstance(result, cupy.ndarray) and result.dtype == dtype
     np.testing.assert_array_equal(result.get(), expected)
 
@@ -313,32 +314,37 @@ def test_gpu_matches_cpu(cupy, rng, dtype, mode, footprint, shape, radius):
 @pytest.mark.gpu
 @pytest.mark.parametrize("high", [255, 4095, 65535])
 @pytest.mark.parametrize("radius", [25, 120])
-def test_gpu_large_radius_matches_cpu(cupy, rng, high, radius):
+def test_gpu_large_radius_matches_cpu(cupy, on_device, rng, high, radius):
     # 4095 keeps the fine counts in shared memory, 65535 moves them to global scratch
     image = random_image(rng, (256, 200), np.uint16, high=high)
-    np.testing.assert_array_equal(median_filter(cupy.asarray(image), radius).get(), median_filter(image, radius))
+    with on_device():
+        result = median_filter(cupy.asarray(image), radius)
+    np.testing.assert_array_equal(result.get(), median_filter(image, radius))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_gpu_counted_median_matches_cpu(cupy, rng, dtype):
+def test_gpu_counted_median_matches_cpu(cupy, on_device, rng, dtype):
     image = random_image(rng, (200, 150), dtype, high=3000 if dtype == np.uint16 else None)
     expected, expected_counts = median_filter_counted(image, 11)
-    result, counts = median_filter_counted(cupy.asarray(image), 11)
+    with on_device():
+        result, counts = median_filter_counted(cupy.asarray(image), 11)
     assert isinstance(result, cupy.ndarray) and isinstance(counts, cupy.ndarray)
     np.testing.assert_array_equal(result.get(), expected)
     np.testing.assert_array_equal(counts.get(), expected_counts)
 
 
 @pytest.mark.gpu
-def test_gpu_many_distinct_float_values_match_cpu(cupy, rng):
+def test_gpu_many_distinct_float_values_match_cpu(cupy, on_device, rng):
     image = rng.random((256, 256), dtype=np.float32)
-    np.testing.assert_array_equal(median_filter(cupy.asarray(image), 9).get(), median_filter(image, 9))
+    with on_device():
+        result = median_filter(cupy.asarray(image), 9)
+    np.testing.assert_array_equal(result.get(), median_filter(image, 9))
 
 
 @pytest.mark.gpu
-def test_gpu_rejects_nan(cupy):
-    with pytest.raises(ValueError, match="NaN"):
+def test_gpu_rejects_nan(cupy, on_device):
+    with on_device(), pytest.raises(ValueError, match="NaN"):
         median_filter(cupy.asarray(np.array([[1.0, np.nan]], np.float32)), 1)
 
 

@@ -76,9 +76,10 @@ def test_rejects_bad_arguments(rng):
 
 
 @pytest.mark.gpu
-def test_gpu_matches_cpu(cupy, rng):
+def test_gpu_matches_cpu(cupy, on_device, rng):
     image, _ = synthetic_field(rng)
     expected = median_background(image, 24, downsample=3)
-    out = median_background(cupy.asarray(image), 24, downsample=3)
+    with on_device():
+        out = median_background(cupy.asarray(image), 24, downsample=3)
     assert isinstance(out, cupy.ndarray) and out.dtype == np.float32
     np.testing.assert_allclose(out.get(), expected, rtol=1e-6)

@@ -145,9 +145,11 @@ def test_apply_counts_what_the_cast_loses(field):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("policy", ["same", "float32", "signed"])
-def test_model_apply_gpu_equals_cpu(field, cupy, policy):
+def test_model_apply_gpu_equals_cpu(field, cupy, on_device, policy):
     raw, flat, dark = field
     model = IlluminationModel(flatfield=flat, darkfield=dark, baseline=np.array([3.0], np.float32))
-    on_gpu = model.to(cupy.asarray(raw)).apply(cupy.asarray(raw), index=0, output_dtype=policy)
+    on_the_gpu = model.to(cupy.asarray(raw))
+    with on_device():
+        on_gpu = on_the_gpu.apply(cupy.asarray(raw), index=0, output_dtype=policy)
     assert isinstance(on_gpu, cupy.ndarray)
     np.testing.assert_array_equal(on_gpu.get(), model.apply(raw, index=0, output_dtype=policy))

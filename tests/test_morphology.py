@@ -1,6 +1,8 @@
 """Grey-scale morphology: exact against scikit-image (mode="ignore"), scipy.ndimage and brute force."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -175,37 +177,40 @@ def test_bad_input_raises_one_line_message(image, radius, footprint, error, name
 
 
 def test_cuda_instantiations_match_the_source():
-    """The Python side asks for exactly the template instantiations the .cu file lists (and compiles)."""
-    pytest.importorskip("cupy")
-    from gpuillum.backend import compile_check, cuda_source
+    """The Python side asks for exactly the template instantiations the .cu file lists; CI's
+    scripts/check_cuda.py compiles those listed ones with NVRTC (no test here needs CuPy to import,
+    so .ci/run and scripts/test.sh run the same tests)."""
+    from gpuillum.backend import cuda_source
 
     text = cuda_source(morphology.CUDA_SOURCE)
     listed = [line.split(":", 1)[1] for line in text.splitlines() if line.startswith("// instantiations:")]
     assert [n.strip() for n in ";".join(listed).split(";")] == list(morphology.CUDA_INSTANTIATIONS)
-    ptx = compile_check(morphology.CUDA_SOURCE, morphology.CUDA_INSTANTIATIONS)
-    assert b"chord_erosion" in (ptx if isinstance(ptx, bytes) else ptx.encode())
+    kernels = set(re.findall(r"__global__\s+void\s+(\w+)", text))
+    assert {name.split("<")[0] for name in morphology.CUDA_INSTANTIATIONS} <= kernels
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("footprint", FOOTPRINTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cupy_matches_numpy_bit_for_bit(cupy, rng, dtype, footprint):
+def test_cupy_matches_numpy_bit_for_bit(cupy, on_device, rng, dtype, footprint):
     for shape, radius in (((97, 130), 1), ((97, 130), 7), ((64, 129), 40), ((1, 50), 3), ((50, 1), 3), ((300, 257), 60)):
         image = random_image(rng, shape, dtype)
         device_image = cupy.asarray(image)
         for name in OPERATIONS:
-            got = getattr(morphology, name)(device_image, radius, footprint=footprint)
+            with on_device():
+                got = getattr(morphology, name)(device_image, radius, footprint=footprint)
             assert isinstance(got, cupy.ndarray) and got.dtype == image.dtype
             expected = getattr(morphology, name)(image, radius, footprint=footprint)
             np.testing.assert_array_equal(cupy.asnumpy(got), expected, err_msg=f"{name} {shape} r={radius}")
 
 
 @pytest.mark.gpu
-def test_cupy_disk_in_several_row_bands_is_exact(cupy, rng, monkeypatch):
+def test_cupy_disk_in_several_row_bands_is_exact(cupy, on_device, rng, monkeypatch):
     monkeypatch.setattr(morphology, "GPU_TABLE_BUDGET_BYTES", 40_000)  # a few rows per band
     image = random_image(rng, (120, 90), np.uint16)
     for radius in (1, 5, 17):
-        got = morphology.grey_erosion(cupy.asarray(image), radius)
+        with on_device():
+            got = morphology.grey_erosion(cupy.asarray(image), radius)
         np.testing.assert_array_equal(cupy.asnumpy(got), morphology.grey_erosion(image, radius))
 
 

@@ -68,9 +68,10 @@ def test_any_float32_image_matches_unique(image):
 
 
 @pytest.mark.gpu
-def test_gpu_matches_cpu(cupy, rng):
+def test_gpu_matches_cpu(cupy, on_device, rng):
     image = (rng.integers(0, 4096, (200, 150)) / 4095).astype(np.float32)
-    values, ranks = dense_ranks(cupy.asarray(image))
+    with on_device():
+        values, ranks = dense_ranks(cupy.asarray(image))
     expected_values, expected_ranks = dense_ranks(image)
     assert isinstance(ranks, cupy.ndarray) and ranks.dtype == np.uint32
     np.testing.assert_array_equal(values.get(), expected_values)

@@ -7,12 +7,22 @@ and the function is compared with CellProfiler's (a tolerance: the reference is 
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.io
+import scipy.ndimage
 import tifffile
 
+from device_guard import assert_stages_ran_on
+from gpuillum.backend import to_numpy
 from gpuillum.cli import main
+from gpuillum.correct import apply
+from gpuillum.engine.background import BackgroundSettings, subtract_background
+from gpuillum.filters.resample import resize_bilinear
+from gpuillum.methods.cellprofiler import IlluminationAccumulator, preset
+from gpuillum.io.manifest import Manifest
 from gpuillum.qc.metrics import compare_to_truth, correction_report
 
 pytestmark = pytest.mark.data
@@ -75,28 +85,136 @@ def test_bbbc013_with_its_cellprofiler_pipeline(tmp_path, data_set):
     assert report["cv_after"] < report["cv_before"], report
 
 
+# How far a GPU run may be from the CPU run on a real plate: derived from the invariant the parity tests
+# use, not measured. The JUMP recipe (resize x0.2, Median Filter, rescale Yes, resize back, divide) does
+# float32 arithmetic in another order on the device, which moves an averaged pixel across one of the
+# Median Filter's uint16(x * 65535) truncation steps at most (its values differ by a few float32 ulps,
+# thousands of times less than a step). So, in uint16 levels at working size:
+#  1. every quantised pixel differs by at most one level, hence so does every median (a median of
+#     values each moved by at most 1 moves by at most 1): |m' - m| <= 1, asserted directly below;
+#  2. the rescale divisor r (CellProfiler's element int(0.02 n) of the sorted positive medians,
+#     cellprofiler.md 4.6) is an order statistic of them, so |r' - r| <= 1 (asserted), provided the
+#     positive medians are the same pixels on both sides: every CPU median is >= 2 levels (asserted);
+#  3. the function is F = max(m, r) / r, with max(m, r) >= r moving by at most 1, so
+#     F' / F lies in [(r - 1) / (r + 1), (r + 1) / (r - 1)]:  |F' / F - 1| <= 2 / (r - 1);
+#  4. resizing back to the image is bilinear, a weighted mean with weights >= 0, which keeps that
+#     relative bound; float32 rounding adds a few 2^-24 per side (FLOAT32_SLACK counts 32 of them):
+#     |F' / F - 1| <= eps = 2 / (r - 1) + FLOAT32_SLACK at every pixel of the saved functions;
+#  5. apply divides: |I / F' - I / F| <= I * eps' with eps' = eps / (1 - eps), since F >= 1 (the
+#     divisor's minimum), plus one float32 division rounding per side (<= 65535 * 2^-24); the integer
+#     output is rint-ed, which adds at most one count: |c' - c| <= floor(I * eps' + 0.01) + 1;
+#  6. the median background (block means, a median, a bilinear upsample: each a weighted mean or
+#     an order statistic, so never moved by more than its input moves anywhere in its support) moves
+#     by at most the largest |c' - c| within 2 * radius (its reach, for downsample f <= radius // 8),
+#     and the subtraction is rint-ed once more: |out' - out| <= |c' - c| bound + that bound + 1.
+# The CPU divisors give eps = 2.7e-4 (BBBC016) to 6.7e-4 (NF1 RFP) and 1 count for BBBC016's outputs. An
+# H100 run behind 913f5f8 measured up to 3e-4 in the functions (the plate was not recorded): if that was
+# BBBC016, step 1 or 2 did not hold there, and the level checks below say which.
+FLOAT32_SLACK = 32 * 2.0**-24
+PLATES = {
+    "bbbc016_gfp_f00_24wells": (BBBC016_PATTERN, ["--preset", "jump"], None),
+    "nf1_cellpainting_plate2": (NF1_PATTERN, ["--preset", "jump", "--background", "median", "--background-radius", "40"], 40),
+}
+
+
+def channel_images(source, pattern) -> dict:
+    """{channel: {path: image}} of the plate's files that ``pattern`` names."""
+    channels: dict = {}
+    for path in sorted(source.rglob("*.[tT][iI][fF]")):
+        match = re.fullmatch(pattern, path.name)
+        if match:
+            channels.setdefault(match["channel"], {})[path] = tifffile.imread(path)
+    return channels
+
+
+def median_levels(images, xp) -> np.ndarray:
+    """The JUMP recipe's Median Filter output for ``images`` at working size, in uint16 levels (before
+    the rescale), computed on ``xp``'s device."""
+    accumulator = IlluminationAccumulator(preset("jump").replace(rescale="No"))
+    for image in images:
+        accumulator.add(xp.asarray(image))
+    levels = to_numpy(accumulator.finalize(accumulator.average()[0].shape)).astype(np.float64) * 65535
+    assert np.abs(levels - np.rint(levels)).max() < 0.01  # m / 65535 in float32
+    return np.rint(levels)
+
+
+def rescale_divisor(levels) -> float:
+    """Rescale "Yes"'s divisor: element int(0.02 n) of the n sorted positive values (cellprofiler.md 4.6)."""
+    positive = np.sort(levels[levels > 0], axis=None)
+    return float(positive[int(positive.size * 0.02)])
+
+
+def function_bound(divisor: float) -> float:
+    """Steps 3-4: the largest |F' / F - 1| one level in every median and in the divisor allow."""
+    return 2 / (divisor - 1) + FLOAT32_SLACK
+
+
+def output_bound(image, epsilon: float, background_radius) -> np.ndarray:
+    """Steps 5-6: the largest |out' - out| per pixel, in counts, for functions within ``epsilon``."""
+    divided = np.floor(image * (epsilon / (1 - epsilon)) + 0.01) + 1
+    if background_radius is None:
+        return divided
+    reach = scipy.ndimage.maximum_filter(image, size=4 * background_radius + 1, mode="nearest")
+    return divided + np.floor(reach * (epsilon / (1 - epsilon)) + 0.01) + 1 + 1
+
+
+def one_level_apart(levels) -> np.ndarray:
+    """The levels moved by one each, the worst way for the rescaled function: the divisor's side
+    down, the rest up (so the divisor drops by one level and the pixels just above it rise)."""
+    divisor = rescale_divisor(levels)
+    return np.where(levels <= divisor, levels - 1, levels + 1)
+
+
+@pytest.mark.parametrize("folder", PLATES)
+def test_the_real_plate_gpu_bounds_hold_for_one_level_apart(data_set, folder):
+    # the derivation above, checked on the CPU with gpuillum's own resize, apply and background: the
+    # plate's medians moved by one level the worst way stay within the bounds, and come close to them
+    pattern, _, background_radius = PLATES[folder]
+    for channel, images in channel_images(data_set(folder), pattern).items():
+        levels = median_levels(images.values(), np)
+        moved = one_level_apart(levels)
+        divisor, moved_divisor = rescale_divisor(levels), rescale_divisor(moved)
+        assert levels.min() >= 2 and moved_divisor == divisor - 1
+        epsilon = function_bound(divisor)
+        shape = next(iter(images.values())).shape
+        function = resize_bilinear((np.maximum(levels, divisor) / divisor).astype(np.float32), shape)
+        near = resize_bilinear((np.maximum(moved, moved_divisor) / moved_divisor).astype(np.float32), shape)
+        ratio = np.abs(near.astype(np.float64) / function - 1)
+        assert 0.9 * (epsilon - FLOAT32_SLACK) < ratio.max() <= epsilon, (channel, ratio.max(), epsilon)
+        for image in images.values():
+            corrected = [apply(image, f) for f in (function, near)]
+            if background_radius is not None:
+                corrected = [subtract_background(c, BackgroundSettings("median", background_radius)) for c in corrected]
+            difference = np.abs(corrected[1].astype(np.int64) - corrected[0])
+            assert (difference <= output_bound(image, epsilon, background_radius)).all(), channel
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("folder, options", [
-    ("bbbc016_gfp_f00_24wells", ["--pattern", BBBC016_PATTERN, "--preset", "jump"]),
-    ("nf1_cellpainting_plate2", ["--pattern", NF1_PATTERN, "--preset", "jump", "--background", "median", "--background-radius", "40"]),
-])
-def test_real_plate_gpu_matches_cpu(tmp_path, data_set, folder, options):
+@pytest.mark.parametrize("folder", PLATES)
+def test_real_plate_gpu_matches_cpu(tmp_path, data_set, stage_inputs, cupy, folder):
     source = data_set(folder)
-    for device in ("cpu", "gpu"):
-        assert main(["run", str(source), "-o", str(tmp_path / device), *options, "--device", device, "-q"]) == 0
+    pattern, options, background_radius = PLATES[folder]
+    stages = ("accumulate", "finalize", "apply") + (() if background_radius is None else ("median background",))
+    for device, where, recorded in (("cpu", "host", "cpu"), ("gpu", "device", "cuda:0")):
+        assert main(["run", str(source), "-o", str(tmp_path / device), "--pattern", pattern, *options, "--device", device, "-q"]) == 0
+        assert_stages_ran_on(stage_inputs.take(), where, stages)  # no stage of the GPU run fell back to the host
+        assert Manifest.load(tmp_path / device / "manifest.json").devices == [recorded]
     functions = sorted(p.name for p in (tmp_path / "cpu" / "illum").glob("*.npy"))
     assert functions == sorted(p.name for p in (tmp_path / "gpu" / "illum").glob("*.npy")) and functions
-    for name in functions:
+    channels = channel_images(source, pattern)
+    assert len(functions) == len(channels)
+    for channel, images in channels.items():
+        levels = {device: median_levels(images.values(), xp) for device, xp in (("cpu", np), ("gpu", cupy))}
+        assert levels["cpu"].min() >= 2 and np.abs(levels["gpu"] - levels["cpu"]).max() <= 1  # steps 1-2
+        divisor = rescale_divisor(levels["cpu"])
+        assert abs(rescale_divisor(levels["gpu"]) - divisor) <= 1
+        epsilon = function_bound(divisor)
+        (name,) = [name for name in functions if name.endswith(f"_Illum{channel}.npy")]
         cpu = np.load(tmp_path / "cpu" / "illum" / name).astype(np.float64)
-        relative = np.abs(np.load(tmp_path / "gpu" / "illum" / name) - cpu) / cpu
-        # float32 arithmetic in another order on the device (sparse resize products) moves a few pixels across one of the Median
-        # Filter's 1/65535 steps, which the rescale divides by the robust minimum (measured on an H100:
-        # <= 0.23 % of the pixels, <= 3e-4)
-        assert relative.max() < 1e-3 and np.mean(relative > 1e-5) < 0.01, (name, relative.max(), np.mean(relative > 1e-5))
-    for path in sorted(source.rglob("*.[tT][iI][fF]")):
-        relpath, before = path.relative_to(source), tifffile.imread(path)
-        cpu = tifffile.imread(tmp_path / "cpu" / "corrected" / relpath).astype(np.int64)
-        gpu = tifffile.imread(tmp_path / "gpu" / "corrected" / relpath).astype(np.int64)
-        # the function's 1e-3 of the divided value (<= the input: the function's minimum is 1), one rounding of
-        # the division and one of the background (measured: <= 2 counts, <= 0.05 % of the pixels differ)
-        assert (np.abs(gpu - cpu) <= 2 + 1e-3 * before).all() and np.mean(gpu != cpu) < 0.01, relpath
+        relative = np.abs(np.load(tmp_path / "gpu" / "illum" / name) / cpu - 1)
+        assert relative.max() <= epsilon, (name, relative.max(), epsilon)
+        for path, image in images.items():
+            relpath = path.relative_to(source)
+            cpu, gpu = (tifffile.imread(tmp_path / device / "corrected" / relpath).astype(np.int64) for device in ("cpu", "gpu"))
+            excess = np.abs(gpu - cpu) - output_bound(image, epsilon, background_radius)
+            assert excess.max() <= 0, (relpath, excess.max())

@@ -242,26 +242,29 @@ def test_upsample_operator_is_sparse_cached_and_read_only():
 
 
 @pytest.mark.gpu
-def test_resample_gpu_matches_cpu(cupy, rng):
+def test_resample_gpu_matches_cpu(cupy, on_device, rng):
     image = rng.random((250, 190)).astype(np.float32)
     for arg in (0.2, 3.0, (61, 400)):
-        out = resize_bilinear(cupy.asarray(image), arg)
+        with on_device():
+            out = resize_bilinear(cupy.asarray(image), arg)
         assert isinstance(out, cupy.ndarray)
         np.testing.assert_allclose(out.get(), resize_bilinear(image, arg), rtol=1e-6, atol=1e-7)
     grid = rng.random((9, 11)).astype(np.float32)
     for shape in ((100, 80), (5, 200), (1, 1)):
-        out = upsample(cupy.asarray(grid), shape)
+        with on_device():
+            out = upsample(cupy.asarray(grid), shape)
         assert isinstance(out, cupy.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous
         np.testing.assert_allclose(out.get(), upsample(grid, shape), rtol=1e-6)
 
 
 @pytest.mark.gpu
-def test_resize_gpu_matches_cpu_for_integer_images_and_caches_per_device(cupy, rng):
+def test_resize_gpu_matches_cpu_for_integer_images_and_caches_per_device(cupy, on_device, rng):
     from gpuillum.filters.resample import _device_operator, resize_operator
 
     image = rng.integers(0, 65535, (101, 257), endpoint=True).astype(np.uint16)
     for arg in (0.2, 5.0, (150, 31)):
-        out = resize_bilinear(cupy.asarray(image), arg)
+        with on_device():
+            out = resize_bilinear(cupy.asarray(image), arg)
         assert isinstance(out, cupy.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous
         np.testing.assert_allclose(out.get() / 65535, resize_bilinear(image, arg) / 65535, rtol=0, atol=1e-6)
     before = _device_operator.cache_info()
@@ -271,8 +274,9 @@ def test_resize_gpu_matches_cpu_for_integer_images_and_caches_per_device(cupy, r
 
 
 @pytest.mark.gpu
-def test_resize_mask_gpu_matches_cpu(cupy, rng):
+def test_resize_mask_gpu_matches_cpu(cupy, on_device, rng):
     mask = rng.random((101, 257)) > 0.5
-    out = resize_mask(cupy.asarray(mask), (20, 51))
+    with on_device():
+        out = resize_mask(cupy.asarray(mask), (20, 51))
     assert isinstance(out, cupy.ndarray) and out.dtype == bool
     np.testing.assert_array_equal(out.get(), resize_mask(mask, (20, 51)))

@@ -90,17 +90,60 @@ def test_resume_with_other_settings_is_refused(tmp_path, plate, capsys):
     assert code == 2 and "different settings" in capsys.readouterr().err
 
 
+HOLD_WRITES = """
+import itertools
+import pathlib
+import threading
+
+import gpuillum.engine.apply as apply_module
+
+_write, _calls = apply_module.write_corrected, itertools.count()
+
+
+def _write_or_hold(*args, **kwargs):
+    if next(_calls) >= {after}:  # the run stops here, its first {after} corrected images written, until it is killed
+        pathlib.Path({marker!r}).touch()
+        threading.Event().wait()
+    return _write(*args, **kwargs)
+
+
+apply_module.write_corrected = _write_or_hold
+"""
+
+
+def environment_running(tmp_path, sitecustomize: str) -> dict:
+    """os.environ for a gpuillum process that runs ``sitecustomize`` first (test-only behaviour, such as
+    slow or held writes, in every Python process it starts), with the GPU switched off."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(sitecustomize)
+    site = os.pathsep.join(filter(None, [str(tmp_path / "site"), os.environ.get("PYTHONPATH")]))  # keeps a caller's packages
+    return dict(os.environ, PYTHONPATH=site, GPUILLUM_DISABLE_GPU="1")
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path, plate):
     source, reference = plate
-    out = tmp_path / "out"
-    env = dict(os.environ, GPUILLUM_DISABLE_GPU="1")
+    out, held, after = tmp_path / "out", tmp_path / "held", 7
+    env = environment_running(tmp_path, HOLD_WRITES.format(after=after, marker=str(held)))
     command = [sys.executable, "-m", "gpuillum", "run", str(source), "-o", str(out), *ARGS_RESUME, "--threads", "1"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_a_corrected_file(out, process, seconds=60)
-    if process.poll() is None:
+    try:
+        deadline = time.monotonic() + 120
+        while not held.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert held.exists() and process.poll() is None, "the run did not reach its held write"
         process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    # the kill landed mid-run: the manifest still says running, 7 of the 32 images exist, and it lists
+    # no image that is not there
+    manifest = json.loads((out / "manifest.json").read_text())
+    written = {path.relative_to(out).as_posix() for path in (out / "corrected").rglob("*.tif")}
+    assert manifest["status"] == "running" and len(written) == after < sum(name.startswith("corrected/") for name in reference)
+    assert {name for name in manifest["files"] if name.startswith("corrected/")} <= written
     assert main(["run", str(source), "-o", str(out), *ARGS_RESUME, "--resume"]) == 0
     assert outputs(out) == reference
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]

@@ -61,11 +61,12 @@ def test_rejects_bad_input(rng):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("masked", [False, True])
-def test_gpu_matches_cpu(cupy, rng, masked):
+def test_gpu_matches_cpu(cupy, on_device, rng, masked):
     image = rng.random((203, 180)).astype(np.float32)
     mask = rng.random(image.shape) < 0.7 if masked else None
     expected = gaussian_filter(image, 8.5, mask=mask)
-    out = gaussian_filter(cupy.asarray(image), 8.5, mask=None if mask is None else cupy.asarray(mask))
+    with on_device():
+        out = gaussian_filter(cupy.asarray(image), 8.5, mask=None if mask is None else cupy.asarray(mask))
     assert isinstance(out, cupy.ndarray) and out.dtype == np.float32
     np.testing.assert_allclose(out.get(), expected, rtol=1e-5, atol=1e-7)
 
