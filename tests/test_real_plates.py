@@ -19,7 +19,8 @@ from device_guard import assert_stages_ran_on
 from gpuillum.backend import to_numpy
 from gpuillum.cli import main
 from gpuillum.correct import apply
-from gpuillum.engine.background import BackgroundSettings, subtract_background
+from gpuillum.job import BackgroundSettings
+from test_engine import subtract_background
 from gpuillum.filters.resample import resize_bilinear
 from gpuillum.methods.cellprofiler import IlluminationAccumulator, preset
 from gpuillum.io.manifest import Manifest

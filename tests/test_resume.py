@@ -95,7 +95,7 @@ import itertools
 import pathlib
 import threading
 
-import gpuillum.engine.apply as apply_module
+import gpuillum.job.correct as apply_module
 
 _write, _calls = apply_module.write_corrected, itertools.count()
 
