@@ -219,6 +219,15 @@ def _common(args) -> dict:
                 log=_logger(args))
 
 
+def _losses(lost: dict) -> str:
+    """What the output dtype cast lost in a group, in words (OutputStats.to_dict)."""
+    text = (f"{100 * lost['clipped_fraction']:.2f} % of the pixels clipped ({lost['clipped_below']} below 0, "
+            f"{lost['clipped_above']} above the maximum)")
+    if lost["grey_levels_in"]:
+        text += f", {100 * lost['lost_grey_levels']:.0f} % of {lost['grey_levels_in']} grey levels merged"
+    return text
+
+
 def _report(result, args) -> None:
     if args.quiet:
         return
@@ -229,6 +238,9 @@ def _report(result, args) -> None:
     if result.written or result.reused:
         print(f"corrected: {len(result.written)} written" + (f", {len(result.reused)} already complete" if result.reused else "")
               + f" under {Path(result.out_dir) / 'corrected'}")
+    for label, lost in result.qc.items():
+        if lost["clipped_fraction"] or lost["lost_grey_levels"]:
+            print(f"output {label}: {_losses(lost)}")
     if result.loaddata is not None:
         print(f"LoadData CSV: {result.loaddata}")
     if result.skipped:

@@ -295,7 +295,11 @@ def _folder(input_dir: Path, relpaths: list[str], skipped: list[str]) -> Plan:
     problems: list[Problem] = []
     records, shapes = folder_records(input_dir, relpaths, _layouts.plate_from_folder(input_dir), problems)
     return _unlayouted_plan(input_dir, records, shapes, problems, skipped,
-                            f"a folder of images without a plate layout ({len(relpaths)} TIFF files)")
+                            f"a folder of images without a plate layout ({_count_files(len(relpaths))})")
+
+
+def _count_files(count: int) -> str:
+    return f"{count} TIFF file{'s' * (count != 1)}"
 
 
 def _single_file(path: Path) -> Plan:

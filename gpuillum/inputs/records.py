@@ -179,7 +179,15 @@ def _count(n: int, noun: str) -> str:
 
 
 def _layout_text(records: list[ImageRecord]) -> str:
-    """ "4 wells x 2 sites" when every well has as many sites, else "7 sites in 4 wells"."""
+    """ "4 wells x 2 sites" when every well has as many sites, else "7 sites in 4 wells"; for
+    images without wells (a folder, a stack) "6 files" or "2 stacks of 8 planes"."""
+    if all(not record.well for record in records):
+        files = collections.Counter(record.relpath for record in records)
+        planes = {count for relpath, count in files.items()}
+        if all(record.page is None for record in records):
+            return _count(len(files), "file")
+        return f"{_count(len(files), 'stack')} of {planes.pop()} planes" if len(planes) == 1 else \
+            f"{sum(files.values())} planes in {_count(len(files), 'stack')}"
     sites_per_well: dict[str, set] = collections.defaultdict(set)
     for record in records:
         sites_per_well[record.well].add(record.site)

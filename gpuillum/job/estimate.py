@@ -114,5 +114,5 @@ def few_images_warning(plate: str, channel: str, count: int) -> str:
     """Why a model estimated from fewer than MIN_IMAGES images is not to be trusted."""
     from .groups import MIN_IMAGES
 
-    return (f"plate {plate}, channel {channel}: only {count} images; an illumination function "
+    return (f"plate {plate}, channel {channel}: only {count} image{'s' * (count != 1)}; an illumination function "
             f"from so few images follows the cells, not the illumination (use {MIN_IMAGES} or more)")

@@ -30,7 +30,7 @@ def register(method: Method) -> Method:
         raise InvalidType(f"method: expected a gpuillum.methods.Method instance, got {type(method).__name__}")
     for name in (method.name, *method.aliases):
         owner = _NAMES.get(name)
-        if owner is not None and owner != method.name:
+        if owner is not None and type(_METHODS[owner]) is not type(method):  # the same class again: a module reloaded
             raise InvalidValue(f"method name {name!r} is taken by method {owner!r}")
     signatures = {option.flag: (option.signature, other.name) for other in _METHODS.values() if other.name != method.name
                   for option in other.cli_options()}
