@@ -17,6 +17,7 @@ import numpy as np
 from ..backend import resolve_device, to_numpy
 from ..errors import UserError
 from ..output_dtype import OutputStats
+from .estimate import BASELINE_IMAGES
 from .groups import group_key
 from .outdir import corrected_path, os_error_text
 from .reading import read_problem
@@ -57,7 +58,7 @@ class Corrections:
     settings: object = None
     background: tuple | None = None  # (method, settings)
     output_dtype: str = "same"
-    _resident: dict = field(default_factory=dict, repr=False)  # (key, device) -> the model on that device
+    _resident: dict = field(default_factory=dict, repr=False)  # (key, device): the model there; ("baseline", key): positions
 
     def __getstate__(self):
         return {**self.__dict__, "_resident": {}}
@@ -72,10 +73,16 @@ class Corrections:
             self._resident[cache_key] = model
         return model
 
+    def baseline_index(self, key, name: str) -> int:
+        """The position of image ``name`` in its group's baseline (the images pass 1 reduced)."""
+        positions = self._resident.get(("baseline", key))
+        if positions is None:
+            positions = {image: index for index, image in enumerate(self.models[key].info[BASELINE_IMAGES])}
+            self._resident[("baseline", key)] = positions
+        return positions[name]
+
     def correct(self, record, image, device, stats: dict):
         """``image`` (NumPy) corrected on ``device``; returns NumPy. ``stats``: group key -> OutputStats."""
-        from .estimate import BASELINE_IMAGES
-
         key = group_key(record, self.scope)
         counts = stats.setdefault(key, OutputStats())
         first = "same" if self.background is not None else self.output_dtype
@@ -83,8 +90,7 @@ class Corrections:
             pixels = device.asarray(image)
             model = self.models.get(key)
             if model is not None:
-                names = model.info.get(BASELINE_IMAGES)
-                index = names.index(record.name) if model.baseline is not None else None
+                index = self.baseline_index(key, record.name) if model.baseline is not None else None
                 pixels = self.model_on(key, device, pixels).apply(pixels, index=index, output_dtype=first,
                                                                  stats=counts if self.background is None else None)
             elif self.method is not None:

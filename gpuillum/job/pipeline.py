@@ -51,14 +51,11 @@ class RunResult:
 IMAGE_DTYPES = ("uint8", "uint16", "float32", "float64")
 
 
-def accepted_dtypes(spec: RunSpec | None) -> tuple[str, ...]:
+def accepted_dtypes(spec: RunSpec) -> tuple[str, ...]:
     """The image dtypes a run takes: every dtype gpuillum corrects, less those its method or its
     per-image background refuse."""
-    dtypes = IMAGE_DTYPES
-    for method, settings in ((spec.method, spec.settings), spec.background or (None, None)) if spec else ():
-        if method is not None:
-            dtypes = tuple(d for d in dtypes if d in method.input_dtypes(settings))
-    return dtypes
+    stages = [(spec.method, spec.settings)] + ([spec.background] if spec.background is not None else [])
+    return tuple(d for d in IMAGE_DTYPES if all(m is None or d in m.input_dtypes(s) for m, s in stages))
 
 
 def plan_inputs(input_path, discovery, dtypes=IMAGE_DTYPES, why: str = ""):
