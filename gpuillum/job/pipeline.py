@@ -54,8 +54,7 @@ IMAGE_DTYPES = ("uint8", "uint16", "float32", "float64")
 def accepted_dtypes(spec: RunSpec) -> tuple[str, ...]:
     """The image dtypes a run takes: every dtype gpuillum corrects, less those its method or its
     per-image background refuse."""
-    stages = [(spec.method, spec.settings)] + ([spec.background] if spec.background is not None else [])
-    return tuple(d for d in IMAGE_DTYPES if all(m is None or d in m.input_dtypes(s) for m, s in stages))
+    return tuple(d for d in IMAGE_DTYPES if all(d in method.input_dtypes(settings) for method, settings in spec.stages))
 
 
 def plan_inputs(input_path, discovery, dtypes=IMAGE_DTYPES, why: str = ""):
@@ -200,12 +199,11 @@ class Run:
                 except ValueError as error:
                     raise JobError(f"{group.records[0].relpath}: {error}; it names the illumination function file "
                                    "<plate>_Illum<channel>.npy") from None
-            for method, settings in ((spec.method, spec.settings), spec.background or (None, None)):
-                if method is not None:
-                    try:
-                        method.check(settings, group.info)
-                    except UserError as error:
-                        raise JobError(f"{group.records[0].path}: {one_line(error)}") from None
+            for method, settings in spec.stages:
+                try:
+                    method.check(settings, group.info)
+                except UserError as error:
+                    raise JobError(f"{group.records[0].path}: {one_line(error)}") from None
 
     def manifest_outputs(self) -> tuple[set, set]:
         """(the relpaths this run corrects, the OUT-relative model and preview paths it estimates)."""

@@ -105,6 +105,11 @@ class RunSpec:
     log: object
 
     @property
+    def stages(self) -> list[tuple]:
+        """(method, settings) of the method and of the per-image background, those the run has."""
+        return [stage for stage in ((self.method, self.settings), self.background) if stage is not None and stage[0] is not None]
+
+    @property
     def estimates(self) -> bool:
         """The run estimates models (pass 1) with a group or series method."""
         return "calc" in self.passes and self.method is not None and self.method.scope(self.settings) != "image"
