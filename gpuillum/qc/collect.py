@@ -95,6 +95,8 @@ def group_qc_with_pictures(group, folder: Path, *, corrected_root=None, output=N
         model = dataclasses.replace(model, info={**model.info, "images": estimated_images})
     qc = group_qc(group.label, raw, after, names=[r.name for r in chosen], model=model, output=output,
                   min_images=min_images, group_size=len(group.records))
+    if model is not None and "auto" in model.info:
+        qc["auto"] = model.info["auto"]
     stem = safe_stem(group.key)
     pictures = []
     if after:
@@ -152,6 +154,8 @@ def summary_line(qc: dict) -> str:
     line = f"qc {qc['group']}: correction needed: {word(qc['needed'])} ({qc['evidence']['needed']})"
     if qc["worked"] is not None:
         line += f"; worked: {word(qc['worked'])} ({qc['evidence']['worked']})"
+    if "auto" in qc:
+        line += f"; method auto chose {qc['auto']['why']}"
     return line
 
 
@@ -167,7 +171,7 @@ def run_qc(run) -> None:
                                intro=f"method: {run.result.method or 'none'}; input: {spec.input}")
     for qc in results:
         verdict = {"needed": qc["needed"], "worked": qc["worked"], "evidence": qc["evidence"],
-                   "flags": [flag["text"] for flag in qc["flags"]]}
+                   "flags": [flag["text"] for flag in qc["flags"]], **({"auto": qc["auto"]} if "auto" in qc else {})}
         entry = run.out.manifest.qc.setdefault(qc["group"], {})
         entry.update(verdict)
         run.result.qc[qc["group"]] = entry

@@ -77,6 +77,8 @@ def group_section(qc: dict, pictures: list) -> str:
     parts = [f"<h2>{html.escape(qc['group'])}</h2>",
              _verdict("Correction needed", qc["needed"], qc["evidence"]["needed"], None),
              _verdict("Did it work", qc["worked"], qc["evidence"]["worked"], True)]
+    if "auto" in qc:
+        parts.append(f"<p class=evidence><b>--method auto</b> chose {html.escape(qc['auto']['why'])}</p>")
     parts += [f'<div class="flag">PROBLEM: {html.escape(flag["text"])}</div>' for flag in qc["flags"]]
     metrics = qc["metrics"]
     parts.append(f"<p class=evidence>{metrics['images_sampled']} of {metrics['images_in_group']} images measured.</p>")
