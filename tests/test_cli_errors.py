@@ -478,12 +478,17 @@ def test_all_mode_from_few_images_warns_without_failing(tmp_path, capsys):
     code = main(["run", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *argv])
     err = capsys.readouterr().err
     assert code == 0
-    warnings = json.loads((tmp_path / "out" / "manifest.json").read_text())["warnings"]
-    assert len(warnings) == 2 and "plate P1, channel DNA: only 4 images" in " ".join(warnings)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    warnings = manifest["warnings"]
+    few = [text for text in warnings if "only 4 images" in text]
+    assert len(few) == 2 and "plate P1, channel DNA: only 4 images" in " ".join(few)
     assert all(f"warning: {text}" in err for text in warnings)
+    # the QC turns it into a verdict (issue 20): the correction did not work, and why
+    verdict = manifest["qc"]["plate P1, channel DNA"]
+    assert verdict["worked"] is False and any("estimated from 4 image(s)" in flag for flag in verdict["flags"])
     wells = tuple(f"{row}{col:02d}" for row in "BC" for col in range(2, 12))  # 20 sites: enough
     write_plate(tmp_path / "many", wells=wells, sites=1, channels=("DNA",), shape=(32, 32))
-    assert main(["run", str(tmp_path / "many"), "-o", str(tmp_path / "out2"), *argv]) == 0
+    assert main(["run", str(tmp_path / "many"), "-o", str(tmp_path / "out2"), *argv, "--no-qc"]) == 0
     assert "warning" not in capsys.readouterr().err
     assert json.loads((tmp_path / "out2" / "manifest.json").read_text())["warnings"] == []
 

@@ -1,4 +1,4 @@
-"""QC metrics against plain NumPy/SciPy re-computations; the PNG encoder against Pillow; figures."""
+"""QC metrics against plain NumPy/SciPy re-computations; the PNG encoder against Pillow (figures: test_qc_report.py)."""
 from __future__ import annotations
 
 import struct
@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 from scipy.signal import convolve2d
 
-from gpuillum.qc.figures import GAP, MARGIN, before_after, function_preview, text_mask
 from gpuillum.qc.metrics import compare_to_truth, correction_report, flatfield_cv
 from gpuillum.qc.png import COLORMAP, apply_colormap, encode_png, to_display, write_png
 from gpuillum.demo.synthetic import SyntheticModel
@@ -231,72 +230,3 @@ def test_colormap_is_ordered_in_lightness():
     assert rgb.shape == (1, 3, 3) and rgb.dtype == np.uint8
     assert tuple(rgb[0, 0]) == (0x44, 0x01, 0x54) and tuple(rgb[0, 1]) == (0xFD, 0xE7, 0x25)
     assert tuple(rgb[0, 2]) == (128, 128, 128)
-
-
-# ---------------------------------------------------------------- figures
-
-
-def test_function_preview_layout(tmp_path):
-    model = SyntheticModel(shape=(300, 600), channels=("DNA",))
-    path = tmp_path / "flat.png"
-    function_preview(model.flat("DNA"), path, title="DNA FLAT", max_size=256)
-    with Image.open(path) as picture:
-        rgb = np.array(picture)
-    # 600 wide shrinks by 3 to 200x100; the picture adds margins around it.
-    assert rgb.shape[1] == 200 + 2 * MARGIN
-    top = MARGIN + text_mask("A").shape[0] + GAP  # below the title (text scale 1 below 240 px)
-    image = rgb[top : top + 100, MARGIN : MARGIN + 200]
-    colours = {tuple(c) for c in COLORMAP}
-    assert sum(tuple(p) in colours for p in image.reshape(-1, 3)) > 100 * 200 * 0.9
-    assert {tuple(COLORMAP[0]), tuple(COLORMAP[-1])} <= {tuple(p) for p in rgb.reshape(-1, 3)}  # colour bar ends
-
-
-def test_before_after_shares_display_scaling(tmp_path, rng):
-    before = rng.integers(100, 4000, size=(60, 80)).astype(np.uint16)
-    path = tmp_path / "same.png"
-    before_after(before, before, path)
-    with Image.open(path) as picture:
-        rgb = np.array(picture)
-    assert rgb.shape[1] == 2 * 80 + 2 * MARGIN + GAP // 2
-    top = MARGIN + text_mask("A").shape[0] + GAP
-    left = rgb[top : top + 60, MARGIN : MARGIN + 80]
-    right = rgb[top : top + 60, MARGIN + 80 + GAP // 2 : MARGIN + 160 + GAP // 2]
-    assert np.array_equal(left, right)
-    assert np.array_equal(left[..., 0], to_display(np.concatenate([before, before], axis=1), 0.5, 95)[:, :80])
-
-    brighter = tmp_path / "brighter.png"
-    before_after(before, before * np.float32(1.5), brighter, profile=False)
-    with Image.open(brighter) as picture:
-        rgb = np.array(picture)
-    assert rgb.shape[0] == top + 60 + MARGIN
-    halves = rgb[top : top + 60, MARGIN : MARGIN + 80, 0], rgb[top : top + 60, MARGIN + 84 : MARGIN + 164, 0]
-    assert halves[1].mean() > halves[0].mean() + 20
-
-
-def test_before_after_rejects_mismatched_shapes(tmp_path):
-    with pytest.raises(ValueError, match="after: shape"):
-        before_after(np.ones((8, 8)), np.ones((8, 9)), tmp_path / "x.png")
-
-
-@pytest.mark.parametrize("shape", [(16, 10000), (1, 100000), (10000, 16), (4, 3000)])
-def test_function_preview_of_wide_or_tall_functions(tmp_path, shape):
-    # issue 17, case 3: one shrink factor for both sides rounded the short side to 0 rows
-    from gpuillum.qc.png import rescale01
-
-    rows, cols = np.mgrid[: shape[0], : shape[1]]
-    function = (1.0 + rows / shape[0] + 2.0 * cols / shape[1]).astype(np.float32)
-    path = tmp_path / "wide.png"
-    function_preview(function, path, max_size=512)
-    factor = -(-max(shape) // 512)  # the long side shrinks by the smallest factor that fits 512
-    sides = [side // min(factor, side) for side in shape]  # the short one keeps at least one pixel
-    blocks = [min(factor, side) for side in shape]
-    reference = function[: sides[0] * blocks[0], : sides[1] * blocks[1]].astype(np.float64)
-    reference = reference.reshape(sides[0], blocks[0], sides[1], blocks[1]).mean(axis=(1, 3))
-    with Image.open(path) as picture:
-        rgb = np.array(picture)
-    assert rgb.shape[1] == sides[1] + 2 * MARGIN and min(sides) >= 1
-    top = MARGIN
-    image = rgb[top : top + sides[0], MARGIN : MARGIN + sides[1]]
-    expected = apply_colormap(rescale01(reference, (reference.min(), reference.max())))
-    mismatched = np.any(image != expected, axis=-1)
-    assert mismatched.sum() <= 2 * (sides[0] + sides[1])  # only the white cross marking the maximum differs

@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"sites per well, at most {DEMO_MAX_SITES} (default {DEMO_SITES}; an All-mode function wants 20+ images per channel)")
     demo.add_argument("--seed", type=int, default=0, help="random seed of the synthetic plate (default 0)")
     _execution_options(demo, resume=False)
+    from .qc import extend_parser  # qc, compare, and --no-qc on run, calc and apply
+
+    extend_parser(commands, run, calc, apply)
     return parser
 
 
@@ -216,7 +219,7 @@ def _common(args) -> dict:
     return dict(pattern=args.pattern, layout=args.layout, loaddata=args.loaddata, ignore_unmatched=args.ignore_unmatched,
                 device=args.device, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
                 on_error=args.on_error, progress=args.progress, resume=args.resume, overwrite=args.overwrite,
-                log=_logger(args))
+                log=_logger(args), qc=not args.no_qc)
 
 
 def _losses(lost: dict) -> str:
@@ -328,6 +331,9 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "calc": cmd_calc, "apply": cmd_apply, "methods": cmd_methods, "demo": cmd_demo}
+from .qc import COMMANDS as QC_COMMANDS  # noqa: E402 (qc, compare: gpuillum/cli/qc.py)
+
+COMMANDS.update(QC_COMMANDS)
 
 
 def main(argv=None) -> int:

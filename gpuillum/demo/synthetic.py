@@ -165,11 +165,12 @@ def _sigmoid_edge(rho, width):
     return 0.5 * (1.0 - np.tanh((rho - 1.0) / (2.0 * width)))
 
 
-def _draw_cells(rng: np.random.Generator, shape) -> _SiteCells:
+def _draw_cells(rng: np.random.Generator, shape, coverage=COVERAGE) -> _SiteCells:
+    """The cells of one site: about ``coverage`` (a (low, high) range drawn from) of the field inside cell bodies."""
     h, w = shape
     mean_nucleus = sum(NUCLEUS_RADIUS) / 2
     mean_body_area = math.pi * (mean_nucleus * sum(BODY_TO_NUCLEUS) / 2) ** 2
-    n = max(1, int(round(rng.uniform(*COVERAGE) * h * w / mean_body_area)))
+    n = max(1, int(round(rng.uniform(*coverage) * h * w / mean_body_area)))
 
     # Positions: a share of the cells gathered around a few cluster centres, the rest uniform.
     n_clustered = int(rng.binomial(n, CLUSTER_FRACTION))

@@ -39,7 +39,7 @@ def run(input_path, out_dir, *, method=None, options=None, settings=None, preset
         loaddata=None, ignore_unmatched=False, background: BackgroundSettings | None = None, apply_method: str | None = None,
         functions=None, passes=PASSES, output_dtype: str = "same", device="auto", workers: int = 1,
         scheduler: str | None = None, threads: int | None = None, resume: bool = False, overwrite: bool = False,
-        on_error: str = "fail", compression: str = "same", progress: bool | None = False, log=None) -> RunResult:
+        on_error: str = "fail", compression: str = "same", progress: bool | None = False, log=None, qc: bool = True) -> RunResult:
     """Correct the images of INPUT (a folder or an image file), writing under OUT; returns a RunResult.
 
     Parameters
@@ -65,6 +65,10 @@ def run(input_path, out_dir, *, method=None, options=None, settings=None, preset
         decode/write threads per process.
     resume, overwrite, on_error, compression, progress, log
         As the CLI's options (``log``: a callable taking each line of progress text).
+    qc : bool
+        Write OUT/qc: per group the QC metrics before/after on a bounded sample of images, the
+        verdicts (correction needed? did it work?, also in the manifest and the result's ``qc``),
+        pictures and report.html (gpuillum.qc.collect; ``--no-qc`` turns it off).
 
     Returns
     -------
@@ -81,7 +85,7 @@ def run(input_path, out_dir, *, method=None, options=None, settings=None, preset
                       layout=layout, loaddata=loaddata, ignore_unmatched=ignore_unmatched, background=background,
                       apply_method=apply_method, functions=functions, passes=passes, output_dtype=output_dtype, device=device,
                       workers=workers, scheduler=scheduler, threads=threads, resume=resume, overwrite=overwrite,
-                      on_error=on_error, compression=compression, progress=progress, log=log)
+                      on_error=on_error, compression=compression, progress=progress, log=log, qc=qc)
     return run_spec(spec)
 
 

@@ -249,6 +249,10 @@ class Run:
         if spec.corrects:
             self.result.loaddata = write_loaddata(self, self.groups)
             self.record_losses()
+        if spec.qc:
+            from ..qc.collect import run_qc
+
+            run_qc(self)  # OUT/qc: metrics, verdicts, pictures, report.html (on a bounded sample per group)
 
     def record_losses(self) -> None:
         """What the output dtype cast lost, per group, into the result and the manifest, with a warning

@@ -103,6 +103,7 @@ class RunSpec:
     on_error: str
     progress: bool | None
     log: object
+    qc: bool = True  # write OUT/qc (gpuillum.qc.collect)
 
     @property
     def stages(self) -> list[tuple]:
@@ -236,7 +237,7 @@ def _settings(method, values: dict):
 def build_spec(input_path, out_dir, *, method=None, options=None, settings=None, preset=None, pattern=None, layout=None,
                loaddata=None, ignore_unmatched=False, background=None, apply_method=None, functions=None, passes=PASSES,
                output_dtype="same", device="auto", workers=1, scheduler=None, threads=None, resume=False, overwrite=False,
-               on_error="fail", compression="same", progress=False, log=None) -> RunSpec:
+               on_error="fail", compression="same", progress=False, log=None, qc=True) -> RunSpec:
     """Check every option of a run and resolve its method; a one-line JobError for the first bad one."""
     from .._checks import check_choice, check_instance, check_integer
     from ..backend import resolve_device
@@ -261,7 +262,7 @@ def build_spec(input_path, out_dir, *, method=None, options=None, settings=None,
             check_scheduler_address(scheduler)
         if apply_method is not None:
             check_choice(apply_method, "apply_method", APPLY_METHODS)
-        for name, flag in (("resume", resume), ("overwrite", overwrite), ("ignore_unmatched", ignore_unmatched)):
+        for name, flag in (("resume", resume), ("overwrite", overwrite), ("ignore_unmatched", ignore_unmatched), ("qc", qc)):
             if not isinstance(flag, bool):
                 raise JobError(f"{name}: expected True or False, got {flag!r}")
         for name, value in (("pattern", pattern), ("layout", layout)):
@@ -297,4 +298,5 @@ def build_spec(input_path, out_dir, *, method=None, options=None, settings=None,
         functions=functions, apply_method=apply_method or cp_apply or "Divide",
         discovery=Discovery(pattern, layout, loaddata, ignore_unmatched),
         output_dtype=output_dtype, compression=compression, device=device, workers=workers,
-        scheduler=scheduler, threads=threads, resume=resume, overwrite=overwrite, on_error=on_error, progress=progress, log=log)
+        scheduler=scheduler, threads=threads, resume=resume, overwrite=overwrite, on_error=on_error, progress=progress, log=log,
+        qc=qc)

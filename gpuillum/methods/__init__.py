@@ -12,7 +12,7 @@ import importlib
 from .base import CliOption, GroupInfo, Method, Reduction, setting  # noqa: F401 (the protocol's public names)
 from ..errors import InvalidType, InvalidValue
 
-BUILT_IN = ("gpuillum.methods.cellprofiler.method", "gpuillum.methods.median", "gpuillum.methods.tophat")
+BUILT_IN = ("gpuillum.methods.cellprofiler.method", "gpuillum.methods.median", "gpuillum.methods.tophat", "gpuillum.methods.auto")
 DEFAULT_METHOD = "cellprofiler"
 
 _METHODS: dict[str, Method] = {}

@@ -1,96 +1,50 @@
-"""Quality-control pictures: an illumination function in colour, and before/after montages.
+"""QC pictures (matplotlib, headless): the checks a person makes by eye, drawn with axes, colour bars and legends.
 
-People check a correction by eye: brighten the images and see whether one side stays brighter.
-These pictures do that with fixed rules (same display scaling for both halves, column-mean
-profiles under each half), written as PNG with the built-in encoder and annotated with a tiny
-5x7 bitmap font, so no plotting package is needed. Large images are block-averaged to at most
-``max_size`` pixels per side first; only that small copy leaves the GPU.
+* :func:`before_after`: the same image before and after correction, each **brightened** on its
+  own background (the display range spans the background's blocks, so shading fills the grey
+  range and the cells saturate, as a person does with Fiji's Brightness/Contrast), then both at
+  **one shared range**, and a line profile across the field (the median of a band of rows
+  through the centre, relative to each image's background level);
+* :func:`function_preview` / :func:`model_figure`: the model (flat field, darkfield) in colour with
+  a colour bar, the flat field's maximum marked;
+* :func:`profiles_figure`: radial, row and column profiles of the background map before/after;
+* :func:`plate_heatmap`: per-site background level over the plate layout, before/after;
+* :func:`methods_panel`: each method's corrected image at matched brightness (the blog's Figure 6).
+
+Every function writes one PNG atomically and touches no global matplotlib state (a Figure with
+its own Agg canvas), so it is safe in threads. Images are block-averaged to at most ``max_size``
+pixels a side first; only that small copy leaves a GPU.
 """
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 
-from ..backend import get_array_module, to_numpy
-from .png import apply_colormap, display_limits, rescale01, write_png
+from ..backend import to_numpy
 from ..errors import InvalidValue
+from ..io.atomic import atomic_write_bytes
+from .maps import image_maps, shrink
 
-WHITE = (255, 255, 255)
-BLACK = (0, 0, 0)
-GREY = (200, 200, 200)
-PROFILE_BEFORE = (200, 60, 40)
-PROFILE_AFTER = (30, 90, 200)
-MARGIN = 12
-GAP = 8
-
-# 5x7 glyphs, one string of 7 rows of 5 pixels each ("#" = ink).
-_GLYPHS = {
-    "0": "01110 10001 10011 10101 11001 10001 01110", "1": "00100 01100 00100 00100 00100 00100 01110",
-    "2": "01110 10001 00001 00010 00100 01000 11111", "3": "11111 00010 00100 00010 00001 10001 01110",
-    "4": "00010 00110 01010 10010 11111 00010 00010", "5": "11111 10000 11110 00001 00001 10001 01110",
-    "6": "00110 01000 10000 11110 10001 10001 01110", "7": "11111 00001 00010 00100 01000 01000 01000",
-    "8": "01110 10001 10001 01110 10001 10001 01110", "9": "01110 10001 10001 01111 00001 00010 01100",
-    ".": "00000 00000 00000 00000 00000 01100 01100", "-": "00000 00000 00000 11111 00000 00000 00000",
-    "+": "00000 00100 00100 11111 00100 00100 00000", ":": "00000 01100 01100 00000 01100 01100 00000",
-    "/": "00000 00001 00010 00100 01000 10000 00000", "%": "11000 11001 00010 00100 01000 10011 00011",
-    "=": "00000 00000 11111 00000 11111 00000 00000", " ": "00000 00000 00000 00000 00000 00000 00000",
-    "(": "00010 00100 01000 01000 01000 00100 00010", ")": "01000 00100 00010 00010 00010 00100 01000",
-    "_": "00000 00000 00000 00000 00000 00000 11111",
-    "A": "01110 10001 10001 10001 11111 10001 10001", "B": "11110 10001 10001 11110 10001 10001 11110",
-    "C": "01110 10001 10000 10000 10000 10001 01110", "D": "11100 10010 10001 10001 10001 10010 11100",
-    "E": "11111 10000 10000 11110 10000 10000 11111", "F": "11111 10000 10000 11110 10000 10000 10000",
-    "G": "01110 10001 10000 10111 10001 10001 01111", "H": "10001 10001 10001 11111 10001 10001 10001",
-    "I": "01110 00100 00100 00100 00100 00100 01110", "J": "00111 00010 00010 00010 00010 10010 01100",
-    "K": "10001 10010 10100 11000 10100 10010 10001", "L": "10000 10000 10000 10000 10000 10000 11111",
-    "M": "10001 11011 10101 10101 10001 10001 10001", "N": "10001 10001 11001 10101 10011 10001 10001",
-    "O": "01110 10001 10001 10001 10001 10001 01110", "P": "11110 10001 10001 11110 10000 10000 10000",
-    "Q": "01110 10001 10001 10001 10101 10010 01101", "R": "11110 10001 10001 11110 10100 10010 10001",
-    "S": "01111 10000 10000 01110 00001 00001 11110", "T": "11111 00100 00100 00100 00100 00100 00100",
-    "U": "10001 10001 10001 10001 10001 10001 01110", "V": "10001 10001 10001 10001 10001 01010 00100",
-    "W": "10001 10001 10001 10101 10101 10101 01010", "X": "10001 10001 01010 00100 01010 10001 10001",
-    "Y": "10001 10001 10001 01010 00100 00100 00100", "Z": "11111 00001 00010 00100 01000 10000 11111",
-}
-GLYPH_H, GLYPH_W = 7, 5
+BEFORE_COLOUR, AFTER_COLOUR = "#c8553d", "#1f6fb2"
+DPI = 100
+PROFILE_BAND = 0.05  # the line profile: the median of this share of the rows around the centre
 
 
-def text_mask(text: str, scale: int = 1) -> np.ndarray:
-    """Boolean ink mask of ``text``, 7 * ``scale`` pixels high (upper-cased; characters without a
-    glyph are left blank)."""
-    columns = []
-    for char in text.upper():
-        rows = _GLYPHS.get(char, _GLYPHS[" "]).split()
-        glyph = np.array([[bit == "1" for bit in row] for row in rows], dtype=bool)
-        columns += [glyph, np.zeros((GLYPH_H, 1), dtype=bool)]
-    mask = np.concatenate(columns[:-1], axis=1) if columns else np.zeros((GLYPH_H, 0), dtype=bool)
-    return np.kron(mask, np.ones((scale, scale), dtype=bool))
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
 
 
-def _draw_text(canvas, text, top, left, scale, colour=BLACK, align="left"):
-    """Paint ``text`` onto an RGB canvas; ``align`` says whether ``left`` is its left, centre or right."""
-    mask = text_mask(text, scale)
-    width = mask.shape[1]
-    if align == "centre":
-        left -= width // 2
-    elif align == "right":
-        left -= width
-    left = max(0, min(left, canvas.shape[1] - width))
-    region = canvas[top : top + mask.shape[0], left : left + width]
-    region[mask[: region.shape[0], : region.shape[1]]] = colour
-
-
-def _shrink(image, max_size):
-    """Block-average ``image`` by the smallest integer factor that fits ``max_size``; float64 NumPy.
-
-    A side shorter than that factor (a 16 x 10000 image) is averaged whole into one pixel instead
-    of rounding to none, so any non-empty image has a preview."""
-    xp = get_array_module(image)
-    factor = max(1, math.ceil(max(image.shape) / max_size))
-    rows, cols = (min(factor, side) for side in image.shape)
-    h, w = image.shape[0] // rows, image.shape[1] // cols
-    small = xp.asarray(image[: h * rows, : w * cols], dtype=xp.float64)
-    small = small.reshape(h, rows, w, cols).mean(axis=(1, 3))
-    return to_numpy(small)
+def _save(figure, path) -> None:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _check_2d(image, name):
@@ -98,112 +52,208 @@ def _check_2d(image, name):
         raise InvalidValue(f"{name}: expected a non-empty 2-D array, got {getattr(image, 'shape', type(image).__name__)}")
 
 
-def _format(value: float) -> str:
-    return f"{value:.4g}"
+def _small(image, max_size: int) -> np.ndarray:
+    return to_numpy(shrink(image, max_size)).astype(np.float64)
 
 
-def _text_scale(width: int) -> int:
-    return 2 if width >= 240 else 1
+def brightened_limits(image) -> tuple[float, float]:
+    """The display range that brightens ``image`` on its own background: Tukey's fences of its block
+    backgrounds (quartiles -/+ 1.5 interquartile ranges, so blocks full of cells do not count), within
+    the blocks' range, widened by 2 noise standard deviations below and 3 above.
 
-
-def function_preview(function, path, *, title: str | None = None, max_size: int = 512) -> None:
-    """A colour-mapped picture of an illumination function with a colour bar, its min, mean and max.
-
-    Colours run from the function's minimum (dark violet) to its maximum (yellow); a white cross
-    marks where the maximum is, so an off-centre optical axis is easy to see.
+    Examples
+    --------
+    >>> lo, hi = brightened_limits(raw)        # cells saturate, the background's shading fills the range
     """
-    _check_2d(function, "function")
-    small = _shrink(function, max_size)
-    finite = np.isfinite(small)
-    if not finite.any():
-        raise InvalidValue("function: has no finite values")
-    lo, hi = float(small[finite].min()), float(small[finite].max())
-    image = apply_colormap(rescale01(small, (lo, hi)))
-    h, w = small.shape
-    scale = _text_scale(w)
-    text_h = GLYPH_H * scale
-    bar_h = 6 * scale + 4
-
-    title_h = text_h + GAP if title else 0
-    canvas_h = MARGIN + title_h + h + GAP + bar_h + GAP // 2 + text_h + MARGIN
-    canvas = np.full((canvas_h, w + 2 * MARGIN, 3), 255, dtype=np.uint8)
-    top = MARGIN
-    if title:
-        _draw_text(canvas, title, top, MARGIN, scale)
-        top += title_h
-    canvas[top : top + h, MARGIN : MARGIN + w] = image
-    peak_y, peak_x = np.unravel_index(np.nanargmax(small), small.shape)
-    arm = max(3, w // 40)
-    canvas[top + peak_y, MARGIN + max(0, peak_x - arm) : MARGIN + min(w, peak_x + arm + 1)] = WHITE
-    canvas[top + max(0, peak_y - arm) : top + min(h, peak_y + arm + 1), MARGIN + peak_x] = WHITE
-    top += h + GAP
-
-    ramp = apply_colormap(np.linspace(0.0, 1.0, w))
-    canvas[top : top + bar_h, MARGIN : MARGIN + w] = ramp[None, :, :]
-    canvas[top - 1, MARGIN - 1 : MARGIN + w + 1] = BLACK
-    canvas[top + bar_h, MARGIN - 1 : MARGIN + w + 1] = BLACK
-    canvas[top - 1 : top + bar_h + 1, MARGIN - 1] = BLACK
-    canvas[top - 1 : top + bar_h + 1, MARGIN + w] = BLACK
-    top += bar_h + GAP // 2
-    mean = float(small[finite].mean())
-    _draw_text(canvas, f"MIN {_format(lo)}", top, MARGIN, scale)
-    _draw_text(canvas, f"MEAN {_format(mean)}", top, MARGIN + w // 2, scale, align="centre")
-    _draw_text(canvas, f"MAX {_format(hi)}", top, MARGIN + w, scale, align="right")
-    write_png(path, canvas)
+    maps = image_maps(image)
+    noise = float(np.median(maps.noise))
+    q1, q3 = (float(q) for q in np.percentile(maps.background, [25, 75]))
+    spread = q3 - q1
+    lo = max(float(maps.background.min()), q1 - 1.5 * spread) - 2 * noise
+    hi = min(float(maps.background.max()), q3 + 1.5 * spread) + 3 * noise
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
-def _profile_strip(profile, limits, width, height, colour, thickness):
-    """An RGB strip with ``profile`` (one value per column) drawn as a connected line."""
-    strip = np.full((height, width, 3), 245, dtype=np.uint8)
-    strip[[0, -1], :] = GREY
-    lo, hi = limits
-    span = hi - lo if hi > lo else 1.0
-    rows = np.rint((1.0 - (profile - lo) / span) * (height - 5) + 2).astype(int)
-    rows = np.clip(rows, 1, height - 3)
-    for x in range(width):
-        neighbour = rows[x - 1] if x else rows[x]
-        a, b = sorted((rows[x], neighbour))
-        strip[a : b + thickness, x] = colour
-    return strip
+def _line_profile(image: np.ndarray, level: float) -> np.ndarray:
+    h = image.shape[0]
+    band = max(1, int(round(h * PROFILE_BAND)))
+    rows = image[max(0, h // 2 - band): h // 2 + band + 1]
+    profile = np.median(rows, axis=0)
+    return profile / level if level > 0 else profile
 
 
-def before_after(before, after, path, *, low: float = 0.5, high: float = 95.0, profile: bool = True,
-                 labels: tuple[str, str] = ("BEFORE", "AFTER"), max_size: int = 512) -> None:
-    """Side-by-side montage of one image before and after correction, with identical display scaling.
+def _show(axes, image, limits, title):
+    shown = axes.imshow(image, cmap="gray", vmin=limits[0], vmax=limits[1], interpolation="nearest")
+    axes.set_title(title, fontsize=9)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    return shown
 
-    The grey levels map the ``low``..``high`` percentiles of both images together; the default
-    ``high`` saturates the brightest cells so that the background, where shading shows, fills
-    the grey range (the "brighten it and look" check; raise ``high`` to see the cells). With ``profile``, a strip under each half plots the mean of each
-    column, on one shared vertical scale: a curved line before, a flat one after.
+
+def before_after(before, after, path, *, labels: tuple[str, str] = ("before", "after"), title: str | None = None,
+                 max_size: int = 384) -> None:
+    """One image before and after correction: brightened each on its own background, then at one
+    shared range, and a line profile across the field relative to each background level.
+
+    Examples
+    --------
+    >>> before_after(raw, corrected, "OUT/qc/DNA_before_after.png", title="plate P1, channel DNA")
     """
     _check_2d(before, "before")
     _check_2d(after, "after")
     if tuple(before.shape) != tuple(after.shape):
         raise InvalidValue(f"after: shape {tuple(after.shape)} does not match before's {tuple(before.shape)}")
-    halves = [_shrink(image, max_size) for image in (before, after)]
-    limits = display_limits(np.concatenate([half.ravel() for half in halves]), low, high)
-    greys = [np.rint(np.nan_to_num(rescale01(half, limits)) * 255).astype(np.uint8) for half in halves]
-    h, w = halves[0].shape
-    scale = _text_scale(w)
-    text_h = GLYPH_H * scale
-    strip_h = max(32, h // 6) if profile else 0
+    images = [_small(image, max_size) for image in (before, after)]
+    own = [brightened_limits(image) for image in images]
+    shared = (min(limits[0] for limits in own), max(limits[1] for limits in own))
+    aspect = images[0].shape[0] / images[0].shape[1]
+    figure = _figure(8.0, 8.0 * aspect + 3.0)
+    grid = figure.add_gridspec(3, 2, height_ratios=[aspect * 4, aspect * 4, 2.2])
+    for column, (image, limits, label) in enumerate(zip(images, own, labels)):
+        shown = _show(figure.add_subplot(grid[0, column]), image, limits, f"{label}: brightened on its background\n"
+                      f"[{limits[0]:.4g}, {limits[1]:.4g}]")
+        figure.colorbar(shown, ax=shown.axes, shrink=0.8)
+        shown = _show(figure.add_subplot(grid[1, column]), image, shared, f"{label}: shared range [{shared[0]:.4g}, {shared[1]:.4g}]")
+        figure.colorbar(shown, ax=shown.axes, shrink=0.8)
+    axes = figure.add_subplot(grid[2, :])
+    for image, label, colour in zip(images, labels, (BEFORE_COLOUR, AFTER_COLOUR)):
+        level = image_maps(image).level
+        axes.plot(_line_profile(image, level), color=colour, label=f"{label} (background level {level:.4g})", linewidth=1)
+    axes.axhline(1.0, color="0.5", linewidth=0.8, linestyle="--")
+    axes.set_xlabel("column (pixels of the picture)")
+    axes.set_ylabel("relative to the\nbackground level")
+    axes.set_title("line profile through the centre (median of the central rows)", fontsize=9)
+    axes.legend(fontsize=8, loc="upper right")
+    if title:
+        figure.suptitle(title, fontsize=11)
+    _save(figure, path)
 
-    width = 2 * w + 2 * MARGIN + GAP // 2
-    height = MARGIN + text_h + GAP + h + (GAP + strip_h if profile else 0) + MARGIN
-    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
-    lefts = (MARGIN, MARGIN + w + GAP // 2)
-    image_top = MARGIN + text_h + GAP
-    for left, label, grey in zip(lefts, labels, greys):
-        _draw_text(canvas, label, MARGIN, left + w // 2, scale, align="centre")
-        canvas[image_top : image_top + h, left : left + w] = grey[:, :, None]
-    if profile:
-        profiles = [np.nanmedian(half, axis=0) for half in halves]
-        finite = np.concatenate([p[np.isfinite(p)] for p in profiles])
-        lo, hi = float(finite.min()), float(finite.max())
-        pad = 0.1 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.1
-        strip_top = image_top + h + GAP
-        for left, values, colour in zip(lefts, profiles, (PROFILE_BEFORE, PROFILE_AFTER)):
-            strip = _profile_strip(np.nan_to_num(values, nan=lo), (lo - pad, hi + pad), w, strip_h, colour, scale)
-            _draw_text(strip, "COLUMN MEDIAN", 3, 3, 1, colour=(120, 120, 120))
-            canvas[strip_top : strip_top + strip_h, left : left + w] = strip
-    write_png(path, canvas)
+
+def _field(axes, figure, values, title, cmap="viridis", mark_max=False, label=""):
+    shown = axes.imshow(values, cmap=cmap, interpolation="nearest")
+    axes.set_title(title, fontsize=9)
+    axes.set_xlabel("x (pixels)")
+    axes.set_ylabel("y (pixels)")
+    bar = figure.colorbar(shown, ax=axes, shrink=0.85)
+    bar.set_label(label)
+    if mark_max and np.isfinite(values).any():
+        y, x = np.unravel_index(np.nanargmax(values), values.shape)
+        axes.plot([x], [y], marker="+", color="white", markersize=14, markeredgewidth=2, label="maximum")
+        axes.legend(fontsize=7, loc="lower right")
+
+
+def function_preview(function, path, *, title: str | None = None, max_size: int = 512) -> None:
+    """An illumination function (a flat field or a background) in colour with a colour bar, its
+    maximum marked and its min / mean / max in the title.
+
+    Examples
+    --------
+    >>> function_preview(np.load("OUT/illum/P1_IllumDNA.npy"), "OUT/illum/P1_IllumDNA.png", title="P1 DNA")
+    """
+    _check_2d(function, "function")
+    small = to_numpy(shrink(function, max_size)).astype(np.float64)
+    finite = np.isfinite(small)
+    if not finite.any():
+        raise InvalidValue("function: has no finite values")
+    aspect = small.shape[0] / small.shape[1]
+    figure = _figure(5.5, 4.5 * aspect + 0.8)
+    values = small[finite]
+    text = f"min {values.min():.4g}, mean {values.mean():.4g}, max {values.max():.4g}"
+    _field(figure.add_subplot(), figure, small, f"{title}\n{text}" if title else text, mark_max=True, label="value")
+    _save(figure, path)
+
+
+def model_figure(model, path, *, title: str | None = None, max_size: int = 512) -> None:
+    """The model's flat field (and darkfield, when it has one) side by side, each with a colour bar."""
+    parts = [(name, to_numpy(getattr(model, name))) for name in ("flatfield", "darkfield") if getattr(model, name) is not None]
+    if not parts:
+        raise InvalidValue("model: has no flat field or darkfield to show")
+    small = [(name, to_numpy(shrink(array, max_size)).astype(np.float64)) for name, array in parts]
+    aspect = small[0][1].shape[0] / small[0][1].shape[1]
+    figure = _figure(5.2 * len(small), 4.5 * aspect + 1.0)
+    units = "CellProfiler units (1 = dtype maximum)" if model.units == "cellprofiler" else "counts"
+    for index, (name, values) in enumerate(small):
+        finite = values[np.isfinite(values)]
+        head = "flat field (gain)" if name == "flatfield" else f"darkfield ({units})"
+        stats = f"min {finite.min():.4g}, mean {finite.mean():.4g}, max {finite.max():.4g}" if finite.size else "no finite values"
+        if name == "flatfield" and finite.size and finite.min() > 0:
+            stats += f"; max/min {finite.max() / finite.min():.3f}"
+        _field(figure.add_subplot(1, len(small), index + 1), figure, values, f"{head}\n{stats}", mark_max=name == "flatfield",
+               label="gain" if name == "flatfield" else units)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    _save(figure, path)
+
+
+def profiles_figure(before: dict, after: dict | None, path, *, title: str | None = None) -> None:
+    """Radial, row and column profiles of the background map (relative to its mean), before and after."""
+    figure = _figure(11.0, 3.4)
+    for index, (key, xlabel) in enumerate((("radial", "distance from the centre (0 = centre, 1 = corner)"),
+                                           ("rows", "row block (top to bottom)"), ("columns", "column block (left to right)"))):
+        axes = figure.add_subplot(1, 3, index + 1)
+        for metrics, label, colour in ((before, "before", BEFORE_COLOUR), (after, "after", AFTER_COLOUR)):
+            if metrics is None:
+                continue
+            values = [np.nan if v is None else v for v in metrics["background"][key]]
+            if values:
+                positions = (np.arange(len(values)) + 0.5) / len(values) if key == "radial" else np.arange(len(values))
+                axes.plot(positions, values, marker="o", markersize=3, color=colour, label=label)
+        axes.axhline(1.0, color="0.5", linewidth=0.8, linestyle="--")
+        axes.set_xlabel(xlabel, fontsize=8)
+        axes.set_ylabel("background / its mean", fontsize=8)
+        axes.set_title(f"{key} profile", fontsize=9)
+        axes.legend(fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=11)
+    _save(figure, path)
+
+
+def plate_heatmap(levels: dict, path, *, title: str | None = None) -> None:
+    """Per-site background level over the plate layout, before and after, each relative to its median.
+
+    ``levels``: {"before": {(well, site): level}, "after": {...}} (after may be missing); wells
+    like "B03". Each well is drawn as a small grid of its sites (1, 2, ... row by row).
+    """
+    from .plate import layout_grid
+
+    panels = [(name, values) for name, values in (("before", levels.get("before")), ("after", levels.get("after"))) if values]
+    if not panels:
+        raise InvalidValue("levels: expected per-site levels before (and after)")
+    grid, _ticks = layout_grid(panels[0][1])
+    figure = _figure(5.5 * len(panels), 1.0 + 4.5 * grid.shape[0] / grid.shape[1])
+    for index, (name, values) in enumerate(panels):
+        placed, ticks = layout_grid(values)
+        finite = placed[np.isfinite(placed)]
+        relative = placed / np.median(finite) if finite.size else placed
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        shown = axes.imshow(relative, cmap="magma", interpolation="nearest")
+        axes.set_title(f"{name}: background level per site / plate median", fontsize=9)
+        (row_ticks, row_labels), (col_ticks, col_labels) = ticks
+        axes.set_yticks(row_ticks, row_labels, fontsize=7)
+        axes.set_xticks(col_ticks, col_labels, fontsize=7)
+        axes.set_xlabel("column")
+        axes.set_ylabel("row")
+        figure.colorbar(shown, ax=axes, shrink=0.85).set_label("relative level")
+    if title:
+        figure.suptitle(title, fontsize=11)
+    _save(figure, path)
+
+
+def methods_panel(images: dict, path, *, title: str | None = None, max_size: int = 384) -> None:
+    """Each method's corrected image (``{label: image}``, the raw one first) at matched brightness:
+    each brightened on its own background, so the same display rule applies to all (the blog's Figure 6)."""
+    if not images:
+        raise InvalidValue("images: expected at least one image")
+    count = len(images)
+    columns = min(4, count)
+    rows = math.ceil(count / columns)
+    first = _small(next(iter(images.values())), max_size)
+    aspect = first.shape[0] / first.shape[1]
+    figure = _figure(3.2 * columns, 3.2 * aspect * rows + 0.6)
+    for index, (label, image) in enumerate(images.items()):
+        small = _small(image, max_size)
+        limits = brightened_limits(small)
+        _show(figure.add_subplot(rows, columns, index + 1), small, limits, f"{label}\n[{limits[0]:.4g}, {limits[1]:.4g}]")
+    if title:
+        figure.suptitle(title, fontsize=11)
+    _save(figure, path)
