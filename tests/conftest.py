@@ -73,3 +73,11 @@ def stage_inputs(monkeypatch):
     from device_guard import StageInputs
 
     return StageInputs(monkeypatch).watch()
+
+
+@pytest.fixture(autouse=True)
+def quality_control_only_where_tested(request, monkeypatch):
+    """Runs write OUT/qc by default (matplotlib pictures: seconds per run); the hundreds of small runs
+    of this suite switch that default off through GPUILLUM_QC, except the tests marked ``qc``."""
+    if request.node.get_closest_marker("qc") is None:
+        monkeypatch.setenv("GPUILLUM_QC", "0")

@@ -472,6 +472,7 @@ def test_write_errors_name_the_file_and_leave_no_temporary(tmp_path, capsys, mon
     assert leftovers == []
 
 
+@pytest.mark.qc
 def test_all_mode_from_few_images_warns_without_failing(tmp_path, capsys):
     write_plate(tmp_path / "in", wells=("B02", "B03"), sites=2)
     argv = ["--preset", "jump", "--resize-factor", "0.5", "--filter-size", "6", "--device", "cpu", "--no-progress"]

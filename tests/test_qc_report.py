@@ -18,6 +18,8 @@ from gpuillum.qc.group import group_qc, measure, model_metrics
 from gpuillum.qc.maps import _blocks, grid_shape, image_maps
 from gpuillum.qc.shading import shading, smooth_fit
 
+pytestmark = pytest.mark.qc  # these tests are about the per-run QC: keep it on (conftest)
+
 
 def true_block_p2v(field):
     block = _blocks(field, grid_shape(field.shape), np).mean(axis=(2, 3))
@@ -314,3 +316,17 @@ def test_report_opens_in_headless_chromium_without_missing_images(plate, tmp_pat
     with Image.open(shot) as picture:
         pixels = np.asarray(picture.convert("L"))
     assert pixels.shape == (2400, 1200) and pixels.std() > 20  # rendered text and pictures, not a blank page
+
+
+def test_images_qc_cannot_measure_never_fail_the_run(tmp_path):
+    """A field a few pixels high is corrected as any other; its QC says it could not be measured."""
+    import tifffile
+
+    from gpuillum.cli import main
+
+    tifffile.imwrite(tmp_path / "wide.tif", (np.arange(500, dtype=np.uint16)[None, :] * 10 + 100))
+    assert main(["run", str(tmp_path / "wide.tif"), "-o", str(tmp_path / "out"), "--method", "median", "--radius", "3",
+                 "--device", "cpu", "-q"]) == 0
+    verdict = json.loads((tmp_path / "out" / "manifest.json").read_text())["qc"]["plate wide, channel 1"]
+    assert verdict["needed"] is None and verdict["evidence"]["needed"].startswith("not measured: image: expected")
+    assert "not measured" in (tmp_path / "out" / "qc" / "report.html").read_text()

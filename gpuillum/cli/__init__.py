@@ -219,7 +219,7 @@ def _common(args) -> dict:
     return dict(pattern=args.pattern, layout=args.layout, loaddata=args.loaddata, ignore_unmatched=args.ignore_unmatched,
                 device=args.device, workers=args.workers, scheduler=args.scheduler, threads=args.threads,
                 on_error=args.on_error, progress=args.progress, resume=args.resume, overwrite=args.overwrite,
-                log=_logger(args), qc=not args.no_qc)
+                log=_logger(args), qc=args.qc)
 
 
 def _losses(lost: dict) -> str:

@@ -17,9 +17,13 @@ EXIT_PROBLEMS = 3  # qc --strict: a flag was raised (exit 2 stays "the user must
 
 
 def add_no_qc(parser) -> None:
-    """``--no-qc`` on a command that runs a job."""
-    parser.add_argument("--no-qc", action="store_true", help="do not write OUT/qc (the QC report: metrics, verdicts, "
-                        "pictures on a sample of at most 16 + 96 images per group, typically 1-5 s per group)")
+    """``--qc`` / ``--no-qc`` on a command that runs a job (default: on, or GPUILLUM_QC)."""
+    import argparse
+
+    parser.add_argument("--qc", action=argparse.BooleanOptionalAction, default=None,
+                        help="write OUT/qc, the QC report: metrics, verdicts and pictures on a sample of at most 16 + 96 "
+                        "images per group, typically 1-5 s per group (default: on; GPUILLUM_QC=0 in the environment "
+                        "makes off the default)")
 
 
 def extend_parser(commands, *job_parsers) -> None:

@@ -39,7 +39,7 @@ def run(input_path, out_dir, *, method=None, options=None, settings=None, preset
         loaddata=None, ignore_unmatched=False, background: BackgroundSettings | None = None, apply_method: str | None = None,
         functions=None, passes=PASSES, output_dtype: str = "same", device="auto", workers: int = 1,
         scheduler: str | None = None, threads: int | None = None, resume: bool = False, overwrite: bool = False,
-        on_error: str = "fail", compression: str = "same", progress: bool | None = False, log=None, qc: bool = True) -> RunResult:
+        on_error: str = "fail", compression: str = "same", progress: bool | None = False, log=None, qc: bool | None = None) -> RunResult:
     """Correct the images of INPUT (a folder or an image file), writing under OUT; returns a RunResult.
 
     Parameters
@@ -68,7 +68,8 @@ def run(input_path, out_dir, *, method=None, options=None, settings=None, preset
     qc : bool
         Write OUT/qc: per group the QC metrics before/after on a bounded sample of images, the
         verdicts (correction needed? did it work?, also in the manifest and the result's ``qc``),
-        pictures and report.html (gpuillum.qc.collect; ``--no-qc`` turns it off).
+        pictures and report.html (gpuillum.qc.collect; ``--no-qc`` turns it off). None: yes,
+        unless the environment variable GPUILLUM_QC is 0 / no / off / false.
 
     Returns
     -------

@@ -160,6 +160,12 @@ class RunSpec:
         return settings
 
 
+def default_qc() -> bool:
+    """Whether a run writes OUT/qc when not told: yes, unless the environment's GPUILLUM_QC says
+    0, no, off or false (a pipeline or test suite of many small runs that judges them otherwise)."""
+    return os.environ.get("GPUILLUM_QC", "").strip().lower() not in ("0", "no", "off", "false")
+
+
 def default_threads() -> int:
     """Decode/write threads per process: the CPU count, between 2 and 16."""
     return max(2, min(MAX_THREADS, os.cpu_count() or 2))
@@ -237,7 +243,7 @@ def _settings(method, values: dict):
 def build_spec(input_path, out_dir, *, method=None, options=None, settings=None, preset=None, pattern=None, layout=None,
                loaddata=None, ignore_unmatched=False, background=None, apply_method=None, functions=None, passes=PASSES,
                output_dtype="same", device="auto", workers=1, scheduler=None, threads=None, resume=False, overwrite=False,
-               on_error="fail", compression="same", progress=False, log=None, qc=True) -> RunSpec:
+               on_error="fail", compression="same", progress=False, log=None, qc=None) -> RunSpec:
     """Check every option of a run and resolve its method; a one-line JobError for the first bad one."""
     from .._checks import check_choice, check_instance, check_integer
     from ..backend import resolve_device
@@ -262,6 +268,7 @@ def build_spec(input_path, out_dir, *, method=None, options=None, settings=None,
             check_scheduler_address(scheduler)
         if apply_method is not None:
             check_choice(apply_method, "apply_method", APPLY_METHODS)
+        qc = default_qc() if qc is None else qc
         for name, flag in (("resume", resume), ("overwrite", overwrite), ("ignore_unmatched", ignore_unmatched), ("qc", qc)):
             if not isinstance(flag, bool):
                 raise JobError(f"{name}: expected True or False, got {flag!r}")

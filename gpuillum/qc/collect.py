@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError, one_line
+
 SAMPLE_IMAGES = 16
 HEATMAP_IMAGES = 96
 HEATMAP_SIDE = 128
@@ -49,14 +51,23 @@ def read_corrected(out_dir, records) -> list:
         path = corrected_path(out_dir, record.relpath)
         try:
             images.append(read_planes(path, [record.page])[0] if record.page is not None else read_tiff(path)[0])
-        except Exception:  # noqa: BLE001 - a missing or unreadable output: that image has no "after"
+        except (UserError, OSError):  # a missing or unreadable output: that image has no "after"
             images.append(None)
     return images
 
 
+STEM_LIMIT = 96  # characters of a QC file's stem: room for its suffix within any file system's name limit
+
+
 def safe_stem(key) -> str:
-    """A file-name stem for a group key: its parts joined by "_", other characters replaced."""
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", "_".join(str(part) for part in key if part is not None)).strip("-") or "group"
+    """A file-name stem for a group key: its parts joined by "_", other characters replaced; a long
+    one is cut and given a short hash of the whole, so two long keys never share a file."""
+    import hashlib
+
+    stem = re.sub(r"[^A-Za-z0-9.-]+", "-", "_".join(str(part) for part in key if part is not None)).strip("-") or "group"
+    if len(stem) <= STEM_LIMIT:
+        return stem
+    return f"{stem[:STEM_LIMIT - 9]}-{hashlib.sha256(stem.encode()).hexdigest()[:8]}"
 
 
 def _levels(records, reader, out_dir) -> dict:
@@ -134,8 +145,12 @@ def write_qc(groups, folder, *, title: str, corrected_root=None, outputs: dict |
     for group in groups:
         if not group.records:
             continue
-        qc, files = group_qc_with_pictures(group, folder, corrected_root=corrected_root, output=(outputs or {}).get(group.label),
-                                           min_images=min_images, estimated_images=len(group.records) if estimated else None)
+        try:
+            qc, files = group_qc_with_pictures(group, folder, corrected_root=corrected_root,
+                                               output=(outputs or {}).get(group.label), min_images=min_images,
+                                               estimated_images=len(group.records) if estimated else None)
+        except UserError as error:  # images QC cannot measure (e.g. a few pixels wide): said, never a failed run
+            qc, files = unmeasured(group.label, one_line(error)), []
         results.append(qc)
         pictures[group.label] = files
         if say is not None:
@@ -144,6 +159,13 @@ def write_qc(groups, folder, *, title: str, corrected_root=None, outputs: dict |
     write_json(folder / "qc.json", results, seconds=round(elapsed, 3))
     report = write_report(folder / "report.html", title, results, pictures, intro=intro)
     return results, report
+
+
+def unmeasured(label: str, reason: str) -> dict:
+    """The QC entry of a group whose images could not be measured, and why."""
+    why = f"not measured: {reason}"
+    return {"group": label, "needed": None, "worked": None, "evidence": {"needed": why, "worked": why}, "flags": [],
+            "metrics": {}}  # the report and the manifest show the reason; there is nothing to draw
 
 
 def summary_line(qc: dict) -> str:

@@ -81,8 +81,9 @@ def group_section(qc: dict, pictures: list) -> str:
         parts.append(f"<p class=evidence><b>--method auto</b> chose {html.escape(qc['auto']['why'])}</p>")
     parts += [f'<div class="flag">PROBLEM: {html.escape(flag["text"])}</div>' for flag in qc["flags"]]
     metrics = qc["metrics"]
-    parts.append(f"<p class=evidence>{metrics['images_sampled']} of {metrics['images_in_group']} images measured.</p>")
-    parts.append(_metrics_table(metrics))
+    if metrics:  # none for a group whose images could not be measured (the evidence says why)
+        parts.append(f"<p class=evidence>{metrics['images_sampled']} of {metrics['images_in_group']} images measured.</p>")
+        parts.append(_metrics_table(metrics))
     parts += [_embed(path) for path in pictures if Path(path).is_file()]
     return "\n".join(parts)
 
