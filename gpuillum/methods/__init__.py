@@ -11,7 +11,7 @@ import importlib
 
 from .base import CliOption, GroupInfo, Method, Reduction, setting  # noqa: F401 (the protocol's public names)
 
-BUILT_IN: tuple[str, ...] = ()  # the modules that register the built-in methods
+BUILT_IN: tuple[str, ...] = ("gpuillum.methods.flatfield",)  # the modules that register the built-in methods
 DEFAULT_METHOD = "cellprofiler"
 
 _METHODS: dict[str, Method] = {}
