@@ -113,6 +113,9 @@ def demos(args) -> list[dict]:
         reference = references[name].item() if name in references.files else None
         runs = {"gpuillum": dict(), "gpuillum median": dict(statistic="median"),
                 "gpuillum, no darkfield": dict(darkfield=False), "gpuillum median, no darkfield": dict(darkfield=False, statistic="median")}
+        if reference is not None:  # the reference's own darkfield (its offset is a clamp, docs/basic.md 8.2) as dark frames
+            runs["gpuillum median, reference darkfield"] = dict(
+                statistic="median", dark_frames=np.asarray(resize_bilinear(reference["darkfield"].astype(np.float32), images.shape[1:])))
         fitted = {}
         for label, kwargs in runs.items():
             model = fit_flatfield(images, **kwargs)

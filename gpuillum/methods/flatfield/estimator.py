@@ -49,7 +49,7 @@ FILL_PASSES = 5  # passes of the weighted smoother (pixels without data filled f
 MIN_SLOPE_IMAGES = 3  # a pixel's slope needs this much weight (images) behind it
 VARIANCE_FLOOR = 0.1  # ... and its variance at least this fraction of the median pixel's
 MEDIAN_ITERATIONS = 3
-MEDIAN_SMOOTHNESS = 1e-4  # the median of ratios is noisier than the weighted mean: smooth it more
+MEDIAN_SMOOTHNESS = 1e-5
 FLAT_TOLERANCE = 1e-5  # stop when the flat field moves less than this (RMS) and the darkfield < 0.01 count
 MAX_DARK_SE_FRACTION = 0.05  # darkfield identifiable: standard error <= 5 % of the background signal ...
 MAX_FLAT_ERROR_FROM_DARK = 0.005  # ... and the flat-field error it implies <= 0.5 % RMS
@@ -324,13 +324,15 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "mean", s
 
 
 def _median_flat(X, F, D, levels, weights, shape):
-    """The flat field as the smoothed per-pixel median of ``(X_n - D) / B_n`` (a few passes)."""
+    """The flat field as the smoothed per-pixel median of ``(X_n - D) / B_n``, with each level B_n
+    the median of ``(X_n - D) / F`` over its pixels (medians throughout: dense content has no
+    background majority for the weights to find); a few passes."""
     xp = get_array_module(X)
     for _ in range(MEDIAN_ITERATIONS):
+        levels = xp.median((X - D) / F, axis=1)
         ratios = (X - D) / xp.where(levels[:, None] > 0, levels[:, None], xp.nan)
         F = _positive_mean_one(smooth(xp.nanmedian(ratios, axis=0).reshape(shape), MEDIAN_SMOOTHNESS).ravel(), xp)
-        levels = _levels(X, F, D, weights)
-    return F, levels
+    return F, _levels(X, F, D, weights)
 
 
 def _positive_mean_one(F, xp):
