@@ -48,6 +48,7 @@ FIRST_SMOOTHNESS = 1e-3  # the first estimate (a median image, cells and all) is
 FILL_PASSES = 5  # passes of the weighted smoother (pixels without data filled from neighbours)
 MIN_SLOPE_IMAGES = 3  # a pixel's slope needs this much weight (images) behind it
 VARIANCE_FLOOR = 0.1  # ... and its variance at least this fraction of the median pixel's
+SCALE_STRIDE = 7  # each image's robust residual scale from every 7th working pixel
 MEDIAN_ITERATIONS = 3
 MEDIAN_SMOOTHNESS = 1e-5
 FLAT_TOLERANCE = 1e-5  # stop when the flat field moves less than this (RMS) and the darkfield < 0.01 count
@@ -146,43 +147,70 @@ def smoothing_noise_gain(shape, strength: float) -> float:
 
 
 def _tukey_weights(residuals, k: float):
-    """Tukey's biweight of each residual at ``k`` robust standard deviations of its image (row)."""
+    """Tukey's biweight of each residual at ``k`` robust standard deviations of its image (row),
+    computed in place in ``residuals`` (which it returns). The scale is the median absolute
+    residual of every ``SCALE_STRIDE``-th pixel (a fixed sample: the same for any batch split)."""
     xp = get_array_module(residuals)
-    scale = 1.4826 * xp.median(xp.abs(residuals), axis=1, keepdims=True)
-    scale = xp.maximum(scale, 1e-6 * xp.maximum(xp.abs(residuals).max(axis=1, keepdims=True), 1e-30))
-    z = residuals / (k * scale)
-    return xp.where(xp.abs(z) < 1, (1 - z * z) ** 2, 0.0)
+    sample = xp.abs(residuals[:, ::SCALE_STRIDE] if residuals.shape[1] >= 64 * SCALE_STRIDE else residuals)
+    scale = 1.4826 * xp.median(sample, axis=1, keepdims=True)
+    scale = xp.maximum(scale, 1e-6 * xp.maximum(sample.max(axis=1, keepdims=True), 1e-30))
+    z = residuals
+    z /= k * scale
+    z *= z
+    outside = z >= 1
+    xp.subtract(1.0, z, out=z)
+    z *= z
+    z[outside] = 0.0
+    return z
 
 
-def _levels(X, F, D, weights):
-    """Background level of each image: weighted least squares of ``X_n - D`` on F."""
-    xp = get_array_module(X)
-    return (weights * (X - D) * F).sum(axis=1) / xp.maximum((weights * F * F).sum(axis=1), 1e-30)
+def _levels(weighted, weights, F, D):
+    """Background level of each image: weighted least squares of ``X_n - D`` on F
+    (``weighted`` = weights * X)."""
+    xp = get_array_module(weights)
+    return (weighted @ F - weights @ (D * F)) / xp.maximum(weights @ (F * F), 1e-30)
 
 
-def _background_map(X, levels, D, weights):
-    """G(x) = F(x) b + D(x) per pixel, with the weight of each pixel (its sum of w B^2)."""
-    xp = get_array_module(X)
-    wb = weights * levels[:, None]
-    sum_wbb = (wb * levels[:, None]).sum(axis=0)
-    mean_level = float((wb * levels[:, None]).sum() / max(float(wb.sum()), 1e-30))
-    slope = (wb * (X - D)).sum(axis=0) / xp.maximum(sum_wbb, 1e-30)
-    return mean_level * slope + D, sum_wbb, mean_level
+@dataclass
+class _PixelSums:
+    """Per-pixel weighted sums over the images: of w, w B, w B^2, w X, w B X and w X^2."""
+
+    w: object
+    wb: object
+    wbb: object
+    wx: object
+    wbx: object
+    wxx: object
+
+    @classmethod
+    def of(cls, X, weights, weighted, levels):
+        xp = get_array_module(X)
+        return cls(w=weights.sum(axis=0), wb=levels @ weights, wbb=(levels * levels) @ weights, wx=weighted.sum(axis=0),
+                   wbx=levels @ weighted, wxx=xp.einsum("ij,ij->j", weighted, X))
 
 
-def _offset_free_slope(X, levels, weights):
+def _background_map(sums: _PixelSums, D):
+    """G(x) = F(x) b + D(x) per pixel (the weighted slope of ``X - D`` on B through the origin, times
+    the mean level b), its weight (the sum of w B^2) and b."""
+    xp = get_array_module(D)
+    mean_level = float(sums.wbb.sum()) / max(float(sums.wb.sum()), 1e-30)
+    slope = (sums.wbx - D * sums.wb) / xp.maximum(sums.wbb, 1e-30)
+    return mean_level * slope + D, sums.wbb, mean_level
+
+
+def _offset_free_slope(sums: _PixelSums):
     """Per pixel: the weighted slope of X on the levels (the flat field, free of any offset) and its
     variance (inf where the levels have no spread among the pixel's weighted images)."""
-    xp = get_array_module(X)
-    sum_w = weights.sum(axis=0)
-    level_mean = (weights * levels[:, None]).sum(axis=0) / xp.maximum(sum_w, 1e-30)
-    spread = levels[:, None] - level_mean[None]
-    sum_spread = (weights * spread * spread).sum(axis=0)
-    value_mean = (weights * X).sum(axis=0) / xp.maximum(sum_w, 1e-30)
-    slope = (weights * spread * (X - value_mean[None])).sum(axis=0) / xp.maximum(sum_spread, 1e-30)
-    residual = X - value_mean[None] - slope[None] * spread
-    noise = (weights * residual * residual).sum(axis=0) / xp.maximum(sum_w - 2, 1)
-    variance = xp.where((sum_spread > 0) & (sum_w >= MIN_SLOPE_IMAGES), noise / xp.maximum(sum_spread, 1e-30), xp.inf)
+    xp = get_array_module(sums.w)
+    count = xp.maximum(sums.w, 1e-30)
+    level_mean, value_mean = sums.wb / count, sums.wx / count
+    spread = sums.wbb - count * level_mean * level_mean
+    covariance = sums.wbx - count * level_mean * value_mean
+    slope = covariance / xp.maximum(spread, 1e-30)
+    residual_ss = xp.maximum(sums.wxx - count * value_mean * value_mean - slope * covariance, 0.0)
+    noise = residual_ss / xp.maximum(sums.w - 2, 1)
+    usable = (spread > 1e-12 * xp.maximum(sums.wbb, 1e-30)) & (sums.w >= MIN_SLOPE_IMAGES)
+    variance = xp.where(usable, noise / xp.maximum(spread, 1e-30), xp.inf)
     finite = variance[xp.isfinite(variance)]
     if finite.size:  # a pixel whose few kept values happen to agree must not outweigh the others
         variance = xp.maximum(variance, VARIANCE_FLOOR * float(xp.median(finite)))
@@ -271,19 +299,25 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "mean", s
     D = fixed if fixed is not None else xp.zeros(h * w)
     F = robust_smooth(xp.median(X, axis=0).reshape(h, w) - D.reshape(h, w), max(strength, FIRST_SMOOTHNESS)).ravel()
     F = _positive_mean_one(F, xp)
-    weights = xp.ones_like(X)
+    weights = xp.ones_like(X)  # reused: residuals, then their weights
+    weighted = X.copy()
+    levels = _levels(weighted, weights, F, D)
     dark = None
     for _ in range(iterations):
-        levels = _levels(X, F, D, weights)
-        weights = _tukey_weights(X - F[None] * levels[:, None] - D[None], ROBUST_K)
-        levels = _levels(X, F, D, weights)
-        background, pixel_weight, mean_level = _background_map(X, levels, D, weights)
+        xp.multiply(levels[:, None], F[None], out=weights)  # the residual, in the weights' buffer
+        xp.subtract(X, weights, out=weights)
+        weights -= D[None]
+        weights = _tukey_weights(weights, ROBUST_K)
+        xp.multiply(weights, X, out=weighted)
+        levels = _levels(weighted, weights, F, D)
+        sums = _PixelSums.of(X, weights, weighted, levels)
+        background, pixel_weight, mean_level = _background_map(sums, D)
         previous = F * mean_level + D
         background = smooth(background.reshape(h, w), strength, pixel_weight.reshape(h, w), previous.reshape(h, w),
                             FILL_PASSES).ravel()
         new_D = D
         if estimate:
-            slope, variance = _offset_free_slope(X, levels, weights)
+            slope, variance = _offset_free_slope(sums)
             dark = _dark_offset(slope, variance, background)
             if dark is not None:
                 offset, se, alpha, gamma, slope_weights = dark
@@ -294,9 +328,9 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "mean", s
         moved = float(xp.sqrt(xp.mean((new_F - F) ** 2)))
         dark_moved = float(xp.abs(new_D - D).max()) if estimate else 0.0
         F, D = new_F, new_D
+        levels = _levels(weighted, weights, F, D)
         if moved < FLAT_TOLERANCE and dark_moved < 0.01:
             break
-    levels = _levels(X, F, D, weights)
     status, reason, offset, se = "off", "", None, None
     if fixed is not None:
         status = "given"
@@ -314,7 +348,7 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "mean", s
         refit.offset, refit.offset_se = offset, se
         return refit
     if statistic == "median":
-        F, levels = _median_flat(X, F, D, levels, weights, (h, w))
+        F, levels = _median_flat(X, F, D, weighted, weights, (h, w))
     rejected = float(xp.mean(weights < 0.5))
     return WorkingFit(
         flatfield=F.reshape(h, w), darkfield=None if status == "off" else D.reshape(h, w), levels=to_numpy(levels),
@@ -323,7 +357,7 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "mean", s
     )
 
 
-def _median_flat(X, F, D, levels, weights, shape):
+def _median_flat(X, F, D, weighted, weights, shape):
     """The flat field as the smoothed per-pixel median of ``(X_n - D) / B_n``, with each level B_n
     the median of ``(X_n - D) / F`` over its pixels (medians throughout: dense content has no
     background majority for the weights to find); a few passes."""
@@ -332,7 +366,7 @@ def _median_flat(X, F, D, levels, weights, shape):
         levels = xp.median((X - D) / F, axis=1)
         ratios = (X - D) / xp.where(levels[:, None] > 0, levels[:, None], xp.nan)
         F = _positive_mean_one(smooth(xp.nanmedian(ratios, axis=0).reshape(shape), MEDIAN_SMOOTHNESS).ravel(), xp)
-    return F, _levels(X, F, D, weights)
+    return F, _levels(weighted, weights, F, D)
 
 
 def _positive_mean_one(F, xp):

@@ -13,7 +13,7 @@ from ...model import IlluminationModel
 from .estimator import STATISTICS, WorkingFit, fit_working_stack, smoothing_noise_gain
 from .working import WorkingStack, shrink
 
-QUALITY_BELOW = 64  # estimate the flat field's own error for groups smaller than this
+QUALITY_BELOW = 16  # estimate the flat field's own error (two more fits) for groups smaller than this
 SPLIT_HALF_FROM = 4  # from this many images by split halves; below, from the residual noise
 DARK_FRAME_SUFFIXES = (".tif", ".tiff", ".npy", ".npz")
 
