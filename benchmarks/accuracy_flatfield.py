@@ -56,8 +56,9 @@ def polynomial_flat(images):
     return np.asarray(gi.fit_polynomial(mean, 6, robust=True), np.float64)
 
 
-def run_basicpy(python: str, jobs: dict) -> dict:
-    """Fit every job ({name: (images, settings)}) with BaSiCPy in ``python``; {name: (flat, dark, fit_s)}."""
+def run_basicpy(python: str, jobs: dict, threads: int | None = None) -> dict:
+    """Fit every job ({name: (images, settings)}) with BaSiCPy in ``python`` (torch on ``threads``
+    threads, default its own); {name: (flat, dark, fit wall s, fit CPU s)}."""
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "in.npz", Path(folder) / "out.npz"
         arrays = {}
@@ -65,9 +66,11 @@ def run_basicpy(python: str, jobs: dict) -> dict:
             arrays[f"{name}_images"] = images
             arrays[f"{name}_settings"] = np.array(json.dumps(settings))
         np.savez(source, **arrays)
-        subprocess.run([python, str(ROOT / "benchmarks" / "basicpy_runner.py"), str(source), str(target)], check=True)
+        env = dict(os.environ, **({"BASICPY_THREADS": str(threads)} if threads else {}))
+        subprocess.run([python, str(ROOT / "benchmarks" / "basicpy_runner.py"), str(source), str(target)], check=True, env=env)
         with np.load(target) as out:
-            return {name: (out[f"{name}_flatfield"], out[f"{name}_darkfield"], float(out[f"{name}_fit_s"])) for name in jobs}
+            return {name: (out[f"{name}_flatfield"], out[f"{name}_darkfield"], float(out[f"{name}_fit_s"]),
+                           float(out[f"{name}_cpu_s"])) for name in jobs}
 
 
 def synthetic(args) -> list[dict]:
@@ -84,7 +87,7 @@ def synthetic(args) -> list[dict]:
                              "polynomial": (polynomial_flat(plate.images), None, None)}
                 if args.basicpy_python:
                     jobs = {name: (plate.images, settings) for name, settings in BASICPY.items()}
-                    estimates.update(run_basicpy(args.basicpy_python, jobs))
+                    estimates.update({name: fit[:3] for name, fit in run_basicpy(args.basicpy_python, jobs).items()})
                 for name, (flat, darkfield, seconds) in estimates.items():
                     records.append({"condition": condition, "shape": kind, "seed": seed, "method": name,
                                     "flat_error_percent": flat_error_percent(flat, plate.flatfield),
@@ -124,7 +127,7 @@ def demos(args) -> list[dict]:
             small = np.stack([np.asarray(resize_bilinear(i, (128, 128))) for i in images]) if images.shape[1:] != (128, 128) else images
             jobs = {"basicpy-sort": (small, {"get_darkfield": True, "sort_intensity": True}),
                     "basicpy-sort, no darkfield": (small, {"get_darkfield": False, "sort_intensity": True})}
-            for label, (flat, _, _) in run_basicpy(args.basicpy_python, jobs).items():
+            for label, (flat, *_) in run_basicpy(args.basicpy_python, jobs).items():
                 fitted[label] = (flat, {})
         for label, (flat, info) in fitted.items():
             target = "flatfield-flatonly" if "no darkfield" in label else "flatfield"

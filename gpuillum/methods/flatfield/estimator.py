@@ -41,11 +41,13 @@ from ...backend import get_array_module, to_numpy
 ROBUST_K = 3.0  # Tukey biweight cut-off, in robust standard deviations of each image's residual
 FLAT_SMOOTHNESS = 1e-5  # penalty of the flat field's smoother (per longest side; >= 1e-6 stays stable)
 DARK_SMOOTHNESS = 4e-3  # the darkfield pattern's: passes ~2 cycles per field, a faint smooth offset map
-ITERATIONS = 10
+FEW_IMAGES_ITERATIONS = 12  # below 16 images the cells leave the first estimate more slowly (and passes are cheap)
+ITERATIONS = 6  # passes of the fit (measured: 6 and 10 agree within 0.003 % flat, 0.01 count dark)
 ROBUST_ROUNDS = 4  # robust spatial smoothing of the first estimate
 FEW_IMAGES_BOOST = 100.0  # fewer than 10 images: smoothing x 100 / N^2 (one image: cells only differ in shape)
 FIRST_SMOOTHNESS = 1e-3  # the first estimate (a median image, cells and all) is smoothed more
-FILL_PASSES = 5  # passes of the weighted smoother (pixels without data filled from neighbours)
+FILL_PASSES = 2  # passes of the weighted smoother (pixels without data filled from neighbours) per fit pass
+ROBUST_FILL_PASSES = 5  # ... and per round of the first estimate's robust smoothing (one image: many gaps)
 MIN_SLOPE_IMAGES = 3  # a pixel's slope needs this much weight (images) behind it
 VARIANCE_FLOOR = 0.1  # ... and its variance at least this fraction of the median pixel's
 SCALE_STRIDE = 7  # each image's robust residual scale from every 7th working pixel
@@ -134,7 +136,7 @@ def robust_smooth(values, strength: float, rounds: int = ROBUST_ROUNDS):
     current = smooth(values, strength)
     for _ in range(rounds):
         weights = _tukey_weights((values - current).reshape(1, -1), ROBUST_K).reshape(values.shape)
-        current = smooth(values, strength, weights, current, passes=FILL_PASSES)
+        current = smooth(values, strength, weights, current, passes=ROBUST_FILL_PASSES)
     return current
 
 
@@ -273,7 +275,7 @@ def darkfield_verdict(offset: float, se: float, signal: float, flat_spread: floa
 
 
 def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "mean", smoothness: float = 1.0,
-                      iterations: int = ITERATIONS) -> WorkingFit:
+                      iterations: int | None = None) -> WorkingFit:
     """Fit flat field, darkfield and per-image levels to a (N, h, w) float stack (NumPy or CuPy).
 
     Parameters
@@ -289,9 +291,12 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "mean", s
         with it to ~1.5 %).
     smoothness : float
         Multiplies the flat field's smoothing penalty.
+    iterations : int, optional
+        Passes of the fit (default ``ITERATIONS``, ``FEW_IMAGES_ITERATIONS`` below 16 images).
     """
     xp = get_array_module(stack)
     n, h, w = stack.shape
+    iterations = iterations or (ITERATIONS if n >= 16 else FEW_IMAGES_ITERATIONS)
     X = stack.reshape(n, h * w).astype(xp.float64)
     strength = FLAT_SMOOTHNESS * float(smoothness) * max(1.0, FEW_IMAGES_BOOST / n**2)
     fixed = None if isinstance(darkfield, str) else xp.asarray(darkfield, dtype=xp.float64).reshape(h * w)
