@@ -10,7 +10,7 @@ time, all threads; with ``--torch-threads 1`` BaSiCPy's is one thread's, as in d
 which a loaded machine disturbs less.
 
 Usage: ``python benchmarks/bench_flatfield.py [--basicpy-python /work/basicpy-venv/bin/python]``
-or ``--quick``. Writes benchmarks/results/flatfield-<device>-<date>.json.
+or ``--quick``. Writes benchmarks/results/flatfield[-torch<N>]-<device>-<date>.json.
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def main(argv=None) -> int:
                 record[f"cpu_speedup_vs_{name}"] = record[f"{name}_cpu_fit_s"] / record["gpuillum_cpu_fit_s"]
         results.append(record)
         print(record, flush=True)
-    path = write_results("flatfield", {"quick": args.quick, "machine": machine_description(), "results": results,
+    kind = "flatfield" if not args.torch_threads else f"flatfield-torch{args.torch_threads}"
+    path = write_results(kind, {"quick": args.quick, "machine": machine_description(), "results": results,
                                        "repeats": args.repeats, "basicpy": bool(args.basicpy_python)})
     print(path)
     return 0

@@ -8,7 +8,7 @@ F is the flat field (mean 1), D the darkfield in counts, B_n the background leve
 corrected counts (the time-lapse baseline), R_n the objects (sparse, mostly positive).
 
 The fit alternates four closed-form steps (no ADMM; ``iterations`` passes, a few milliseconds each
-at 128^2):
+at 96^2):
 
 1. **levels** B_n: weighted least squares of ``X_n - D`` on F over image n's background pixels;
 2. **weights**: Tukey's biweight of the residual ``X - F B - D`` at ``ROBUST_K`` robust standard

@@ -11,7 +11,7 @@ from ...backend import get_array_module, to_numpy
 from ...filters.resample import resize_bilinear
 from ...model import IlluminationModel
 from .estimator import STATISTICS, WorkingFit, fit_working_stack, smoothing_noise_gain
-from .working import WorkingStack, shrink
+from .working import WORKING_SIZE, WorkingStack, shrink
 
 QUALITY_BELOW = 16  # estimate the flat field's own error (two more fits) for groups smaller than this
 SPLIT_HALF_FROM = 4  # from this many images by split halves; below, from the residual noise
@@ -161,7 +161,7 @@ def _iter_images(images):
     yield from images
 
 
-def fit_flatfield(images, *, darkfield: bool = True, dark_frames=None, timelapse: bool = False, working_size: int = 128,
+def fit_flatfield(images, *, darkfield: bool = True, dark_frames=None, timelapse: bool = False, working_size: int = WORKING_SIZE,
                   statistic: str = "mean", smoothness: float = 1.0) -> IlluminationModel:
     """Estimate the flat field, the darkfield and (for a time-lapse) the per-frame baseline.
 
@@ -185,7 +185,8 @@ def fit_flatfield(images, *, darkfield: bool = True, dark_frames=None, timelapse
         Keep each image's background level as the model's baseline (photobleaching): ``apply``
         then gives ``(I - D) / F - B_n + mean(B)``.
     working_size : int
-        Longest side of the working copies in pixels (128, as BaSiC).
+        Longest side of the working copies in pixels (96; BaSiC uses 128 x 128, which measured the same
+        accuracy here at 1.7x the cost).
     statistic : {"mean", "median"}
         "mean": robust weighted mean (objects on a background: plates, cells); "median": per-pixel
         median of the level-normalised images (dense content such as tissue tiles).

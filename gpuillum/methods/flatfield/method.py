@@ -11,7 +11,7 @@ from ...backend import to_numpy
 from ..base import GroupInfo, Method, setting
 from .estimator import STATISTICS
 from .fit import load_dark_frames, model_from_stack
-from .working import WorkingStack
+from .working import WORKING_SIZE, WorkingStack
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class FlatfieldSettings:
                                            "averaged and used as the darkfield instead of estimating it")
     timelapse: bool = setting(False, help="a time-lapse: one model per position over time, with a per-frame baseline "
                                           "(photobleaching) subtracted: (I - D) / F - B_n + mean(B)")
-    working_size: int = setting(128, metavar="PIXELS", help="longest side of the working copies the fit uses (the "
+    working_size: int = setting(WORKING_SIZE, metavar="PIXELS", help="longest side of the working copies the fit uses (the "
                                                             "aspect ratio is kept)")
     flatfield_statistic: str = setting("mean", choices=STATISTICS,
                                        help="mean: robust weighted mean (objects on a background, plates); median: "
