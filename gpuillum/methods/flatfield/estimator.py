@@ -39,21 +39,21 @@ import numpy as np
 from ...backend import get_array_module, to_numpy
 
 ROBUST_K = 3.0  # Tukey biweight cut-off, in robust standard deviations of each image's residual
-FLAT_SMOOTHNESS = 1e-5  # penalty of the flat field's smoother (per longest side; >= 1e-6 stays stable)
+FLAT_SMOOTHNESS = 1e-5  # penalty of the flat field's smoother (per longest side; a tenth of it let some fits diverge)
 DARK_SMOOTHNESS = 4e-3  # the darkfield pattern's: passes ~2 cycles per field, a faint smooth offset map
 FEW_IMAGES_ITERATIONS = 12  # below 16 images the cells leave the first estimate more slowly (and passes are cheap)
 ITERATIONS = 6  # passes of the fit (measured: 6 and 10 agree within 0.003 % flat, 0.01 count dark)
 ROBUST_ROUNDS = 4  # robust spatial smoothing of the first estimate
 FEW_IMAGES_BOOST = 100.0  # fewer than 10 images: smoothing x 100 / N^2 (one image: cells only differ in shape)
-FIRST_IMAGES = 32
+FIRST_IMAGES = 32  # the first estimate's median takes at most ~this many evenly spread images
 FIRST_SMOOTHNESS = 1e-3  # the first estimate (a median image, cells and all) is smoothed more
 FILL_PASSES = 2  # passes of the weighted smoother (pixels without data filled from neighbours) per fit pass
 ROBUST_FILL_PASSES = 5  # ... and per round of the first estimate's robust smoothing (one image: many gaps)
 MIN_SLOPE_IMAGES = 3  # a pixel's slope needs this much weight (images) behind it
 VARIANCE_FLOOR = 0.1  # ... and its variance at least this fraction of the median pixel's
 SCALE_STRIDE = 7  # each image's robust residual scale from every 7th working pixel
-MEDIAN_ITERATIONS = 3
-MEDIAN_SMOOTHNESS = 1e-5
+MEDIAN_ITERATIONS = 3  # passes of the median statistic (levels and flat field)
+MEDIAN_SMOOTHNESS = 1e-5  # its smoother's penalty (1e-4 moved nanog 0.5 % further from BaSiC's reference)
 FLAT_TOLERANCE = 1e-5  # stop when the flat field moves less than this (RMS) and the darkfield < 0.01 count
 MAX_DARK_SE_FRACTION = 0.05  # darkfield identifiable: standard error <= 5 % of the background signal ...
 MAX_FLAT_ERROR_FROM_DARK = 0.005  # ... and the flat-field error it implies <= 0.5 % RMS
@@ -305,7 +305,7 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "mean", s
     fixed = None if isinstance(darkfield, str) else xp.asarray(darkfield, dtype=xp.float64).reshape(h * w)
     estimate = isinstance(darkfield, str) and darkfield == "estimate"
     D = fixed if fixed is not None else xp.zeros(h * w)
-    first = X[:: max(1, n // FIRST_IMAGES)]  # the first estimate needs no more than ~32 evenly spread images
+    first = X[:: max(1, n // FIRST_IMAGES)]
     F = robust_smooth(xp.median(first, axis=0).reshape(h, w) - D.reshape(h, w), max(strength, FIRST_SMOOTHNESS)).ravel()
     F = _positive_mean_one(F, xp)
     weights = xp.ones_like(X)  # reused: residuals, then their weights
