@@ -38,6 +38,9 @@ _EXPORTS = {
     "preset": "gpuillum.methods.cellprofiler",
     "apply": "gpuillum.correct",
     "IlluminationModel": "gpuillum.model",
+    # flat field + darkfield (BaSiC's model)
+    "fit_flatfield": "gpuillum.methods.flatfield",
+    "load_basicpy_model": "gpuillum.methods.basicpy_io",
     "OutputStats": "gpuillum.output_dtype",
     "save_function": "gpuillum.methods.cellprofiler.functions_io",
     "load_function": "gpuillum.methods.cellprofiler.functions_io",

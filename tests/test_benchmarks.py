@@ -166,3 +166,15 @@ def test_cell_field_covers_the_requested_share():
     image, truth = cell_field(np.random.default_rng(0), 96, 0.2)
     assert image.dtype == np.uint16 and image.shape == truth.shape == (96, 96)
     assert 0.15 < np.mean(image > 1.5 * truth) < 0.3  # noise blurs the 1.5x edge a little
+
+
+def test_flatfield_benchmarks_smoke_run(results_dir):
+    from benchmarks import accuracy_flatfield, bench_flatfield
+
+    assert accuracy_flatfield.main(["--quick", "--no-demos", "--shapes", "gaussian"]) == 0
+    data = _only_result(results_dir, "accuracy-flatfield")
+    assert {r["method"] for r in data["synthetic"]} == {"gpuillum", "jump", "polynomial"}
+    assert "| gpuillum |" in data["table"] and all(np.isfinite(r["flat_error_percent"]) for r in data["synthetic"])
+    assert bench_flatfield.main(["--quick"]) == 0
+    speed = _only_result(results_dir, "flatfield")
+    assert speed["results"][0]["gpuillum_s_per_image"] > 0 and "speedup_vs_basicpy" not in speed["results"][0]

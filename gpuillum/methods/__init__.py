@@ -12,7 +12,10 @@ import importlib
 from .base import CliOption, GroupInfo, Method, Reduction, setting  # noqa: F401 (the protocol's public names)
 from ..errors import InvalidType, InvalidValue
 
-BUILT_IN = ("gpuillum.methods.cellprofiler.method", "gpuillum.methods.median", "gpuillum.methods.tophat", "gpuillum.methods.auto")
+BUILT_IN = (  # the modules that register the built-in methods
+    "gpuillum.methods.cellprofiler.method", "gpuillum.methods.median", "gpuillum.methods.tophat", "gpuillum.methods.flatfield",
+    "gpuillum.methods.auto",
+)
 DEFAULT_METHOD = "cellprofiler"
 
 _METHODS: dict[str, Method] = {}
