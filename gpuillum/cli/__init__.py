@@ -236,8 +236,10 @@ def _report(result, args) -> None:
         return
     if result.method:
         print(f"method: {result.method}")
-    for key, path in sorted(result.functions.items()):
-        print(f"function {'/'.join(map(str, key))}: {path}")
+    from ..job.groups import key_name
+
+    for key, path in sorted(result.functions.items(), key=lambda item: str(item[0])):
+        print(f"function {key_name(key)}: {path}")
     if result.written or result.reused:
         print(f"corrected: {len(result.written)} written" + (f", {len(result.reused)} already complete" if result.reused else "")
               + f" under {Path(result.out_dir) / 'corrected'}")

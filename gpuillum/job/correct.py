@@ -184,7 +184,7 @@ def correct_group(run, group, files) -> None:
         else:
             todo.append(file)
     started = time.perf_counter()
-    label = f"apply {'/'.join(map(str, group.key))}"
+    label = f"apply {group.name}"
     with run.progress_bar(len(todo), label) as bar:
         batches = [todo[start:start + run.executor.batch_size] for start in range(0, len(todo), run.executor.batch_size)]
         results = run.executor.map(correct_files, batches, run.corrections, out.path, run.spec.compression,

@@ -83,7 +83,7 @@ def estimate_group(run, group) -> None:
         return
     started = time.perf_counter()
     merged, used_names = OrderedMerge(), []
-    with run.progress_bar(len(group.records), f"calc  {'/'.join(map(str, group.key))}") as bar:
+    with run.progress_bar(len(group.records), f"calc  {group.name}") as bar:
         batches = fixed_batches(group.records)
         results = run.executor.map(reduce_batch, batches, spec.method, spec.settings, group.info, group.reader,
                                    run.executor.device_spec, spec.on_error)
@@ -105,7 +105,10 @@ def estimate_group(run, group) -> None:
         model = dataclasses.replace(model, info={**model.info, BASELINE_IMAGES: used_names})
     group.model, group.model_path = model, path
     group.model_sha = save_model(run, group, path, inputs)
-    run.out.manifest.timings[f"calc {'/'.join(map(str, group.key))}"] = time.perf_counter() - started
+    message = model.info.get("message")
+    if message:  # what the method says of its fit, e.g. a darkfield it could not identify
+        (run.warn if "not identifiable" in message else run.say)(f"{group.label}: {message}")
+    run.out.manifest.timings[f"calc {group.name}"] = time.perf_counter() - started
     run.result.functions[group.key] = path
     run.out.save(force=True)
 

@@ -30,6 +30,7 @@ class Group:
     model: object = None  # IlluminationModel
     model_path: Path | None = None
     model_sha: str = ""  # sha256 of model_path when this run wrote or verified it
+    parts: dict = field(default_factory=dict)  # a flat + dark model's parts as CellProfiler functions: {"Flat": path, ...}
     stats: OutputStats = field(default_factory=OutputStats)
 
     @property
@@ -39,6 +40,11 @@ class Group:
     @property
     def channel(self) -> str:
         return self.key[1]
+
+    @property
+    def name(self) -> str:
+        """The key's parts joined with "/" ("P1/DNA", "movie/1/site3"): progress bars, timings."""
+        return key_name(self.key)
 
     @property
     def info(self) -> GroupInfo:
@@ -66,6 +72,11 @@ class OutputFile:
     @property
     def stacked(self) -> bool:
         return self.records[0].page is not None
+
+
+def key_name(key: tuple) -> str:
+    """A group key's parts joined with "/", empty ones left out."""
+    return "/".join(str(part) for part in key if part not in (None, ""))
 
 
 def group_key(record, scope: str) -> tuple:

@@ -1,8 +1,9 @@
 """OUT/corrected/load_data.csv: the corrected images as a CellProfiler LoadData table.
 
 One row per image set (plate, well, site, z, t) with every channel's corrected file and, where
-the run has one, each channel's CellProfiler function (FileName_Illum<channel>); a LoadData
-input's other Metadata_* columns are carried over. A site that lost a channel is left out (a row
+the run has one, each channel's CellProfiler function (FileName_Illum<channel>), or a flat +
+dark model's two functions (FileName_IllumFlat<channel>, FileName_IllumDark<channel>); a
+LoadData input's other Metadata_* columns are carried over. A site that lost a channel is left out (a row
 with an empty FileName_ column breaks CellProfiler) and listed as skipped. Stacks have no
 LoadData rows: CellProfiler reads them through NamesAndTypes, not LoadData.
 """
@@ -25,14 +26,17 @@ def write_loaddata(run, groups) -> Path | None:
     if not records:
         return None
     rows = loaddata_rows(records, path_of=lambda record: corrected_path(run.out.path, record.relpath))
-    functions = {(g.plate, g.channel): g.model_path for g in groups
-                 if g.model_path is not None and g.model is not None and g.model_path.suffix == ".npy"}
+    functions = {}  # (plate, channel) -> {column name: CellProfiler function file}
+    for g in groups:
+        if g.model is not None and g.model_path is not None and g.model_path.suffix == ".npy":
+            functions[(g.plate, g.channel)] = {"Illum": g.model_path}
+        elif g.parts:
+            functions[(g.plate, g.channel)] = {f"Illum{part}": path for part, path in g.parts.items()}
     for row in rows:
         for channel in [key[len("FileName_"):] for key in row if key.startswith("FileName_")]:
-            path = functions.get((row["Metadata_Plate"], channel))
-            if path is not None:
-                row[f"FileName_Illum{channel}"] = path.name
-                row[f"PathName_Illum{channel}"] = str(path.absolute().parent)
+            for name, path in functions.get((row["Metadata_Plate"], channel), {}).items():
+                row[f"FileName_{name}{channel}"] = path.name
+                row[f"PathName_{name}{channel}"] = str(path.absolute().parent)
     path = run.out.path / CORRECTED_FOLDER / LOADDATA_NAME
     try:
         write_loaddata_csv(path, rows)

@@ -18,34 +18,76 @@ from .spec import JobError
 MODEL_SUFFIXES = (".npy", ".npz", ".mat")
 
 
+CELLPROFILER_PARTS = {"Flat": "flatfield", "Dark": "darkfield"}  # <plate>_Illum<part><channel>.npy of other models
+
+
 def model_suffix(method, settings) -> str:
     """.npy for a method whose models are CellProfiler functions, .npz for the others."""
     return ".npy" if method.name == "cellprofiler" else ".npz"
 
 
+def part_paths(path: Path, group) -> dict[str, Path]:
+    """{"Flat": ..., "Dark": ...}: where a model saved at ``path`` (.npz) puts its flat field and
+    darkfield as CellProfiler functions, for pipelines that Subtract the darkfield, then Divide by
+    the flat field (README, "For CellProfiler users")."""
+    from ..methods.cellprofiler.functions_io import function_filename
+
+    if path.suffix != ".npz":
+        return {}
+    suffix = group.model_stem()[len(function_filename(group.plate, group.channel)) - len(".npy"):]  # a series' part
+    return {part: path.with_name(function_filename(group.plate, part + group.channel).removesuffix(".npy") + suffix + ".npy")
+            for part in CELLPROFILER_PARTS}
+
+
 def save_model(run, group, path: Path, inputs: str) -> str:
-    """Write ``group.model`` and its PNG preview at ``path``, record both; returns the model's sha256."""
+    """Write ``group.model`` and its PNG preview at ``path`` (a flat field and darkfield model also as
+    two CellProfiler functions, see :func:`part_paths`), record them; returns the model's sha256."""
     from ..backend import to_numpy
     from ..methods.cellprofiler.functions_io import save_function
-    from ..qc.figures import function_preview
+    from ..qc.figures import function_preview, model_figure
 
     model = group.model
     png = path.with_suffix(".png")
+    parts = {}
     try:
         if path.suffix == ".npy":
             save_function(path, model.function)
+            function_preview(to_numpy(model.function), png, title=f"{group.plate} {group.channel}")
         else:
             model.save(path)
-        shown = model.flatfield if model.flatfield is not None else model.darkfield
-        if shown is not None:
-            function_preview(to_numpy(shown), png, title=f"{group.plate} {group.channel}")
+            if model.flatfield is not None or model.darkfield is not None:
+                model_figure(model, png, title=f"{group.plate} {group.channel}")
+            for part, target in part_paths(path, group).items():
+                function = cellprofiler_part(model, CELLPROFILER_PARTS[part], group.reader.dtype)
+                if function is not None:
+                    parts[part] = save_function(target, function)
     except OSError as error:
         raise JobError(f"{error.filename or path}: {os_error_text(error)}") from None
     out = run.out
     sha = out.manifest.record_file(path.relative_to(out.path).as_posix(), path, "illum", inputs=inputs)["sha256"]
-    if png.is_file():
-        out.manifest.record_file(png.relative_to(out.path).as_posix(), png, "preview", inputs=inputs)
+    for written in (png, *parts.values()):
+        if written.is_file():
+            out.manifest.record_file(written.relative_to(out.path).as_posix(), written,
+                                     "preview" if written == png else "illum", inputs=inputs)
+    group.parts = parts
     return sha
+
+
+def cellprofiler_part(model, part: str, dtype: str):
+    """The model's flat field (dimensionless, to Divide by) or darkfield (in CellProfiler's units: counts
+    over the dtype's maximum, to Subtract) as a CellProfiler function, or None when it has none (or
+    a baseline, which CellProfiler cannot apply)."""
+    import numpy as np
+
+    from ..backend import to_numpy
+
+    array = getattr(model, part)
+    if array is None or model.baseline is not None:
+        return None
+    array = to_numpy(array).astype(np.float32)
+    if part == "darkfield" and model.units == "counts" and np.dtype(dtype).kind == "u":
+        array = array / np.float32(np.iinfo(np.dtype(dtype)).max)
+    return array
 
 
 def load_model(path: Path, apply_method: str):

@@ -210,9 +210,12 @@ class Run:
         sources = {record.relpath for group in self.groups for record in group.records}
         models = set()
         if self.spec.estimates:
+            from .models import part_paths
+
             for group in self.groups:
-                name = self.model_path(group).relative_to(self.out.path).as_posix()
-                models.update((name, name.rsplit(".", 1)[0] + ".png"))
+                path = self.model_path(group)
+                models.update(p.relative_to(self.out.path).as_posix()
+                              for p in (path, path.with_suffix(".png"), *part_paths(path, group).values()))
         return sources, models
 
     def passes(self) -> None:
