@@ -18,6 +18,7 @@ a plugin exception is printed and the macro goes on with the image unchanged.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +34,7 @@ _MACRO = r"""
 args = split(getArgument(), "|");
 jobs = split(File.openAsString(args[0]), "\n");
 print("version=" + getVersion());
+print("threads=" + call("ij.Prefs.getThreads"));
 setBatchMode(true);
 for (i = 0; i < jobs.length; i++) {
     f = split(jobs[i], "|");
@@ -78,7 +80,15 @@ def jar_path() -> Path:
 
 
 def skip_reason() -> str | None:
-    """Why the oracle cannot run here (None when it can)."""
+    """Why the oracle cannot run here (None when it can). Where ``GPUILLUM_REQUIRE_IMAGEJ`` is set
+    (CI), a missing ImageJ is an error instead of a reason to skip."""
+    reason = _missing()
+    if reason and os.environ.get("GPUILLUM_REQUIRE_IMAGEJ", "") not in ("", "0"):
+        raise RuntimeError(f"GPUILLUM_REQUIRE_IMAGEJ is set but {reason}")
+    return reason
+
+
+def _missing() -> str | None:
     if not jar_path().is_file():
         return f"ImageJ not installed: no {jar_path()} (apt-get install -y imagej xvfb, or set GPUILLUM_IMAGEJ_JAR)"
     for tool in ("java", "xvfb-run"):
@@ -87,8 +97,9 @@ def skip_reason() -> str | None:
     return None
 
 
-def run_jobs(jobs: list[Job], timeout: float = 300.0) -> tuple[list[Result], str]:
-    """Run every job in one ImageJ process; returns the results (in job order) and ImageJ's version.
+def run_jobs(jobs: list[Job], timeout: float = 300.0) -> tuple[list[Result], dict]:
+    """Run every job in one ImageJ process; returns the results (in job order) and
+    ``{"version": ImageJ's getVersion(), "threads": its thread setting}``.
 
     Raises RuntimeError with ImageJ's log when it did not finish or a job produced no output.
     """
@@ -121,7 +132,8 @@ def run_jobs(jobs: list[Job], timeout: float = 300.0) -> tuple[list[Result], str
         log = stdout + stderr
         if "finished" not in stdout:
             raise RuntimeError(f"ImageJ stopped before the end of its {len(jobs)} jobs:\n{log[-4000:]}")
-        version = next((line.split("=", 1)[1] for line in stdout.splitlines() if line.startswith("version=")), "?")
+        info = {key: next((line.split("=", 1)[1] for line in stdout.splitlines() if line.startswith(key + "=")), "?")
+                for key in ("version", "threads")}
         times: dict[int, list] = {}
         for line in stdout.splitlines():
             if line.startswith("job="):
@@ -133,7 +145,17 @@ def run_jobs(jobs: list[Job], timeout: float = 300.0) -> tuple[list[Result], str
             if not target.is_file():
                 raise RuntimeError(f"ImageJ wrote no output for job {i} ({jobs[i].command} {jobs[i].options}):\n{log[-4000:]}")
             results.append(Result(tifffile.imread(target), times.get(i, [])))
-        return results, version
+        return results, info
+
+
+def paraboloid_is_legacy(version: str) -> bool:
+    """Whether an ImageJ version (getVersion(): "1.53t", "1.54f", "1.54t4") predates the sliding
+    paraboloid changes of 1.54t4 (docs/imagej.md 9.4), i.e. needs ``legacy=True`` to match."""
+    match = re.match(r"(\d+)\.(\d+)([a-z]?)(\d*)", version)
+    if not match:
+        raise ValueError(f"cannot parse the ImageJ version {version!r}")
+    major, minor, letter, build = int(match[1]), int(match[2]), match[3] or "", int(match[4] or 0)
+    return (major, minor, letter, build) < (1, 54, "t", 4)
 
 
 def _write_tiff(path: Path, image: np.ndarray) -> None:

@@ -93,11 +93,16 @@ class ProjectionReducer:
         xp = get_array_module(frames)
         batch = frames[None] if frames.ndim == 2 else frames
         if self.statistic in ("max", "min"):
-            extreme = batch.max(axis=0) if self.statistic == "max" else batch.min(axis=0)
-            self._value = extreme if self._value is None else (xp.maximum if self.statistic == "max" else xp.minimum)(self._value, extreme)
+            fold = xp.maximum if self.statistic == "max" else xp.minimum
+            if self._value is None:
+                self._value = xp.array(batch[0], copy=True)
+            for frame in batch:  # in place, frame by frame: no temporary the size of the batch
+                fold(self._value, frame, out=self._value)
         elif self.statistic == "mean" and self.dtype.kind == "u":
-            total = batch.sum(axis=0, dtype=np.int64)
-            self._value = total if self._value is None else self._value + total
+            if self._value is None:
+                self._value = xp.zeros(self.shape, dtype=np.int64)
+            for frame in batch:
+                xp.add(self._value, frame, out=self._value)
         elif self.statistic == "mean":
             for i in range(batch.shape[0]):
                 self._push((self.stop + i, 1, batch[i].astype(np.float64)))
