@@ -87,6 +87,19 @@ def test_equals_skimage_with_nan_and_infinities(rng, dtype, nansafe):
                          skimage_quietly(image, radius=radius, nansafe=nansafe))
 
 
+def test_equals_skimage_with_nan_and_random_even_kernels(rng):
+    """Kernel boxes of any (even) shape decide which pixels a NaN or an outside -inf poisons."""
+    for _ in range(20):
+        image = (rng.random((30, 31)) * 100).astype(np.float64)
+        image[rng.random(image.shape) < 0.01] = np.nan
+        image[rng.integers(0, 30), rng.integers(0, 31)] = -np.inf
+        kernel = rng.random(tuple(int(n) for n in rng.integers(1, 7, 2))) * 10
+        kernel[rng.random(kernel.shape) < 0.3] = np.inf
+        for nansafe in (False, True):
+            assert_identical(gi.rolling_ball(image, kernel=kernel, nansafe=nansafe),
+                             skimage_quietly(image, kernel=kernel, nansafe=nansafe))
+
+
 def test_nansafe_without_nan_is_the_plain_result(rng):
     image = rng.random((30, 30)).astype(np.float32)
     assert_identical(gi.rolling_ball(image, 6, nansafe=True), gi.rolling_ball(image, 6))

@@ -85,7 +85,7 @@ def mean_filter(image, radius, *, footprint="disk", mode="ignore"):
         half = np.minimum(half[reach - keep: reach + keep + 1], width - 1)
     accumulate = np.int64 if image.dtype.kind == "u" else np.float64
     running = xp.zeros((source.shape[0], source.shape[1] + 1), dtype=accumulate)
-    xp.cumsum(source, axis=1, dtype=accumulate, out=running[:, 1:])
+    running[:, 1:] = xp.cumsum(source, axis=1, dtype=accumulate)
     if xp is np:
         sums, counts = _window_sums_cpu(running, half, origin, (height, width))
     else:

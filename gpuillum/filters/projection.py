@@ -158,7 +158,9 @@ class ProjectionReducer:
             return _histogram_percentile(self._histogram, self.count, q)
         xp = get_array_module(self._frames[0])
         stack = xp.concatenate(self._frames) if len(self._frames) > 1 else self._frames[0]
-        return xp.percentile(stack.astype(np.float64), q, axis=0).astype(np.float32)
+        below, above, fraction = _order_statistics(self.count, q)
+        ordered = xp.sort(stack, axis=0)  # the same arithmetic on both backends (cupy.percentile's differs)
+        return _lerp(ordered[below].astype(np.float64), ordered[above].astype(np.float64), fraction).astype(np.float32)
 
     # ------------------------------------------------------------------------------------------
 
@@ -216,12 +218,18 @@ def _histogram_percentile(histogram, count: int, q: float):
     """numpy's linear percentile from per-pixel counts of the values 0..255: the order statistics
     at floor and ceil of q/100 (n - 1), interpolated as numpy's _lerp does."""
     xp = get_array_module(histogram)
-    position = q / 100.0 * (count - 1)
-    below, above = int(np.floor(position)), int(np.ceil(position))
+    below, above, fraction = _order_statistics(count, q)
     cumulative = xp.cumsum(histogram, axis=0, dtype=np.int64)
     lower = (cumulative <= below).sum(axis=0).astype(np.float64)  # the value holding order statistic `below`
     upper = (cumulative <= above).sum(axis=0).astype(np.float64)
-    return _lerp(lower, upper, position - below).astype(np.float32)
+    return _lerp(lower, upper, fraction).astype(np.float32)
+
+
+def _order_statistics(count: int, q: float):
+    """numpy's "linear" percentile: the two order statistics around q/100 (n - 1) and the weight."""
+    position = float(np.float64(q) / 100 * (count - 1))
+    below = int(np.floor(position))
+    return below, min(below + 1, count - 1), position - below
 
 
 def _lerp(a, b, t: float):

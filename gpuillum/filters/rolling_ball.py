@@ -177,13 +177,15 @@ def _poisoned(nan, pixels, difference, xp):
     """Pixels that scikit-image's NaN-aware loop makes NaN: a NaN anywhere in the kernel box, or a
     -inf pixel at an offset outside the kernel (``-inf + inf``); None when there are none."""
     ndi = get_ndimage(xp)
-    poisoned = None
-    if nan is not None:
-        poisoned = ndi.maximum_filter(nan, footprint=xp.ones(difference.shape, bool), mode="constant", cval=False)
+
+    def reaches(mask, footprint):  # pixels whose footprint (centre shape // 2) holds a true pixel
+        return ndi.maximum_filter(mask.astype(np.uint8), footprint=xp.asarray(footprint), mode="constant", cval=0) > 0
+
+    poisoned = None if nan is None else reaches(nan, np.ones(difference.shape, bool))
     negative_infinity = xp.isneginf(pixels)
     outside = np.isposinf(difference)
     if outside.any() and bool(negative_infinity.any()):
-        more = ndi.maximum_filter(negative_infinity, footprint=xp.asarray(outside), mode="constant", cval=False)
+        more = reaches(negative_infinity, outside)
         poisoned = more if poisoned is None else poisoned | more
     return poisoned
 
