@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpuillum as gi
-from gpuillum.filters.presmooth import THIRD, resolve_presmooth
+from gpuillum.filters.presmooth import THIRD, mean3x3_xp, resolve_presmooth
 
 
 def java_filter3_mean(pixels):
@@ -44,6 +44,13 @@ def test_mean3x3_keeps_pixels_whose_mean_would_be_nan(rng):
     ours = gi.presmooth(image, True)
     assert np.array_equal(np.isnan(ours), np.isnan(image))  # no spreading (ImageJ >= 1.54t4)
     assert np.array_equal(ours, java_filter3_mean(image), equal_nan=True)
+
+
+def test_the_gpus_whole_array_mean_equals_the_cpu_kernel_on_numpy(rng):
+    image = (rng.standard_normal((37, 41)) * 1000).astype(np.float32)
+    image[5, 6] = np.nan
+    cpu = gi.presmooth(image, "mean")
+    assert np.array_equal(mean3x3_xp(image), cpu, equal_nan=True)
 
 
 def test_gaussian_and_none(rng):

@@ -29,6 +29,20 @@ def test_interpolation_indices_truncate_toward_zero_like_java():
     assert weight.dtype == np.float32 and weight[0] > 1 and weight[-1] < 0  # extrapolation at both ends
 
 
+def test_the_gpus_whole_array_steps_equal_the_cpu_kernels_on_numpy(rng):
+    """The y-interpolation has a fused CPU kernel and a whole-array GPU version: run on NumPy they
+    must give the same bytes."""
+    from gpuillum.filters import rolling_ball_imagej as module
+
+    small = rng.random((7, 9)).astype(np.float32)
+    y_index, y_weight = interpolation(27, 7, 4)
+    fused = module._enlarge(small, 4, (27, 30))
+    x_index, x_weight = interpolation(30, 9, 4)
+    rows = small[:, x_index] * x_weight + small[:, x_index + 1] * (np.float32(1) - x_weight)
+    whole = module.blend_lines_xp(np.concatenate([np.zeros((1, 30), np.float32), rows]), y_index, y_weight)
+    assert np.array_equal(fused.view(np.uint32), whole.view(np.uint32))
+
+
 def test_measured_outputs_of_the_notes_are_reproduced():
     """docs/imagej.md 5: a 5x5 8-bit image with a 10-count border, measured in ImageJ 1.53t."""
     image = np.full((5, 5), 10, np.uint8)

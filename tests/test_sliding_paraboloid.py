@@ -94,6 +94,21 @@ def test_nan_stays_where_it_was_and_everything_else_is_finite(rng, presmooth):
     assert np.isfinite(background[~np.isnan(image)]).all()
 
 
+def test_the_gpus_3x3_maximum_equals_imagejs_loop_on_numpy(rng):
+    """The whole-array maximum the GPU uses, run on NumPy, against the CPU's ImageJ-order loop:
+    the same maximum, and the same shift sum for integer-valued images (any order is exact)."""
+    for image in (rng.integers(0, 65535, (37, 53)).astype(np.float32), (rng.random((20, 30)) * 100).astype(np.float32)):
+        image[3, 4] = np.nan
+        larger, shift = sp.maximum3x3(image, legacy=False)
+        larger_xp, total, count = sp.maximum3x3_xp(image)
+        assert np.array_equal(larger, larger_xp, equal_nan=True)
+        assert count == 2 * image.size - 1  # the NaN pixel: NaN in the row pass, then its neighbours' maximum
+        if np.all(image[~np.isnan(image)] == np.round(image[~np.isnan(image)])):
+            assert shift == np.float32(total / count)
+        else:
+            assert abs(shift - total / count) <= 1e-6 * abs(shift)
+
+
 def test_legacy_mode_refuses_nan():
     image = np.ones((10, 10), np.float32)
     image[3, 3] = np.nan

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import numbers
 
+import numba
 import numpy as np
 
 from .._checks import check_choice
 from ..backend import get_array_module, on_input_device
+from .bands import cpu_threads, run_jobs
 
 PRESMOOTH = ("mean", "gaussian", "none")
 THIRD = np.float32(0.333333333)  # ImageJ's constant: 0x3EAAAAAB, the float nearest 1/3
@@ -84,7 +86,21 @@ def smooth_float(pixels, method: str, sigma):
 
 def imagej_mean3x3(pixels):
     """ImageJ's 3x3 mean (BackgroundSubtracter.filter3x3(MEAN)) of a float32 2-D array: rows,
-    then columns, float32 arithmetic in ImageJ's order, NaN means keep the pixel (1.54t4+)."""
+    then columns, float32 arithmetic in ImageJ's order, NaN means keep the pixel (1.54t4+).
+    NumPy: one fused numba pass per direction in thread bands; CuPy: whole-array operations."""
+    if get_array_module(pixels) is not np:
+        return mean3x3_xp(pixels)
+    out = np.array(pixels, dtype=np.float32, order="C", copy=True)
+    height, width = out.shape
+    for lines, kernel in ((height, _mean3_rows), (-(-width // COLUMN_GROUP), _mean3_columns)):
+        bands = max(1, min(cpu_threads(), lines))
+        edges = [lines * b // bands for b in range(bands + 1)]
+        run_jobs([lambda a=a, b=b, kernel=kernel: kernel(out, a, b) for a, b in zip(edges[:-1], edges[1:])])
+    return out
+
+
+def mean3x3_xp(pixels):
+    """The 3x3 mean as whole-array operations on either backend (the same roundings)."""
     for axis in (1, 0):
         pixels = _mean3_along(pixels, axis)
     return pixels
@@ -113,3 +129,56 @@ def neighbours(pixels, axis: int):
     before = xp.concatenate([part(0, 1), part(0, n - 1)], axis=axis)
     after = xp.concatenate([part(1, n), part(n - 1, n)], axis=axis)
     return before, after
+
+
+# ----------------------------------------------------------------------------- CPU kernels (numba)
+# numba: the mean of each line needs its neighbours from before the pass (in place, as ImageJ);
+# NumPy needs eight whole-image passes for it. Columns are copied 16 at a time into contiguous
+# lines, so their strided pixels are read and written a cache line at a time.
+
+COLUMN_GROUP = 16
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _mean3_line(line):
+    """ImageJ's filter3(MEAN) on one contiguous line, in place."""
+    v3 = line[0]
+    v2 = v3
+    for i in range(line.size):
+        v1 = v2
+        v2 = v3
+        if i < line.size - 1:
+            v3 = line[i + 1]
+        mean = ((v1 + v2) + v3) * THIRD
+        if not np.isnan(mean):
+            line[i] = mean
+
+
+@numba.njit(cache=True, nogil=True)
+def _mean3_rows(pixels, y0, y1):
+    for y in range(y0, y1):
+        _mean3_line(pixels[y])
+
+
+@numba.njit(cache=True, nogil=True)
+def _mean3_columns(pixels, g0, g1):
+    columns = np.empty((COLUMN_GROUP, pixels.shape[0]), np.float32)
+    for g in range(g0, g1):
+        count = copy_columns(pixels, g * COLUMN_GROUP, columns, True)
+        for k in range(count):
+            _mean3_line(columns[k])
+        copy_columns(pixels, g * COLUMN_GROUP, columns, False)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def copy_columns(pixels, x0, columns, gather):
+    """columns[k, y] <-> pixels[y, x0 + k] for the up to COLUMN_GROUP columns from x0; returns
+    how many there are."""
+    count = min(columns.shape[0], pixels.shape[1] - x0)
+    for y in range(pixels.shape[0]):
+        for k in range(count):
+            if gather:
+                columns[k, y] = pixels[y, x0 + k]
+            else:
+                pixels[y, x0 + k] = columns[k, y]
+    return count

@@ -29,9 +29,11 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numba
 import numpy as np
 
 from ..backend import get_array_module, on_input_device
+from .bands import cpu_threads, run_jobs
 from .nonflat import Terms, erode, kernel_terms
 from .presmooth import resolve_presmooth, smooth_float
 from .subtract_background import ImageJFailure, check_imagej_radius, check_stack, subtract_background
@@ -135,14 +137,23 @@ def _without_nan(pixels):
 
 def _shrink(pixels, shrink: int):
     """Block minimum over shrink x shrink blocks, partial blocks at the far edges, NaN skipped,
-    Float.MAX_VALUE where a block has no smaller value (ImageJ's shrinkImage)."""
+    Float.MAX_VALUE where a block has no smaller value (ImageJ's shrinkImage). Minima are exact in
+    any order: the block's columns are folded as strided slices, then its rows."""
     xp = get_array_module(pixels)
     height, width = pixels.shape
     rows, cols = -(-height // shrink), -(-width // shrink)
-    padded = xp.full((rows * shrink, cols * shrink), np.inf, dtype=np.float32)
-    padded[:height, :width] = _without_nan(pixels)
-    small = padded.reshape(rows, shrink, cols, shrink).min(axis=(1, 3))
-    return xp.minimum(small, FLOAT_MAX)
+    pixels = _without_nan(pixels)
+    if (rows * shrink, cols * shrink) != (height, width):
+        padded = xp.full((rows * shrink, cols * shrink), np.inf, dtype=np.float32)
+        padded[:height, :width] = pixels
+        pixels = padded
+    narrow = xp.minimum(pixels[:, 0::shrink], pixels[:, 1::shrink])
+    for k in range(2, shrink):
+        xp.minimum(narrow, pixels[:, k::shrink], out=narrow)
+    small = xp.minimum(narrow[0::shrink], narrow[1::shrink])
+    for k in range(2, shrink):
+        xp.minimum(small, narrow[k::shrink], out=small)
+    return xp.minimum(small, FLOAT_MAX, out=small)
 
 
 def _roll(small, ball: ImageJBall):
@@ -182,8 +193,33 @@ def _enlarge(small, shrink: int, shape):
     rows = xp.add(rows, xp.multiply(small[:, x_index + 1], xp.subtract(np.float32(1), x_weight)), out=rows)
     # row 0 of `lines` is ImageJ's initial all-zero line, used only when y_index is -1
     lines = xp.concatenate([xp.zeros((1, width), np.float32), rows])
+    if xp is np:
+        background = np.empty((height, width), np.float32)
+        edges = [height * b // cpu_threads() for b in range(cpu_threads() + 1)]
+        run_jobs([lambda a=a, b=b: _blend_lines(lines, y_index, y_weight, background, a, b) for a, b in zip(edges[:-1], edges[1:])])
+        return background
+    return blend_lines_xp(lines, y_index, y_weight)
+
+
+def blend_lines_xp(lines, y_index, y_weight):
+    """The GPU's y-interpolation, as whole-array operations (the same roundings as _blend_lines)."""
+    xp = get_array_module(lines)
     upper = lines[xp.asarray(y_index + 1)]
     lower = lines[xp.asarray(y_index + 2)]
     y_weight = xp.asarray(y_weight)[:, None]
     background = xp.multiply(upper, y_weight)
     return xp.add(background, xp.multiply(lower, xp.subtract(np.float32(1), y_weight)), out=background)
+
+
+@numba.njit(cache=True, nogil=True)
+def _blend_lines(lines, y_index, y_weight, out, y0, y1):
+    """Rows [y0, y1) of ImageJ's y-interpolation: lines[k + 1] w + lines[k + 2] (1 - w), k =
+    y_index[y], each product rounded to float32 before the sum (numba does not fuse them)."""
+    for y in range(y0, y1):
+        weight = y_weight[y]
+        other = np.float32(1) - weight
+        upper = lines[y_index[y] + 1]
+        lower = lines[y_index[y] + 2]
+        row = out[y]
+        for x in range(row.size):
+            row[x] = upper[x] * weight + lower[x] * other

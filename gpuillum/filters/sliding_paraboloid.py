@@ -35,7 +35,7 @@ import numpy as np
 
 from ..backend import cuda_kernel, get_array_module, on_input_device
 from .bands import cpu_threads, run_jobs
-from .presmooth import imagej_mean3x3, neighbours, resolve_presmooth, smooth_float
+from .presmooth import COLUMN_GROUP, copy_columns, imagej_mean3x3, neighbours, resolve_presmooth, smooth_float
 from .subtract_background import check_imagej_radius, check_stack, subtract_background
 
 __all__ = ["sliding_paraboloid"]
@@ -44,6 +44,7 @@ f32 = np.float32
 _INT_MAX = 2**31 - 1
 CUDA_SOURCE = "sliding_paraboloid.cu"
 _LINES_PER_BAND = 64
+_GROUP = COLUMN_GROUP  # lines copied together: 16 float32 = one 64-byte cache line
 
 
 @on_input_device
@@ -153,53 +154,82 @@ def line_layout(direction: str, height: int, width: int):
 def maximum3x3(pixels, legacy: bool):
     """ImageJ's filter3x3(MAXIMUM): separable 3x3 maximum (rows, then columns, line ends
     replicated, NaN-aware as 1.54t4+) and the float32 shift ImageJ subtracts afterwards (the mean
-    increase per pass; legacy: the summed increase of both passes over W H)."""
+    increase per pass; legacy: the summed increase of both passes over W H). The increases are
+    summed in double in ImageJ's order (row pass row by row, then column pass column by column):
+    on the CPU in the same loop as the maximum (numba); on the GPU with cupy's sum, which gives the
+    same value whenever the increases are integers (8/16-bit images) and may differ in the last
+    bit otherwise."""
+    xp = get_array_module(pixels)
+    height, width = pixels.shape
+    if xp is np:
+        larger = np.array(pixels, dtype=np.float32, order="C", copy=True)
+        total, count = _maximum3x3_cpu(larger, legacy)
+    else:
+        larger, total, count = maximum3x3_xp(pixels)
+    shift = f32(total / width / height) if legacy else f32(total / count)
+    return larger, shift
+
+
+def maximum3x3_xp(pixels):
+    """The GPU's 3x3 maximum: (maximum, sum of the non-NaN increases, their count), whole-array
+    operations (the sum in the backend's own order)."""
     xp = get_array_module(pixels)
     increases = []
+    larger = pixels
     for axis in (1, 0):
-        before, after = neighbours(pixels, axis)
-        larger = xp.where((before > after) | xp.isnan(after), before, after)
-        larger = xp.where((pixels > larger) | xp.isnan(larger), pixels, larger)
-        increases.append(xp.subtract(larger, pixels))
-        pixels = larger
-    return pixels, _shift(increases[0], increases[1], legacy)
+        before, after = neighbours(larger, axis)
+        bigger = xp.where((before > after) | xp.isnan(after), before, after)
+        bigger = xp.where((larger > bigger) | xp.isnan(bigger), larger, bigger)
+        increases.append(xp.subtract(bigger, larger).ravel())
+        larger = bigger
+    terms = xp.concatenate(increases).astype(np.float64)
+    finite = ~xp.isnan(terms)
+    return larger, float(xp.sum(terms[finite])), int(xp.count_nonzero(finite))
 
 
-def _shift(row_increases, column_increases, legacy: bool):
-    """ImageJ's double sum of the increases, row pass row by row, then column pass column by
-    column, cast to float. NumPy: summed in that order (numba); CuPy: cupy's sum (the same value
-    whenever the increases are integers, as for 8/16-bit images; else within a float64 rounding)."""
-    xp = get_array_module(row_increases)
-    height, width = row_increases.shape
-    if xp is np:
-        total, count = _ordered_sum(row_increases, np.ascontiguousarray(column_increases.T), legacy)
-    else:
-        terms = xp.concatenate([row_increases.ravel(), column_increases.ravel()]).astype(np.float64)
-        finite = ~xp.isnan(terms)
-        total, count = float(xp.sum(terms[finite])), int(xp.count_nonzero(finite))
-    if legacy:
-        return f32(total / width / height)
-    return f32(total / count)
+@numba.njit(cache=True, nogil=True, inline="always")
+def _maximum3_line(line, total, count, per_line):
+    """ImageJ's filter3(MAXIMUM) on one contiguous line, in place; returns the running double
+    total and count of the increases (``per_line``: the line's own total added at its end)."""
+    length = line.size
+    v3 = line[0]
+    v2 = v3
+    line_total = 0.0
+    for i in range(length):
+        v1 = v2
+        v2 = v3
+        if i < length - 1:
+            v3 = line[i + 1]
+        larger = v1 if (v1 > v3 or np.isnan(v3)) else v3
+        if v2 > larger or np.isnan(larger):
+            larger = v2
+        increase = larger - v2
+        if not np.isnan(increase):
+            if per_line:
+                line_total += increase
+            else:
+                total += increase
+            count += 1
+        line[i] = larger
+    if per_line:
+        total += line_total
+    return total, count
 
 
 @numba.njit(cache=True, nogil=True)
-def _ordered_sum(rows, columns, per_line):
-    """Sum of the non-NaN values of ``rows`` then ``columns`` (each row-major) in double, in that
-    order; ``per_line``: each line summed on its own first (ImageJ before 1.54t4)."""
+def _maximum3x3_cpu(pixels, per_line):
+    """The 3x3 maximum in place: rows, then columns copied 16 at a time into contiguous lines."""
+    height, width = pixels.shape
     total = 0.0
     count = 0
-    for lines in (rows, columns):
-        for k in range(lines.shape[0]):
-            line_total = 0.0
-            for value in lines[k]:
-                if not np.isnan(value):
-                    if per_line:
-                        line_total += value
-                    else:
-                        total += value
-                    count += 1
-            if per_line:
-                total += line_total
+    for y in range(height):
+        total, count = _maximum3_line(pixels[y], total, count, per_line)
+    columns = np.empty((_GROUP, height), np.float32)
+    for x0 in range(0, width, _GROUP):
+        n = copy_columns(pixels, x0, columns, True)
+        for k in range(n):
+            total, count = _maximum3_line(columns[k], total, count, per_line)
+        copy_columns(pixels, x0, columns, False)
     return total, count
 
 
@@ -227,8 +257,8 @@ def _wrap_int(value):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")  # float / 0 is inf or NaN, as in Java
-def _slide_line(pixels, start, step, length, coeff2, cache, next_point, edges, want_edges, legacy):
-    """ImageJ's lineSlideParabola on pixels[start + i step], i < length (in place). With
+def _slide_line(line, length, coeff2, cache, next_point, edges, want_edges, legacy):
+    """ImageJ's lineSlideParabola on line[:length] (in place). With
     ``want_edges``, ``edges[0:2]`` receives the two corner estimates (NaN: no estimate)."""
     min_value = f32(3.4028234663852886e38)
     last_point = 0
@@ -236,7 +266,7 @@ def _slide_line(pixels, start, step, length, coeff2, cache, next_point, edges, w
     previous2 = f32(0)
     curvature_test = f32(1.999) * coeff2
     for i in range(length):
-        v = pixels[start + i * step]
+        v = line[i]
         cache[i] = v
         if v < min_value:
             min_value = v
@@ -299,7 +329,7 @@ def _slide_line(pixels, start, step, length, coeff2, cache, next_point, edges, w
                 last_corner = i2
         for k in range(i1 + 1, i2):
             d = f32(k - i1)
-            pixels[start + k * step] = v1 + d * (min_slope - d * coeff2)
+            line[k] = v1 + d * (min_slope - d * coeff2)
         i1 = i2
     if want_edges:
         _corner_estimates(cache, length, coeff2, first_corner, last_corner, edges, legacy)
@@ -342,14 +372,38 @@ def _corner_estimates(cache, length, coeff2, first_corner, last_corner, edges, l
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")  # float / 0 is inf or NaN, as in Java
 def _slide_lines_cpu(pixels, starts, steps, lengths, first, last, coeff2, legacy):
+    """Lines [first, last) of one pass, in groups of ``_GROUP``: a group is copied into contiguous
+    rows (neighbouring lines share cache lines, so the strided columns and diagonals are read and
+    written a cache line at a time), slid, and copied back."""
     longest = 1
     for k in range(first, last):
         longest = max(longest, lengths[k])
+    group = np.empty((_GROUP, longest), np.float32)
     cache = np.empty(longest, np.float32)
     next_point = np.empty(longest, np.int64)
     edges = np.empty(2, np.float32)
-    for k in range(first, last):
-        _slide_line(pixels, starts[k], steps[k], lengths[k], coeff2, cache, next_point, edges, False, legacy)
+    for g in range(first, last, _GROUP):
+        count = min(_GROUP, last - g)
+        _copy_group(pixels, starts, steps, lengths, g, count, group, True)
+        for k in range(count):
+            _slide_line(group[k], lengths[g + k], coeff2, cache, next_point, edges, False, legacy)
+        _copy_group(pixels, starts, steps, lengths, g, count, group, False)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _copy_group(pixels, starts, steps, lengths, g, count, group, gather):
+    """group[k, i] <-> pixels[starts[g + k] + i steps[g + k]], position by position across the lines."""
+    longest = 0
+    for k in range(count):
+        longest = max(longest, lengths[g + k])
+    for i in range(longest):
+        for k in range(count):
+            if i < lengths[g + k]:
+                index = starts[g + k] + i * steps[g + k]
+                if gather:
+                    group[k, i] = pixels[index]
+                else:
+                    pixels[index] = group[k, i]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")  # float / 0 is inf or NaN, as in Java
@@ -358,10 +412,13 @@ def _corner_lines_cpu(pixels, starts, steps, lengths, coeff2s, estimates, legacy
     longest = 1
     for k in range(lengths.size):
         longest = max(longest, lengths[k])
+    line = np.empty((1, longest), np.float32)
     cache = np.empty(longest, np.float32)
     next_point = np.empty(longest, np.int64)
     for k in range(lengths.size):
-        _slide_line(pixels, starts[k], steps[k], lengths[k], coeff2s[k], cache, next_point, estimates[k], True, legacy)
+        _copy_group(pixels, starts, steps, lengths, k, 1, line, True)
+        _slide_line(line[0], lengths[k], coeff2s[k], cache, next_point, estimates[k], True, legacy)
+        _copy_group(pixels, starts, steps, lengths, k, 1, line, False)
 
 
 # ----------------------------------------------------------------------------- passes and corners
