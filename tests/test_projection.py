@@ -86,6 +86,16 @@ def test_float_mean_is_split_invariant_where_a_running_sum_is_not(rng):
         assert first.result().view(np.uint32) == whole.view(np.uint32)
 
 
+def test_integer_means_move_partial_sums_to_int64_before_they_overflow(rng, monkeypatch):
+    monkeypatch.setattr(projection, "_PARTIAL_LIMIT", 3 * 65535)  # flush every 3 uint16 frames
+    stack = np.full((10, 4, 5), 65535, np.uint16)
+    stack[::3] = rng.integers(0, 65536, (4, 4, 5))
+    whole = gi.projection_background(stack, "mean")
+    assert np.array_equal(whole, numpy_reference(stack, "mean", None))
+    for _ in range(5):
+        assert np.array_equal(split_reduce(rng, stack, "mean", None), whole)
+
+
 def test_uint8_median_switches_to_histograms_and_stops_growing(rng, monkeypatch):
     monkeypatch.setattr(projection, "FRAMES_BEFORE_HISTOGRAM", 4)
     stack = random_stack(rng, 11, np.uint8)

@@ -87,15 +87,15 @@ def smooth_float(pixels, method: str, sigma):
 def imagej_mean3x3(pixels):
     """ImageJ's 3x3 mean (BackgroundSubtracter.filter3x3(MEAN)) of a float32 2-D array: rows,
     then columns, float32 arithmetic in ImageJ's order, NaN means keep the pixel (1.54t4+).
-    NumPy: one fused numba pass per direction in thread bands; CuPy: whole-array operations."""
+    NumPy: one fused numba pass in thread bands; CuPy: whole-array operations."""
     if get_array_module(pixels) is not np:
         return mean3x3_xp(pixels)
-    out = np.array(pixels, dtype=np.float32, order="C", copy=True)
-    height, width = out.shape
-    for lines, kernel in ((height, _mean3_rows), (-(-width // COLUMN_GROUP), _mean3_columns)):
-        bands = max(1, min(cpu_threads(), lines))
-        edges = [lines * b // bands for b in range(bands + 1)]
-        run_jobs([lambda a=a, b=b, kernel=kernel: kernel(out, a, b) for a, b in zip(edges[:-1], edges[1:])])
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    out = np.empty_like(pixels)
+    height = pixels.shape[0]
+    bands = max(1, min(cpu_threads(), height // 64))
+    edges = [height * b // bands for b in range(bands + 1)]
+    run_jobs([lambda a=a, b=b: _mean3x3_band(pixels, out, a, b) for a, b in zip(edges[:-1], edges[1:])])
     return out
 
 
@@ -132,48 +132,52 @@ def neighbours(pixels, axis: int):
 
 
 # ----------------------------------------------------------------------------- CPU kernels (numba)
-# numba: the mean of each line needs its neighbours from before the pass (in place, as ImageJ);
-# NumPy needs eight whole-image passes for it. Columns are copied 16 at a time into contiguous
-# lines, so their strided pixels are read and written a cache line at a time.
+# numba: both passes fused into one sweep over the rows (NumPy needs eight whole-image passes):
+# the row pass of the rows y - 1, y, y + 1 is kept in three buffers, and output row y is their
+# column mean. Bands of rows run in threads, each recomputing the row pass of its two border rows.
 
 COLUMN_GROUP = 16
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _mean3_line(line):
-    """ImageJ's filter3(MEAN) on one contiguous line, in place."""
-    v3 = line[0]
-    v2 = v3
-    for i in range(line.size):
-        v1 = v2
-        v2 = v3
-        if i < line.size - 1:
-            v3 = line[i + 1]
-        mean = ((v1 + v2) + v3) * THIRD
-        if not np.isnan(mean):
-            line[i] = mean
+def _keep_unless_nan(mean, before):
+    return before if np.isnan(mean) else mean
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_mean(line, out):
+    """The row pass of ImageJ's filter3(MEAN) on one line (ends replicated) into ``out``."""
+    n = line.size
+    if n == 1:
+        out[0] = _keep_unless_nan(((line[0] + line[0]) + line[0]) * THIRD, line[0])
+        return
+    out[0] = _keep_unless_nan(((line[0] + line[0]) + line[1]) * THIRD, line[0])
+    for x in range(1, n - 1):
+        out[x] = _keep_unless_nan(((line[x - 1] + line[x]) + line[x + 1]) * THIRD, line[x])
+    out[n - 1] = _keep_unless_nan(((line[n - 2] + line[n - 1]) + line[n - 1]) * THIRD, line[n - 1])
 
 
 @numba.njit(cache=True, nogil=True)
-def _mean3_rows(pixels, y0, y1):
+def _mean3x3_band(pixels, out, y0, y1):
+    """Output rows [y0, y1) of the 3x3 mean: the column pass over the row pass's rows."""
+    height, width = pixels.shape
+    above = np.empty(width, np.float32)
+    here = np.empty(width, np.float32)
+    below = np.empty(width, np.float32)
+    _row_mean(pixels[max(y0 - 1, 0)], above)
+    _row_mean(pixels[y0], here)
     for y in range(y0, y1):
-        _mean3_line(pixels[y])
-
-
-@numba.njit(cache=True, nogil=True)
-def _mean3_columns(pixels, g0, g1):
-    columns = np.empty((COLUMN_GROUP, pixels.shape[0]), np.float32)
-    for g in range(g0, g1):
-        count = copy_columns(pixels, g * COLUMN_GROUP, columns, True)
-        for k in range(count):
-            _mean3_line(columns[k])
-        copy_columns(pixels, g * COLUMN_GROUP, columns, False)
+        _row_mean(pixels[min(y + 1, height - 1)], below)
+        row = out[y]
+        for x in range(width):
+            row[x] = _keep_unless_nan(((above[x] + here[x]) + below[x]) * THIRD, here[x])
+        above, here, below = here, below, above
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def copy_columns(pixels, x0, columns, gather):
-    """columns[k, y] <-> pixels[y, x0 + k] for the up to COLUMN_GROUP columns from x0; returns
-    how many there are."""
+    """columns[k, y] <-> pixels[y, x0 + k] for the up to COLUMN_GROUP columns from x0 (a group of
+    strided columns read and written a cache line at a time); returns how many there are."""
     count = min(columns.shape[0], pixels.shape[1] - x0)
     for y in range(pixels.shape[0]):
         for k in range(count):

@@ -35,12 +35,15 @@ import numpy as np
 
 from .._checks import ORDER_DTYPES, check_choice
 from ..backend import get_array_module
+from .bands import cpu_threads, run_jobs
 
 __all__ = ["projection_background", "ProjectionReducer"]
 
 STATISTICS = ("max", "min", "mean", "median", "percentile")
 FRAMES_BEFORE_HISTOGRAM = 512  # uint8: frames cost 1 byte a pixel each, histograms 512 bytes
 _HISTOGRAM_CHUNK = 1 << 24
+_PIXELS_PER_BAND = 1 << 19  # below ~this a thread costs more than it saves
+_PARTIAL_LIMIT = 2**32 - 1  # the largest uint32 partial sum
 
 
 class ProjectionReducer:
@@ -72,6 +75,7 @@ class ProjectionReducer:
         self.count = 0
         self.shape = self.dtype = None
         self._value = None  # max / min: the running extreme; mean of integers: the int64 sum
+        self._partial, self._partial_count = None, 0  # mean of integers: uint32 sums not yet in _value
         self._blocks = []  # mean of float32: [(first frame, size, float64 sum)], maximal aligned blocks
         self._frames = []  # median / percentile: frames (or batches of frames), in order
         self._histogram = None  # median / percentile of uint8: per-pixel counts, shape (256, H, W)
@@ -84,7 +88,7 @@ class ProjectionReducer:
     @property
     def nbytes(self) -> int:
         """Bytes of state held."""
-        arrays = [self._value, self._histogram] + [b[2] for b in self._blocks] + self._frames
+        arrays = [self._value, self._partial, self._histogram] + [b[2] for b in self._blocks] + self._frames
         return sum(int(a.nbytes) for a in arrays if a is not None)
 
     def add(self, frames) -> None:
@@ -97,12 +101,18 @@ class ProjectionReducer:
             if self._value is None:
                 self._value = xp.array(batch[0], copy=True)
             for frame in batch:  # in place, frame by frame: no temporary the size of the batch
-                fold(self._value, frame, out=self._value)
+                _in_bands(fold, self._value, frame)
         elif self.statistic == "mean" and self.dtype.kind == "u":
-            if self._value is None:
-                self._value = xp.zeros(self.shape, dtype=np.int64)
+            # uint32 partial sums (half the memory traffic of int64), moved into the int64 total
+            # before they could overflow: after 65,537 uint16 or 16.8 million uint8 frames
+            room = _PARTIAL_LIMIT // np.iinfo(self.dtype).max
             for frame in batch:
-                xp.add(self._value, frame, out=self._value)
+                if self._partial is None:
+                    self._partial, self._partial_count = xp.zeros(self.shape, dtype=np.uint32), 0
+                _in_bands(xp.add, self._partial, frame)
+                self._partial_count += 1
+                if self._partial_count == room:
+                    self._flush()
         elif self.statistic == "mean":
             for i in range(batch.shape[0]):
                 self._push((self.stop + i, 1, batch[i].astype(np.float64)))
@@ -130,6 +140,8 @@ class ProjectionReducer:
         if self.statistic in ("max", "min"):
             self._value = (xp.maximum if self.statistic == "max" else xp.minimum)(self._value, other._value)
         elif self.statistic == "mean" and self.dtype.kind == "u":
+            self._flush()
+            other._flush()
             self._value = self._value + other._value
         elif self.statistic == "mean":
             for block in other._blocks:
@@ -147,6 +159,7 @@ class ProjectionReducer:
         if self.statistic in ("max", "min"):
             return self._value.copy()
         if self.statistic == "mean" and self.dtype.kind == "u":
+            self._flush()
             return (self._value.astype(np.float64) / self.count).astype(np.float32)
         if self.statistic == "mean":
             total = None
@@ -179,7 +192,16 @@ class ProjectionReducer:
         return frames
 
     def _any_state(self):
-        return next(a for a in [self._value, self._histogram] + [b[2] for b in self._blocks] + self._frames if a is not None)
+        return next(a for a in [self._value, self._partial, self._histogram] + [b[2] for b in self._blocks] + self._frames
+                    if a is not None)
+
+    def _flush(self):
+        """Move the uint32 partial sums into the int64 total."""
+        if self._partial is None:
+            return
+        total = self._partial.astype(np.int64)
+        self._value = total if self._value is None else self._value + total
+        self._partial, self._partial_count = None, 0
 
     def _push(self, block):
         """Append an aligned dyadic block and join sibling blocks (pairwise summation)."""
@@ -212,6 +234,18 @@ class ProjectionReducer:
                 flat[:, first:first + width] += xp.bincount(keys.ravel(), minlength=256 * width).reshape(256, width).astype(counts_dtype)
         self._histogram = histogram
         self._frames = []
+
+
+def _in_bands(ufunc, target, frame):
+    """``ufunc(target, frame, out=target)``, split into row bands on the shared CPU threads for
+    large NumPy frames (NumPy's ufuncs release the GIL but use one core)."""
+    rows = target.shape[0]
+    bands = min(cpu_threads(), rows, target.size // _PIXELS_PER_BAND) if isinstance(target, np.ndarray) else 1
+    if bands <= 1:
+        ufunc(target, frame, out=target)
+        return
+    edges = [rows * b // bands for b in range(bands + 1)]
+    run_jobs([lambda a=a, b=b: ufunc(target[a:b], frame[a:b], out=target[a:b]) for a, b in zip(edges[:-1], edges[1:])])
 
 
 def _histogram_percentile(histogram, count: int, q: float):

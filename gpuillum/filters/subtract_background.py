@@ -23,6 +23,7 @@ import math
 import numbers
 import warnings
 
+import numba
 import numpy as np
 
 from .._checks import ORDER_DTYPES, check_choice
@@ -96,10 +97,31 @@ def _output(plane, pixels, background, light: bool, create: bool, output_dtype: 
     if output_dtype == "float32" or plane.dtype == np.float32:
         return background if create else xp.subtract(pixels, background)
     top = np.iinfo(plane.dtype).max
+    offset = np.float32(0.5 if create or not light else top + 0.5)
+    if xp is np:
+        out = np.empty(plane.shape, plane.dtype)
+        _round_into(pixels, background, create, offset, np.float32(top), out)
+        return out
     if create:
-        value = xp.add(background, np.float32(0.5))
+        value = xp.add(background, offset)
     else:
         value = xp.subtract(pixels, background)
-        value = xp.add(value, np.float32(top + 0.5 if light else 0.5), out=value)
+        value = xp.add(value, offset, out=value)
     value = xp.clip(value, np.float32(0), np.float32(top), out=value)
     return value.astype(plane.dtype)  # truncation, as Java's (int) cast
+
+
+@numba.njit(cache=True, nogil=True)
+def _round_into(pixels, background, create, offset, top, out):
+    """ImageJ's conversion to 8/16-bit in one pass: ``(orig - bg) + offset`` (or ``bg + offset``
+    when creating the background), clamped to [0, top], truncated; all float32."""
+    flat_pixels = pixels.reshape(-1)
+    flat_background = background.reshape(-1)
+    flat_out = out.reshape(-1)
+    for i in range(flat_out.size):
+        value = flat_background[i] + offset if create else (flat_pixels[i] - flat_background[i]) + offset
+        if value < 0:
+            value = np.float32(0)
+        if value > top:
+            value = top
+        flat_out[i] = value
