@@ -7,20 +7,27 @@ scikit-image's ``rolling_ball`` is one erosion by the ball's height differences;
 ball is an erosion by ``-ball`` over the extended grid of ball centres followed by a dilation,
 which is the negated erosion of the negated result by the same (symmetric) kernel.
 
-Exactness: each term is added once in the working dtype (float32, float64, or saturating uint16
-for integer images whose kernel is an integer), and min is exact, so the result equals any
+Exactness: each sum is formed in the working dtype (float32, float64, or saturating uint16 for
+integer images whose kernel is an integer) and min is exact, so the result equals any
 implementation that forms the same sums and takes their minimum, whatever the order. Rounding is
-monotone, so ``min fl(a_i) = fl(min a_i)``: sharing work between terms is allowed only where it
-keeps the sums themselves unchanged. The one sharing used here: kernel rows symmetric about the
-centre column (equal values at -dx and +dx, bit for bit) need one sum per pair,
-``min(src[x - w], src[x + w]) + v``, with the pair minimum ``P_w`` of each source row computed
-once and used by every kernel row that has a term at distance w. That halves the additions of a
-disk-shaped kernel; terms outside the kernel (+inf in scikit-image's kernels) are never visited.
+monotone (``min fl(a_i) = fl(min a_i)`` and ``a <= b`` implies ``fl(a + v) <= fl(b + v)``), so
+two kinds of sharing keep the minimum unchanged:
 
-CPU: numba, per source row: the row padded with a sentinel that never wins, the pair minima of
-every distance, then each term folded into its output row as a vectorised loop (LLVM emits SIMD
-adds and minima: 8-32 lanes). Row bands run on the shared thread pool. GPU: one CUDA thread per
-output pixel loops over the terms (``cuda/nonflat.cu``); additions use ``__fadd_rn``/``__dadd_rn``.
+* pairs: where a kernel row holds the same value (bit for bit) at -dx and +dx, one sum
+  ``min(src[x - w], src[x + w]) + v`` stands for both;
+* windows: where a kernel row is a run -w..w whose values do not decrease away from the centre
+  (every ball), one sum per distinct value, ``v + min(src[x - w .. x + w])`` with w the widest
+  offset holding v: the inner offsets also get v, at least their own value, so they never undercut.
+
+The pair and window minima of a source row are built once (windows one distance at a time) and
+serve every kernel row. Offsets outside the kernel (+inf in scikit-image's kernels) are never
+visited.
+
+CPU: numba, per source row: the row padded with a sentinel that never wins, its pair and window
+minima, then each term folded into its output row as a vectorised loop (LLVM emits SIMD adds and
+minima: 8-32 lanes). Row bands run on the shared thread pool. GPU: one CUDA thread per output
+pixel loops over the terms (``cuda/nonflat.cu``), extending one running window per kernel row;
+additions use ``__fadd_rn``/``__dadd_rn``.
 """
 from __future__ import annotations
 
