@@ -13,6 +13,7 @@ Usage::
 * ``rolling_ball`` (scikit-image's semantics, exact) against ``skimage.restoration.rolling_ball``;
   scikit-image is timed on a centred crop and scaled by the pixel ratio (``extrapolated_from``)
   when the full image would take longer than ``--peer-budget`` seconds.
+* ``--device gpu`` adds each gpuillum kernel's time on a CuPy copy of the image (``gpuillum_gpu``).
 * ``projection`` over a multi-page TIFF: reading every page and folding it into a
   ``ProjectionReducer``, against reading the pages alone (the same tifffile loop).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -74,38 +76,65 @@ def imagej_cases(radii, legacy: bool):
     return cases
 
 
-def bench_imagej(image, radii, repeats):
+def on_gpu(fn, image, repeats):
+    """Median time of ``fn`` on a CuPy copy of ``image`` (uploaded once, GPU synchronised)."""
+    import cupy
+
+    device_image = cupy.asarray(image)
+    return time_call(lambda: fn(device_image), repeats=max(repeats, 5), warmup=2)
+
+
+def bench_imagej(image, radii, repeats, gpu=False):
+    """ImageJ and gpuillum in alternating rounds (one JVM per round: ImageJ times every case, its
+    first run of each discarded as JIT warm-up; then gpuillum times every case on all threads and
+    on one), so that a change of the machine's load hits both alike; medians over the rounds."""
     oracle = load_oracle()
     reason = oracle.skip_reason()
-    info, results = {"version": None, "threads": None}, None
+    info = {"version": None, "threads": None}
     if reason is None:
-        probe, info = oracle.run_jobs([oracle.Job(image[:8, :8], "Subtract Background...", "rolling=5")])
-        cases = imagej_cases(radii, oracle.paraboloid_is_legacy(info["version"]))
-        jobs = [oracle.Job(image, "Subtract Background...", options, repeats=repeats + 1) for _, _, options, _ in cases]
-        results, info = oracle.run_jobs(jobs, timeout=1800)
-    else:
-        cases = imagej_cases(radii, legacy=False)
+        _, info = oracle.run_jobs([oracle.Job(image[:8, :8], "Subtract Background...", "rolling=5")])
+    cases = imagej_cases(radii, oracle.paraboloid_is_legacy(info["version"]) if reason is None else False)
+    imagej_times = [[] for _ in cases]
+    ours_times = [[] for _ in cases]
+    ours_1_times = [[] for _ in cases]
+    outputs = [None] * len(cases)
+    for _ in range(repeats):
+        if reason is None:
+            jobs = [oracle.Job(image, "Subtract Background...", options, repeats=2) for _, _, options, _ in cases]
+            results, info = oracle.run_jobs(jobs, timeout=1800)
+            for i, result in enumerate(results):
+                imagej_times[i].append(result.times_ms[-1] / 1e3)
+                outputs[i] = result.output
+        for i, (_, _, _, fn) in enumerate(cases):
+            fn(image)  # warm-up
+            ours_times[i].append(_seconds(lambda: fn(image)))
+            ours_1_times[i].append(_seconds(lambda: one_thread(fn)(image)))
     rows = []
-    for i, (name, radius, options, fn) in enumerate(cases):
-        ours = time_call(lambda: fn(image), repeats=repeats)
-        ours_1 = time_call(lambda: one_thread(fn)(image), repeats=repeats)
+    for i, (name, radius, _, fn) in enumerate(cases):
+        ours, ours_1 = _summary(ours_times[i]), _summary(ours_1_times[i])
         row = {"kernel": name, "params": {"size": image.shape[0], "radius": radius, "dtype": str(image.dtype)},
                "gpuillum": ours, "gpuillum_1thread": ours_1}
-        if results is None:
+        if gpu:
+            row["gpuillum_gpu"] = on_gpu(fn, image, repeats)
+        if reason is not None:
             row["peer"] = {"name": "ImageJ", "skipped": reason}
         else:
-            times = results[i].times_ms[1:] or results[i].times_ms  # the first run warms the JIT up
-            row["peer"] = {"name": f"ImageJ {info['version']} (threads setting {info['threads']})",
-                           "median_s": statistics.median(times) / 1e3, "min_s": min(times) / 1e3, "runs": len(times)}
+            row["peer"] = {"name": f"ImageJ {info['version']} (threads setting {info['threads']})", **_summary(imagej_times[i])}
             row["speedup"] = row["peer"]["median_s"] / ours["median_s"]
             row["speedup_1thread"] = row["peer"]["median_s"] / ours_1["median_s"]
-            row["identical"] = bool(np.array_equal(results[i].output, fn(image)))
+            row["identical"] = bool(np.array_equal(outputs[i], fn(image)))
         rows.append(row)
         _print(row)
     return rows, info
 
 
-def bench_skimage(image, radii, repeats, budget):
+def _seconds(fn):
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def bench_skimage(image, radii, repeats, budget, gpu=False):
     from skimage.restoration import rolling_ball as skimage_rolling_ball
 
     rows = []
@@ -117,6 +146,8 @@ def bench_skimage(image, radii, repeats, budget):
                "gpuillum": ours, "peer": {"name": "skimage.restoration.rolling_ball", **peer},
                "speedup": peer["median_s"] / ours["median_s"],
                "identical_on_crop": bool(np.array_equal(gi.rolling_ball(crop, radius), skimage_rolling_ball(crop, radius=radius)))}
+        if gpu:
+            row["gpuillum_gpu"] = on_gpu(lambda im: gi.rolling_ball(im, radius), image, repeats)
         rows.append(row)
         _print(row)
     return rows
@@ -151,9 +182,7 @@ def bench_projection(size, frames, repeats, statistics_to_time, compression):
             read_and_reduce(statistic)  # warm-up (numba, page cache)
         for _ in range(max(repeats, 3)):
             for name in timings:
-                started = time.perf_counter()
-                read_only() if name == "read" else read_and_reduce(name)
-                timings[name].append(time.perf_counter() - started)
+                timings[name].append(_seconds(read_only if name == "read" else lambda n=name: read_and_reduce(n)))
         read = _summary(timings["read"])
         for statistic in statistics_to_time:
             both = _summary(timings[statistic])
@@ -184,6 +213,8 @@ def _print(row):
         line += f" (1 thread: {row['gpuillum_1thread']['median_s'] * 1e3:.1f} ms, x{row['speedup_1thread']:.1f})"
     if "ratio_to_read" in row:
         line += f" | {row['ratio_to_read']:.2f} x read"
+    if "gpuillum_gpu" in row:
+        line += f" | GPU {row['gpuillum_gpu']['median_s'] * 1e3:.2f} ms"
     print(line, flush=True)
 
 
@@ -197,6 +228,8 @@ def markdown_table(rows) -> str:
         ours = f"{row['gpuillum']['median_s'] * 1e3:.0f} ms"
         if "gpuillum_1thread" in row:
             ours += f" ({row['gpuillum_1thread']['median_s'] * 1e3:.0f} ms on 1 thread)"
+        if "gpuillum_gpu" in row:
+            ours += f"; GPU {row['gpuillum_gpu']['median_s'] * 1e3:.2f} ms"
         peer = row.get("peer", {})
         peer_time = f"{peer['median_s'] * 1e3:.0f} ms" + ("*" if "extrapolated_from" in peer else "") if "median_s" in peer else peer.get("skipped", "")
         if "ratio_to_read" in row:
@@ -221,6 +254,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peer-budget", type=float, default=20.0, help="seconds scikit-image may take before it is timed on a crop")
     parser.add_argument("--only", nargs="*", choices=("imagej", "skimage", "projection"), help="only these comparisons")
+    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="gpu: also time gpuillum on CuPy arrays")
     parser.add_argument("--quick", action="store_true", help="small images, a smoke test")
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
@@ -230,21 +264,28 @@ def main(argv=None) -> int:
     args.radii = [int(r) if float(r).is_integer() else r for r in args.radii]
     args.skimage_radii = [int(r) if float(r).is_integer() else r for r in args.skimage_radii]
     chosen = set(args.only or ("imagej", "skimage", "projection"))
+    gpu = args.device == "gpu"
+    if gpu and not gi.gpu_available():
+        print("bench_background: --device gpu but no usable CUDA GPU", file=sys.stderr)
+        return 2
 
     image = test_image(args.size)
     rows, imagej = [], None
     started = time.perf_counter()
+    load_before = os.getloadavg()
     if "imagej" in chosen:
-        imagej_rows, imagej = bench_imagej(image, args.radii, args.repeats)
+        imagej_rows, imagej = bench_imagej(image, args.radii, args.repeats, gpu)
         rows += imagej_rows
     if "skimage" in chosen:
-        rows += bench_skimage(image, args.skimage_radii, args.repeats, args.peer_budget)
+        rows += bench_skimage(image, args.skimage_radii, args.repeats, args.peer_budget, gpu)
     if "projection" in chosen:
         for compression in (None, "zlib"):
             rows += bench_projection(args.projection_size, args.frames, args.repeats, ("max", "mean", "median"), compression)
     payload = {"benchmark": "background", "quick": args.quick, "machine": machine_description(), "args": vars(args),
-               "imagej": imagej, "wall_s": time.perf_counter() - started, "results": rows}
+               "imagej": imagej, "wall_s": time.perf_counter() - started, "results": rows,
+               "load_average": {"before": load_before, "after": os.getloadavg()}}
     print(markdown_table(rows))
+    print(f"load average (1, 5, 15 min) before {load_before}, after {payload['load_average']['after']}")
     if not args.no_save:
         print(f"wrote {write_results('background', payload)}")
     return 0

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import numbers
 
+import numba
 import numpy as np
 
 from .._checks import ORDER_DTYPES, check_choice
@@ -109,7 +110,7 @@ class ProjectionReducer:
             for frame in batch:
                 if self._partial is None:
                     self._partial, self._partial_count = xp.zeros(self.shape, dtype=np.uint32), 0
-                _in_bands(xp.add, self._partial, frame)
+                _in_bands(_accumulate if xp is np else xp.add, self._partial, frame)
                 self._partial_count += 1
                 if self._partial_count == room:
                     self._flush()
@@ -246,6 +247,18 @@ def _in_bands(ufunc, target, frame):
         return
     edges = [rows * b // bands for b in range(bands + 1)]
     run_jobs([lambda a=a, b=b: ufunc(target[a:b], frame[a:b], out=target[a:b]) for a, b in zip(edges[:-1], edges[1:])])
+
+
+def _accumulate(total, frame, out):
+    """``out = total + frame`` for a uint32 ``total`` and a uint8/uint16 frame (NumPy's mixed-type
+    ufunc loop casts through a buffer; this one is a plain vectorised loop)."""
+    _add_widening(total.reshape(-1), frame.reshape(-1), out.reshape(-1))
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_widening(total, frame, out):
+    for i in range(out.size):
+        out[i] = total[i] + np.uint32(frame[i])
 
 
 def _histogram_percentile(histogram, count: int, q: float):
