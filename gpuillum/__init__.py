@@ -31,6 +31,14 @@ _EXPORTS = {
     "fit_polynomial": "gpuillum.filters.polynomial",
     "gaussian_filter": "gpuillum.filters.smoothing",
     "resize_bilinear": "gpuillum.filters.resample",
+    # local backgrounds (ImageJ's Subtract Background, scikit-image's rolling ball, projections)
+    "rolling_ball_imagej": "gpuillum.filters.rolling_ball_imagej",
+    "sliding_paraboloid": "gpuillum.filters.sliding_paraboloid",
+    "rolling_ball": "gpuillum.filters.rolling_ball",
+    "mean_filter": "gpuillum.filters.mean",
+    "presmooth": "gpuillum.filters.presmooth",
+    "projection_background": "gpuillum.filters.projection",
+    "ProjectionReducer": "gpuillum.filters.projection",
     # illumination functions (CellProfiler semantics) and applying them
     "CalculateSettings": "gpuillum.methods.cellprofiler",
     "IlluminationAccumulator": "gpuillum.methods.cellprofiler",

@@ -91,6 +91,22 @@ def test_plate_benchmark_smoke_run(results_dir):
     assert "| io-floor |" in table and table.startswith("32 images (sites x channels)")  # 16 sites x 2 channels
 
 
+def test_background_benchmark_smoke_run(results_dir):
+    from benchmarks import bench_background
+
+    assert bench_background.main(["--quick"]) == 0
+    data = _only_result(results_dir, "background")
+    kernels = [r["kernel"] for r in data["results"]]
+    assert kernels == ["rolling_ball_imagej", "sliding_paraboloid"] * 2 + ["rolling_ball"] + ["projection"] * 6
+    for row in data["results"]:
+        assert isinstance(row["gpuillum"]["median_s"], float)
+        if row["kernel"] == "projection":
+            assert row["ratio_to_read"] == pytest.approx(row["gpuillum"]["median_s"] / row["peer"]["median_s"])
+        elif "median_s" in row["peer"]:  # ImageJ installed (CI): the outputs are ImageJ's
+            assert row["speedup"] > 0 and row.get("identical", row.get("identical_on_crop")) is True
+    assert "| rolling_ball_imagej | 192^2 uint16 | radius 12 |" in bench_background.markdown_table(data["results"])
+
+
 def test_summary_leaves_out_quick_runs(tmp_path):
     for name in ("plate-cpu-20260101.json", "plate-cpu-20260102-quick.json", "kernels-cpu-20260101-quick.json"):
         (tmp_path / name).write_text("{}")

@@ -3,6 +3,7 @@
 ``"disk"`` is x^2 + y^2 <= r^2, the same set of pixels as ``skimage.morphology.disk(r)`` and
 CellProfiler's ``strel_disk(r)``; ``"square"`` is the (2r+1)^2 box. Both are described by their
 chords: for each row offset dy in [-r, r], the half-width of the footprint on that row.
+ImageJ's RankFilters use their own circle, ``imagej_half_widths`` (docs/imagej.md section 11).
 """
 from __future__ import annotations
 
@@ -55,3 +56,17 @@ def footprint_array(radius: int, footprint: str = "disk") -> np.ndarray:
     half = chord_half_widths(radius, footprint)
     dx = np.arange(-radius, radius + 1)
     return np.abs(dx)[None, :] <= half[:, None]
+
+
+def imagej_half_widths(radius: float) -> np.ndarray:
+    """Half-widths of ImageJ's circular kernel (RankFilters.makeLineRadii) for a real ``radius``
+    >= 0, rows dy = -k..k: radii in [1.5, 1.75) become 1.75 and [2.5, 2.85) become 2.85, then
+    r2 = int(radius^2) + 1, k = int(sqrt(r2 + 1e-10)), half-width int(sqrt(r2 - dy^2 + 1e-10)).
+    The kernel is {x^2 + y^2 <= floor(radius^2) + 1}: 5 points for radius 0.5, 9 for 1, 13 for 1.5."""
+    if 1.5 <= radius < 1.75:
+        radius = 1.75
+    elif 2.5 <= radius < 2.85:
+        radius = 2.85
+    r2 = int(radius * radius) + 1
+    reach = int(math.sqrt(r2 + 1e-10))
+    return np.asarray([int(math.sqrt(r2 - dy * dy + 1e-10)) for dy in range(-reach, reach + 1)], dtype=np.int64)
