@@ -230,10 +230,11 @@ def test_accumulation_is_fixed_order_whatever_the_threads(tmp_path, rng):
         from concurrent.futures import ThreadPoolExecutor
 
         merge = OrderedMerge()
-        task = lambda batch: reduce_batch(batch, method, CellProfilerSettings(settings), info, reader, Device("cpu"), "fail")
+        task = lambda numbered: reduce_batch(numbered, method, CellProfilerSettings(settings), info, reader, Device("cpu"), "fail")
         with ThreadPoolExecutor(threads) as pool:
-            for index, (_batch, (partial, skipped, used)) in enumerate(ordered_map(task, fixed_batches(records), pool, threads)):
-                assert not skipped and len(used) == len(_batch)
+            batches = list(enumerate(fixed_batches(records)))
+            for (index, batch), (partial, skipped, used) in ordered_map(task, batches, pool, threads):
+                assert not skipped and len(used) == len(batch)
                 merge.push(index, partial)
         total = merge.result()
         assert total.count == len(records)

@@ -32,6 +32,7 @@ import numbers
 import numba
 import numpy as np
 
+from ..errors import InvalidValue
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_radius
 from ..backend import get_array_module, on_input_device
 from .bands import cpu_threads, run_jobs
@@ -69,7 +70,7 @@ def mean_filter(image, radius, *, footprint="disk", mode="ignore"):
     check_choice(mode, "mode", MEAN_MODES)
     if footprint == "imagej":
         if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not 0 <= radius < 1e4:
-            raise ValueError(f"radius: expected a number in [0, 10000) for footprint='imagej', got {radius!r}")
+            raise InvalidValue(f"radius: expected a number in [0, 10000) for footprint='imagej', got {radius!r}")
         half = imagej_half_widths(float(radius))
     else:
         half = chord_half_widths(check_radius(radius), footprint)

@@ -21,6 +21,7 @@ import numbers
 import numba
 import numpy as np
 
+from ..errors import InvalidValue
 from .._checks import check_choice
 from ..backend import get_array_module, on_input_device
 from .bands import cpu_threads, run_jobs
@@ -39,10 +40,10 @@ def resolve_presmooth(presmooth, sigma):
     check_choice(presmooth, "presmooth", PRESMOOTH)
     if presmooth == "gaussian":
         if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not np.isfinite(sigma) or sigma <= 0:
-            raise ValueError(f"sigma: presmooth='gaussian' needs a finite sigma > 0, got {sigma!r}")
+            raise InvalidValue(f"sigma: presmooth='gaussian' needs a finite sigma > 0, got {sigma!r}")
         return presmooth, float(sigma)
     if sigma is not None:
-        raise ValueError(f"sigma: only used with presmooth='gaussian', got sigma={sigma!r} with presmooth={presmooth!r}")
+        raise InvalidValue(f"sigma: only used with presmooth='gaussian', got sigma={sigma!r} with presmooth={presmooth!r}")
     return presmooth, None
 
 
@@ -69,7 +70,7 @@ def presmooth(image, method="mean", *, sigma=None):
     """
     method, sigma = resolve_presmooth(method, sigma)
     if getattr(image, "ndim", None) != 2:
-        raise ValueError(f"image: expected a 2-D array, got shape {getattr(image, 'shape', None)}")
+        raise InvalidValue(f"image: expected a 2-D array, got shape {getattr(image, 'shape', None)}")
     return smooth_float(get_array_module(image).asarray(image, dtype=np.float32), method, sigma)
 
 

@@ -34,6 +34,7 @@ import numbers
 import numba
 import numpy as np
 
+from ..errors import InvalidType, InvalidValue
 from .._checks import ORDER_DTYPES, check_choice
 from ..backend import get_array_module
 from .bands import cpu_threads, run_jobs
@@ -71,7 +72,7 @@ class ProjectionReducer:
         self.statistic = check_choice(statistic, "statistic", STATISTICS)
         self.percentile = _check_percentile(statistic, percentile)
         if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
-            raise ValueError(f"start: expected an integer >= 0, got {start!r}")
+            raise InvalidValue(f"start: expected an integer >= 0, got {start!r}")
         self.start = int(start)
         self.count = 0
         self.shape = self.dtype = None
@@ -126,9 +127,9 @@ class ProjectionReducer:
     def merge(self, other: "ProjectionReducer") -> None:
         """Take in ``other``, the reducer of the frames that directly follow this one's."""
         if not isinstance(other, ProjectionReducer) or (other.statistic, other.percentile) != (self.statistic, self.percentile):
-            raise ValueError("other: expected a ProjectionReducer with the same statistic and percentile")
+            raise InvalidValue("other: expected a ProjectionReducer with the same statistic and percentile")
         if other.start != self.stop:
-            raise ValueError(f"other: starts at frame {other.start}, expected the next frame, {self.stop} "
+            raise InvalidValue(f"other: starts at frame {other.start}, expected the next frame, {self.stop} "
                              "(merge consecutive batches in order)")
         if other.count == 0:
             return
@@ -136,7 +137,7 @@ class ProjectionReducer:
             self.__dict__.update({k: v for k, v in other.__dict__.items() if k != "start"})
             return
         if (other.shape, other.dtype) != (self.shape, self.dtype):
-            raise ValueError(f"other: frames of shape {other.shape} and dtype {other.dtype}, expected {self.shape} {self.dtype}")
+            raise InvalidValue(f"other: frames of shape {other.shape} and dtype {other.dtype}, expected {self.shape} {self.dtype}")
         xp = get_array_module(self._any_state())
         if self.statistic in ("max", "min"):
             self._value = (xp.maximum if self.statistic == "max" else xp.minimum)(self._value, other._value)
@@ -156,7 +157,7 @@ class ProjectionReducer:
     def result(self):
         """The projection: max/min in the input dtype, the other statistics as float32."""
         if self.count == 0:
-            raise ValueError("no frames added: a projection needs at least one frame")
+            raise InvalidValue("no frames added: a projection needs at least one frame")
         if self.statistic in ("max", "min"):
             return self._value.copy()
         if self.statistic == "mean" and self.dtype.kind == "u":
@@ -180,16 +181,16 @@ class ProjectionReducer:
 
     def _checked(self, frames):
         if not hasattr(frames, "ndim") or frames.ndim not in (2, 3) or frames.size == 0:
-            raise ValueError(f"frames: expected a non-empty 2-D frame or 3-D batch (time first), got shape {getattr(frames, 'shape', None)}")
+            raise InvalidValue(f"frames: expected a non-empty 2-D frame or 3-D batch (time first), got shape {getattr(frames, 'shape', None)}")
         if frames.dtype not in tuple(np.dtype(d) for d in ORDER_DTYPES):
-            raise TypeError(f"frames: dtype {frames.dtype} is not supported; expected uint8, uint16 or float32")
+            raise InvalidType(f"frames: dtype {frames.dtype} is not supported; expected uint8, uint16 or float32")
         shape = tuple(frames.shape[-2:])
         if self.shape is None:
             self.shape, self.dtype = shape, frames.dtype
         elif (shape, frames.dtype) != (self.shape, self.dtype):
-            raise ValueError(f"frames: shape {shape} and dtype {frames.dtype} differ from the first frames' {self.shape} {self.dtype}")
+            raise InvalidValue(f"frames: shape {shape} and dtype {frames.dtype} differ from the first frames' {self.shape} {self.dtype}")
         if self.statistic == "mean" and frames.dtype == np.float32 and bool(get_array_module(frames).isnan(frames).any()):
-            raise ValueError("frames: contain NaN; a mean over time needs finite values")
+            raise InvalidValue("frames: contain NaN; a mean over time needs finite values")
         return frames
 
     def _any_state(self):
@@ -288,10 +289,10 @@ def _lerp(a, b, t: float):
 def _check_percentile(statistic, percentile):
     if statistic == "percentile":
         if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real) or not 0 <= percentile <= 100:
-            raise ValueError(f"percentile: statistic='percentile' needs a number in [0, 100], got {percentile!r}")
+            raise InvalidValue(f"percentile: statistic='percentile' needs a number in [0, 100], got {percentile!r}")
         return float(percentile)
     if percentile is not None:
-        raise ValueError(f"percentile: only used with statistic='percentile', got {percentile!r} with statistic={statistic!r}")
+        raise InvalidValue(f"percentile: only used with statistic='percentile', got {percentile!r} with statistic={statistic!r}")
     return None
 
 
@@ -318,7 +319,7 @@ def projection_background(stack, statistic="max", percentile=None, axis=0):
     >>> foreground = stack.astype(np.int16) - gi.projection_background(stack, "max")
     """
     if getattr(stack, "ndim", None) != 3:
-        raise ValueError(f"stack: expected a 3-D array (time and two image axes), got shape {getattr(stack, 'shape', None)}")
+        raise InvalidValue(f"stack: expected a 3-D array (time and two image axes), got shape {getattr(stack, 'shape', None)}")
     xp = get_array_module(stack)
     reducer = ProjectionReducer(statistic, percentile)
     reducer.add(xp.moveaxis(stack, axis, 0))

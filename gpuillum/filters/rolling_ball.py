@@ -48,6 +48,7 @@ import numbers
 import numba
 import numpy as np
 
+from ..errors import InvalidType, InvalidValue
 from ..backend import get_array_module, get_ndimage, on_input_device, same_backend, to_numpy
 from .nonflat import erode, kernel_terms
 
@@ -102,17 +103,17 @@ def rolling_ball(image, radius=100, *, kernel=None, nansafe=False):
     xp = get_array_module(image)
     _check_2d(image)
     if image.dtype.kind == "c":
-        raise TypeError("image: complex valued input is not supported (as in scikit-image)")
+        raise InvalidType("image: complex valued input is not supported (as in scikit-image)")
     if image.dtype.kind not in "biuf":
-        raise TypeError(f"image: expected a real-valued array, got dtype {image.dtype}")
+        raise InvalidType(f"image: expected a real-valued array, got dtype {image.dtype}")
     float_type = np.float32 if image.dtype in (np.float16, np.float32) else np.float64
     if kernel is None:
         if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not math.isfinite(radius) or radius < 0:
-            raise ValueError(f"radius: expected a finite number >= 0, got {radius!r}")
+            raise InvalidValue(f"radius: expected a finite number >= 0, got {radius!r}")
         kernel = ball_kernel(radius, 2)
     kernel = to_numpy(kernel)
     if kernel.ndim != 2 or kernel.size == 0:
-        raise ValueError(f"kernel: expected a non-empty 2-D array (as the image), got shape {kernel.shape}")
+        raise InvalidValue(f"kernel: expected a non-empty 2-D array (as the image), got shape {kernel.shape}")
     kernel = kernel.astype(float_type)
     center = tuple(np.asarray(kernel.shape) // 2)
     with np.errstate(invalid="ignore"):
@@ -143,12 +144,12 @@ def rolling_ball(image, radius=100, *, kernel=None, nansafe=False):
 
 def _check_2d(image):
     if not hasattr(image, "ndim") or not hasattr(image, "dtype"):
-        raise TypeError(f"image: expected a 2-D NumPy or CuPy array, got {type(image).__name__}")
+        raise InvalidType(f"image: expected a 2-D NumPy or CuPy array, got {type(image).__name__}")
     if image.ndim != 2:
-        raise ValueError(f"image: expected a 2-D array, got {image.ndim}-D with shape {tuple(image.shape)} "
+        raise InvalidValue(f"image: expected a 2-D array, got {image.ndim}-D with shape {tuple(image.shape)} "
                          "(scikit-image would roll an N-D ball; process the planes one by one for a stack)")
     if image.size == 0:
-        raise ValueError(f"image: expected a non-empty array, got shape {tuple(image.shape)}")
+        raise InvalidValue(f"image: expected a non-empty array, got shape {tuple(image.shape)}")
 
 
 def _integer_kernel(image, difference, inside, center, xp):

@@ -33,6 +33,7 @@ import math
 import numba
 import numpy as np
 
+from ..errors import InvalidValue
 from ..backend import cuda_kernel, get_array_module, on_input_device
 from .bands import cpu_threads, run_jobs
 from .presmooth import COLUMN_GROUP, copy_columns, imagej_mean3x3, neighbours, resolve_presmooth, smooth_float
@@ -87,7 +88,7 @@ def sliding_paraboloid(image, radius, *, light_background=False, presmooth=True,
     smoothing, sigma = resolve_presmooth(presmooth, sigma)
     xp = get_array_module(image)
     if legacy and image.dtype == np.float32 and bool(xp.isnan(image).any()):
-        raise ValueError("image: contains NaN, which ImageJ before 1.54t4 (legacy=True) does not handle "
+        raise InvalidValue("image: contains NaN, which ImageJ before 1.54t4 (legacy=True) does not handle "
                          "(it hangs or returns NaN everywhere); use legacy=False")
     radius = f32(radius)  # ImageJ passes (float)radius
 

@@ -26,6 +26,7 @@ import warnings
 import numba
 import numpy as np
 
+from ..errors import InvalidType, InvalidValue
 from .._checks import ORDER_DTYPES, check_choice
 from ..backend import get_array_module
 
@@ -46,20 +47,20 @@ def check_stack(image, name: str = "image"):
     """A NumPy or CuPy array of ImageJ's grey types (uint8, uint16, float32) with at least two
     axes; leading axes are slices."""
     if not hasattr(image, "ndim") or not hasattr(image, "dtype"):
-        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(image).__name__}")
+        raise InvalidType(f"{name}: expected a NumPy or CuPy array, got {type(image).__name__}")
     if image.ndim < 2:
-        raise ValueError(f"{name}: expected a 2-D image or a stack of them, got shape {tuple(image.shape)}")
+        raise InvalidValue(f"{name}: expected a 2-D image or a stack of them, got shape {tuple(image.shape)}")
     if image.size == 0:
-        raise ValueError(f"{name}: expected a non-empty array, got shape {tuple(image.shape)}")
+        raise InvalidValue(f"{name}: expected a non-empty array, got shape {tuple(image.shape)}")
     if image.dtype not in tuple(np.dtype(d) for d in ORDER_DTYPES):
-        raise TypeError(f"{name}: dtype {image.dtype} is not supported; expected uint8, uint16 or float32 (ImageJ's grey types)")
+        raise InvalidType(f"{name}: dtype {image.dtype} is not supported; expected uint8, uint16 or float32 (ImageJ's grey types)")
     return image
 
 
 def check_imagej_radius(radius) -> float:
     """ImageJ's "Rolling ball radius": a finite number > 0.0001 (its dialog's limit)."""
     if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not math.isfinite(radius) or not radius > 0.0001:
-        raise ValueError(f"radius: expected a finite number > 0.0001 (ImageJ's limit), got {radius!r}")
+        raise InvalidValue(f"radius: expected a finite number > 0.0001 (ImageJ's limit), got {radius!r}")
     return float(radius)
 
 
@@ -83,7 +84,7 @@ def subtract_background(image, background_of, *, light_background: bool, create_
             background = background_of(pixels)
         except ImageJFailure as failure:
             if output_dtype == "float32":
-                raise ValueError(f"image: {failure.reason}; ImageJ computes no background for it") from None
+                raise InvalidValue(f"image: {failure.reason}; ImageJ computes no background for it") from None
             warnings.warn(f"{failure.reason}: ImageJ leaves such a slice as it is at that point, and so does gpuillum",
                           RuntimeWarning, stacklevel=3)
             out[index] = failure.pixels if plane.dtype == np.float32 else plane

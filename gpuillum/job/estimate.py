@@ -13,7 +13,7 @@ import dataclasses
 import time
 
 from ..backend import resolve_device
-from .executor import fixed_batches
+from .executor import BATCH_SIZE, fixed_batches
 from .reading import read_records, upload_batch
 
 BASELINE_IMAGES = "baseline_images"  # model.info: the names of the images the baseline values belong to, in order
@@ -47,11 +47,14 @@ class OrderedMerge:
         return self.total
 
 
-def reduce_batch(batch, method, settings, info, reader, device_spec, on_error):
-    """One batch: (the partial reduction or None, the skipped images, the names of those reduced).
+def reduce_batch(numbered_batch, method, settings, info, reader, device_spec, on_error):
+    """One batch (its index and its records): (the partial reduction or None, the skipped images,
+    the names of those reduced).
 
     The batch's images are read in order (a stack's planes with one opening of the file) and, on
-    a GPU, copied to the device in one pinned transfer."""
+    a GPU, copied to the device in one pinned transfer. The reduction knows the group position of
+    the batch's first image (index * BATCH_SIZE)."""
+    index, batch = numbered_batch
     device = resolve_device(device_spec)
     skipped: list = []
     loaded = list(read_records(batch, reader, on_error, skipped))
@@ -62,7 +65,7 @@ def reduce_batch(batch, method, settings, info, reader, device_spec, on_error):
     with device.activate():
         for image in images:
             if partial is None:
-                partial = method.reduction(settings, info)
+                partial = method.reduction(settings, info, index * BATCH_SIZE)
             partial.add(device.asarray(image))
     return partial, skipped, [record.name for record, _image in loaded]
 
@@ -84,10 +87,10 @@ def estimate_group(run, group) -> None:
     started = time.perf_counter()
     merged, used_names = OrderedMerge(), []
     with run.progress_bar(len(group.records), f"calc  {group.name}") as bar:
-        batches = fixed_batches(group.records)
+        batches = list(enumerate(fixed_batches(group.records)))  # (index, batch): its first image is index * BATCH_SIZE
         results = run.executor.map(reduce_batch, batches, spec.method, spec.settings, group.info, group.reader,
                                    run.executor.device_spec, spec.on_error)
-        for index, (batch, (partial, skipped, used)) in enumerate(results):
+        for (index, batch), (partial, skipped, used) in results:
             for name, problem in skipped:
                 run.skip(name, problem)
             used_names.extend(used)

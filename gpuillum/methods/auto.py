@@ -121,8 +121,9 @@ class AutoMethod(Method):
     def manifest_settings(self, settings) -> dict:
         return {"name": self.name, "settings": {"candidates": [c.label for c in settings.resolved()]}}
 
-    def reduction(self, settings, group: GroupInfo) -> AutoReduction:
-        return AutoReduction({c.label: c.method.reduction(c.settings, group) for c in settings.resolved() if _accepts(c, group)})
+    def reduction(self, settings, group: GroupInfo, start: int = 0) -> AutoReduction:
+        return AutoReduction({c.label: c.method.reduction(c.settings, group, start) for c in settings.resolved()
+                              if _accepts(c, group)})
 
     def finish(self, settings, reduction: AutoReduction, group: GroupInfo, device):
         from ..qc.candidates import choose

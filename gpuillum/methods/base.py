@@ -172,8 +172,10 @@ class Method:
 
     # -- group and series scope
 
-    def reduction(self, settings, group: GroupInfo) -> Reduction:
-        """A fresh, empty reduction for one batch of the group."""
+    def reduction(self, settings, group: GroupInfo, start: int = 0) -> Reduction:
+        """A fresh, empty reduction for one batch of the group, whose first image is the group's
+        image ``start`` (a reduction whose arithmetic depends on image positions, such as a
+        pairwise float sum, aligns on it; the others ignore it)."""
         raise NotImplementedError(f"method {self.name}: no group reduction")
 
     def finish(self, settings, reduction: Reduction, group: GroupInfo, device):

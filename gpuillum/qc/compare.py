@@ -25,9 +25,9 @@ def _reduce_group(group, settings, executor):
     from ..methods import get_method
 
     merged = OrderedMerge()
-    results = executor.map(reduce_batch, fixed_batches(group.records), get_method("auto"), settings, group.info, group.reader,
-                           executor.device_spec, "skip")
-    for index, (_batch, (partial, _skipped, _used)) in enumerate(results):
+    results = executor.map(reduce_batch, list(enumerate(fixed_batches(group.records))), get_method("auto"), settings,
+                           group.info, group.reader, executor.device_spec, "skip")
+    for (index, _batch), (partial, _skipped, _used) in results:
         merged.push(index, partial)
     return merged.result()
 

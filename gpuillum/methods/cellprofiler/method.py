@@ -222,7 +222,7 @@ class CellProfilerMethod(Method):
             raise InvalidValue(f"images of {group.label} are {group.shape[0]}x{group.shape[1]}, too small for resize factor "
                              f"{factor:g} (it leaves no pixel on an axis); use a larger resize factor or 1") from None
 
-    def reduction(self, settings: CellProfilerSettings, group: GroupInfo):
+    def reduction(self, settings: CellProfilerSettings, group: GroupInfo, start: int = 0):
         from .estimator import IlluminationAccumulator
 
         return IlluminationAccumulator(settings.calculate)

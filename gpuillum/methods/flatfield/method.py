@@ -64,7 +64,7 @@ class FlatfieldMethod(Method):
             if tuple(dark.shape) != tuple(group.shape):
                 raise InvalidValue(f"dark_frames: shape {tuple(dark.shape)} differs from {group.label}'s images {tuple(group.shape)}")
 
-    def reduction(self, settings, group: GroupInfo) -> WorkingStack:
+    def reduction(self, settings, group: GroupInfo, start: int = 0) -> WorkingStack:
         return WorkingStack(group.shape, settings.working_size)
 
     def finish(self, settings, reduction: WorkingStack, group: GroupInfo, device):
