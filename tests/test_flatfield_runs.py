@@ -109,3 +109,19 @@ def test_a_time_lapse_stack_gets_a_baseline_per_frame(tmp_path):
     # (I - D) / F - B_n + mean(B): the frames' backgrounds come out level despite the bleaching
     levels = [np.median(frame) for frame in corrected]
     assert np.ptp(levels) < 0.1 * np.ptp([np.median(frame) for frame in movie.images])
+
+
+def test_apply_takes_a_basicpy_model_folder(tmp_path, plate):
+    """A model saved by BaSiCPy 2.0 (settings.json + profiles.npz) corrects a folder through `gpuillum apply`."""
+    folder = write_folder(tmp_path / "tiles", plate.images[:4])
+    saved = tmp_path / "basic_model"
+    saved.mkdir()
+    (saved / "settings.json").write_text(json.dumps({"get_darkfield": True, "working_size": 128}))
+    flat = plate.flatfield.astype(np.float32)
+    dark = plate.darkfield.astype(np.float32)
+    np.savez(saved / "profiles.npz", flatfield=flat, darkfield=dark, baseline=np.zeros(4, np.float32))
+    out = tmp_path / "out"
+    assert main(["apply", str(folder), "-o", str(out), "--function", f"1={saved}", "--output-dtype", "float32",
+                 "--device", "cpu", "-q"]) == 0
+    expected = (plate.images[2].astype(np.float32) - dark) / flat  # BaSiC's transform: (I - D) / F in float32
+    np.testing.assert_allclose(tifffile.imread(out / "corrected" / "tile_02.tif"), expected, rtol=1e-6)

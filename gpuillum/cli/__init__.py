@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = apply.add_mutually_exclusive_group()
     source.add_argument("--functions", metavar="DIR", help="folder of <plate>_Illum<channel>.npy (or .npz, .mat) files (default: OUT/illum)")
     source.add_argument("--function", action="append", metavar="CHANNEL=FILE",
-                        help="the function file for CHANNEL on every plate (repeatable)")
+                        help="the function file (.npy, .mat, .npz) or BaSiCPy model folder (save_model) for CHANNEL on "
+                        "every plate (repeatable)")
     _discovery_options(apply)
     _output_options(apply, apply_method=True)
     _execution_options(apply)

@@ -91,12 +91,16 @@ def cellprofiler_part(model, part: str, dtype: str):
 
 
 def load_model(path: Path, apply_method: str):
-    """The model in ``path``: a ``.npz`` model, or a CellProfiler ``.npy``/``.mat`` function applied
-    with ``apply_method``; a one-line JobError for a file that is neither."""
+    """The model in ``path``: a ``.npz`` model, a folder saved by BaSiCPy 2.0 (``save_model``), or a
+    CellProfiler ``.npy``/``.mat`` function applied with ``apply_method``; a one-line JobError for
+    anything else."""
+    from ..methods.basicpy_io import load_basicpy_model
     from ..methods.cellprofiler.functions_io import load_function
     from ..model import IlluminationModel
 
     try:
+        if path.is_dir():
+            return load_basicpy_model(path)
         if path.suffix.lower() == ".npz":
             return IlluminationModel.load(path)
         return IlluminationModel.from_function(load_function(path), apply_method)
@@ -106,7 +110,7 @@ def load_model(path: Path, apply_method: str):
 
 def attach_existing(groups, functions, out_dir: Path, named: set, apply_method: str) -> None:
     """Apply-only runs: load each group's model from a folder of ``<plate>_Illum<channel>`` files
-    (default OUT/illum) or a mapping {channel or (plate, channel): file}.
+    (default OUT/illum) or a mapping {channel or (plate, channel): file, or a BaSiCPy model folder}.
 
     A mapping's keys must name channels, or (plate, channel) pairs, that INPUT's file names give
     (``named``, files with problems included), so a typo is not silently ignored."""

@@ -158,8 +158,10 @@ class Run:
         group = self.group_of.get(group_key(record, self.scope))
         if group is None or group.model_path is None or group.model is None:
             return ""
-        if not group.model_sha:  # a given model file, hashed once
-            group.model_sha = file_sha256(group.model_path)
+        if not group.model_sha:  # a given model file (or BaSiCPy model folder: its files), hashed once
+            path = group.model_path
+            files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+            group.model_sha = "".join(file_sha256(file) for file in files)
         return group.model_sha
 
     @property
