@@ -146,6 +146,10 @@ def main(argv=None) -> int:
     parser.add_argument("--shape", type=int, nargs=2, default=(1080, 1080), metavar=("H", "W"))
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="gpuillum CPU worker counts to run (1 = in-process)")
     parser.add_argument("--threads", type=int, default=None, help="decode/write threads (default: gpuillum's)")
+    parser.add_argument("--methods", nargs="+", default=["jump"], metavar="NAME[:OPTION=VALUE,...]",
+                        help="gpuillum methods to time besides the jump preset, named as for gpuillum compare, e.g. flatfield "
+                        "median:radius=25 (in-process)")
+    parser.add_argument("--qc", action="store_true", help="time every gpuillum run with its per-run QC report as well")
     parser.add_argument("--skip-cellprofiler", action="store_true", help="leave out the (slow) CellProfiler path")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 16 sites x 2 channels of 256^2")
     parser.add_argument("--scratch", default=None, help="folder for the plate and outputs (default: a temporary folder)")
@@ -155,6 +159,7 @@ def main(argv=None) -> int:
 
     from gpuillum.backend import gpu_available
     from gpuillum.job import default_threads, run_plate
+    from gpuillum.qc.candidates import resolve
 
     threads = args.threads or default_threads()
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="gpuillum-bench-"))
@@ -178,8 +183,21 @@ def main(argv=None) -> int:
         record("io-floor", timed(io_floor, paths, scratch / "floor", source, threads), threads=threads)
         for workers in args.workers:
             out = scratch / f"cpu-{workers}"
-            seconds = timed(run_plate, source, out, preset="jump", layout="gpuillum", device="cpu", workers=workers, threads=threads)
+            seconds = timed(run_plate, source, out, preset="jump", layout="gpuillum", device="cpu", workers=workers,
+                            threads=threads, qc=False)
             record(f"gpuillum cpu workers={workers}", seconds, device="cpu", workers=workers, threads=threads)
+            shutil.rmtree(out)
+        for spec in [m for m in args.methods if m != "jump"]:
+            candidate = resolve(spec)  # the names of gpuillum compare: methods, presets, NAME:option=value
+            out = scratch / f"method-{candidate.method.name}"
+            seconds = timed(run_plate, source, out, method=candidate.method.name, options=candidate.settings,
+                            layout="gpuillum", device="cpu", threads=threads, qc=False)
+            record(f"gpuillum cpu {spec}", seconds, device="cpu", method=spec, threads=threads)
+            shutil.rmtree(out)
+        if args.qc:
+            out = scratch / "qc"
+            seconds = timed(run_plate, source, out, preset="jump", layout="gpuillum", device="cpu", threads=threads, qc=True)
+            record("gpuillum cpu jump with QC", seconds, device="cpu", threads=threads, qc=True)
             shutil.rmtree(out)
         if gpu_available():
             out = scratch / "gpu"
@@ -194,9 +212,11 @@ def main(argv=None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
 
     by_name = {row["variant"]: row for row in rows}
-    best_cpu = min((row for row in rows if row["variant"].startswith("gpuillum cpu")), key=lambda row: row["seconds"])
+    best_cpu = min((row for row in rows if row["variant"].startswith("gpuillum cpu workers=")), key=lambda row: row["seconds"])
     summary = {"best_cpu_variant": best_cpu["variant"],
-               "vs_io_floor": best_cpu["seconds"] / by_name["io-floor"]["seconds"]}
+               "vs_io_floor": best_cpu["seconds"] / by_name["io-floor"]["seconds"],
+               "vs_io_floor_by_variant": {row["variant"]: row["seconds"] / by_name["io-floor"]["seconds"] for row in rows
+                                          if row["variant"].startswith("gpuillum")}}
     if "cellprofiler path" in by_name:
         summary["speedup_vs_cellprofiler"] = by_name["cellprofiler path"]["seconds"] / best_cpu["seconds"]
     if "gpuillum gpu" in by_name:

@@ -50,7 +50,7 @@ def run(input_path, out_dir, *, method=None, options=None, settings=None, preset
     method : str, optional
         A registered method (``gpuillum methods``): "cellprofiler" (the default), "median",
         "tophat", ...; ``options`` are its settings by name, as its CLI options (e.g.
-        ``{"radius": 15}``). CellProfiler's may also come as ``settings`` (a CalculateSettings)
+        ``{"radius": 15}``), or an instance of the method's Settings class. CellProfiler's may also come as ``settings`` (a CalculateSettings)
         or ``preset`` ("jump", ...), and ``apply_method`` (Divide, Subtract).
     background : BackgroundSettings, optional
         A per-image background subtracted after the model (``--background``); alone, the method.

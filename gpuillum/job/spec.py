@@ -204,9 +204,11 @@ def _method_and_settings(method, options, settings, preset, apply_method, backgr
             check_settings(settings)
         except UserError as error:
             raise JobError(one_line(error)) from None
-    if options is not None and not isinstance(options, dict):
-        raise JobError(f"options: expected a dict of the method's settings, got {type(options).__name__}")
     chosen = get_method(method) if method is not None else None
+    if chosen is not None and isinstance(options, chosen.Settings):  # the method's settings themselves
+        return chosen, options
+    if options is not None and not isinstance(options, dict):
+        raise JobError(f"options: expected a dict of the method's settings (or its Settings), got {type(options).__name__}")
     cellprofiler = settings is not None or preset is not None or (apply_method is not None and "calc" in passes)
     if chosen is None and cellprofiler:
         chosen = get_method("cellprofiler")
