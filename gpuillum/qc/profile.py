@@ -4,8 +4,8 @@ A row or a column gives the pixels themselves. A line from (x0, y0) to (x1, y1) 
 y down, in pixels) is sampled as ImageJ's ``ImageProcessor.getLine`` samples a straight line
 selection for Plot Profile: n = round(length) steps of length / n from the start (n + 1 points,
 n for a full-width row or full-height column), each point's value interpolated bilinearly
-between its four pixels (``getInterpolatedValue``: coordinates clamped into the image, a point
-more than a pixel outside it reads 0). tests/test_profile.py compares both with ImageJ's
+between its four pixels (``getInterpolatedValue``: beyond the edge the nearest edge pixel, a
+point more than a pixel outside the image reads 0). tests/test_profile.py compares both with ImageJ's
 ``getProfile()``.
 """
 from __future__ import annotations
@@ -96,18 +96,15 @@ def line_profile(shape, *, row=None, column=None, line=None) -> LineProfile:
 
 
 def _interpolated(pixels: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """ImageJ's getInterpolatedValue at every (x, y): 0 beyond a pixel outside the image, else
-    coordinates clamped to [0, side - 1.001] and bilinear interpolation, upper row first."""
+    """ImageJ's getInterpolatedValue at every (x, y): 0 more than a pixel outside the image, else
+    bilinear interpolation between the four pixels around the point (upper row first), those
+    beyond the edge replaced by the nearest edge pixel."""
     height, width = pixels.shape
     outside = (x < -1) | (x >= width) | (y < -1) | (y >= height)
-    x = np.clip(x, 0.0, width - 1.001) if width > 1 else np.zeros_like(x)
-    y = np.clip(y, 0.0, height - 1.001) if height > 1 else np.zeros_like(y)
-    x_base, y_base = x.astype(np.intp), y.astype(np.intp)
+    x_base, y_base = np.floor(x), np.floor(y)
     x_fraction, y_fraction = x - x_base, y - y_base
-    right = np.minimum(x_base + 1, width - 1)
-    below = np.minimum(y_base + 1, height - 1)
-    upper_left, upper_right = pixels[y_base, x_base], pixels[y_base, right]
-    lower_left, lower_right = pixels[below, x_base], pixels[below, right]
-    upper = upper_left + x_fraction * (upper_right - upper_left)
-    lower = lower_left + x_fraction * (lower_right - lower_left)
-    return np.where(outside, 0.0, upper + y_fraction * (lower - upper))
+    left, right = (np.clip(x_base + k, 0, width - 1).astype(np.intp) for k in (0, 1))
+    upper, lower = (np.clip(y_base + k, 0, height - 1).astype(np.intp) for k in (0, 1))
+    upper_values = pixels[upper, left] + x_fraction * (pixels[upper, right] - pixels[upper, left])
+    lower_values = pixels[lower, left] + x_fraction * (pixels[lower, right] - pixels[lower, left])
+    return np.where(outside, 0.0, upper_values + y_fraction * (lower_values - upper_values))
