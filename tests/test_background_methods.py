@@ -346,3 +346,32 @@ def test_runs_of_background_methods_draw_before_background_after(tmp_path, timel
 
     embedded = base64.b64encode(pictures[0].read_bytes()).decode()
     assert embedded in (tmp_path / "out" / "qc" / "report.html").read_text()
+
+
+# ----------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, options", [
+    ("rolling-ball", {"radius": 12.5}), ("rolling-ball", {"radius": 40, "light_background": True}),
+    ("rolling-ball", {"radius": 9, "ball": "skimage"}), ("sliding-paraboloid", {"radius": 15}),
+    ("median", {"radius": 6, "presmooth": "mean"}), ("tophat", {"radius": 4.5, "footprint": "imagej"}),
+])
+@pytest.mark.parametrize("policy", ["same", "float32"])
+def test_methods_on_the_gpu_equal_the_cpu(cupy, field, name, options, policy):
+    method = get_method(name)
+    settings = method.settings_from_options(options)
+    got = method.correct(settings, cupy.asarray(field), output_dtype=policy)
+    assert isinstance(got, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(got), method.correct(settings, field, output_dtype=policy))
+
+
+@pytest.mark.gpu
+def test_projection_partials_move_between_devices(cupy, timelapse):
+    from gpuillum.backend import resolve_device
+
+    on_gpu = gi.ProjectionReducer("mean").add_all(cupy.asarray(frame) for frame in timelapse[:4])
+    rest = gi.ProjectionReducer("mean", start=4)
+    rest.add(timelapse[4:])
+    merged = on_gpu.merge(rest.to(resolve_device("gpu")))
+    np.testing.assert_array_equal(cupy.asnumpy(merged.result()), gi.projection_background(timelapse, "mean"))

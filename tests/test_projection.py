@@ -179,6 +179,30 @@ def test_frames_left_out_keep_the_others_positions_whatever_the_batches(rng, sta
     np.testing.assert_allclose(one.result(), reference, rtol=1e-6)
 
 
+@pytest.mark.parametrize("statistic", ["max", "mean", "median"])
+def test_add_all_folds_an_iterable_read_ahead_in_a_thread(rng, statistic):
+    stack = rng.integers(0, 4000, (9, 12, 10)).astype(np.uint16)
+    reducer = gi.ProjectionReducer(statistic).add_all((frame for frame in stack), prefetch=3)
+    assert reducer.count == 9
+    np.testing.assert_array_equal(reducer.result(), gi.projection_background(stack, statistic))
+
+
+def test_add_all_stops_both_sides_on_an_error(rng):
+    stack = rng.integers(0, 255, (4, 6, 5)).astype(np.uint8)
+
+    def unreadable():
+        yield stack[0]
+        raise OSError("page 1: truncated")
+
+    with pytest.raises(OSError, match="truncated"):
+        gi.ProjectionReducer("max").add_all(unreadable())
+    endless = (stack[0][: 6 - (i > 0)] for i in range(10**9))  # the second frame has another shape
+    with pytest.raises(ValueError, match="differ from the first frames"):
+        gi.ProjectionReducer("max").add_all(endless)  # returns: the reader thread stops too
+    with pytest.raises(ValueError, match="prefetch: expected an integer >= 1"):
+        gi.ProjectionReducer("max").add_all([], prefetch=0)
+
+
 def test_a_reducer_pickles_with_numpy_state_and_goes_on_after(rng):
     import pickle
 

@@ -4,7 +4,8 @@ A time-lapse whose objects move leaves each pixel's background visible in some f
 projection over time of a dark background with bright moving objects is its minimum (or a low
 percentile), the lesson's maximum projection suits objects darker than the background, the median
 resists both. ``ProjectionReducer`` computes them streaming: ``add`` frames (or batches of frames)
-as they are read, ``merge`` the reducer of the batch that follows, ``result`` at the end. The
+as they are read (``add_all`` reads ahead in a thread while it folds), ``merge`` the reducer of
+the batch that follows, ``result`` at the end. The
 result is bit-identical however the stack is split into consecutive batches, in any number of
 workers:
 
@@ -122,6 +123,56 @@ class ProjectionReducer:
                 self._to_histogram(self.count + batch.shape[0])
         self.count += batch.shape[0]
         self.stop += batch.shape[0]
+
+    def add_all(self, frames, *, prefetch: int = 2) -> "ProjectionReducer":
+        """Add every frame (or batch) of the iterable ``frames``, in order; returns self.
+
+        The iterable is advanced in a background thread, at most ``prefetch`` frames ahead, while
+        this thread folds the frames it has: decoding a file's pages overlaps the fold, so
+        projecting a compressed stack costs little more than reading it
+        (benchmarks/bench_background.py). An error on either side stops both and is raised here.
+
+        Examples
+        --------
+        >>> with tifffile.TiffFile("time-lapse.tif") as tif:
+        ...     background = gi.ProjectionReducer("mean").add_all(page.asarray() for page in tif.pages).result()
+        """
+        import queue
+        import threading
+
+        if isinstance(prefetch, bool) or not isinstance(prefetch, numbers.Integral) or prefetch < 1:
+            raise InvalidValue(f"prefetch: expected an integer >= 1, got {prefetch!r}")
+        ready, stop, failure, done = queue.Queue(maxsize=int(prefetch)), threading.Event(), [], object()
+
+        def hand_over(item) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce():
+            try:
+                for frame in frames:
+                    if not hand_over(frame):
+                        return
+            except BaseException as error:  # raised in the caller's thread below
+                failure.append(error)
+            hand_over(done)
+
+        producer = threading.Thread(target=produce, name="gpuillum-projection-reader", daemon=True)
+        producer.start()
+        try:
+            while (item := ready.get()) is not done:
+                self.add(item)
+        finally:
+            stop.set()
+            producer.join()
+        if failure:
+            raise failure[0]
+        return self
 
     def merge(self, other: "ProjectionReducer") -> "ProjectionReducer":
         """Take in ``other``, the reducer of the frames that follow this one's; returns self.
