@@ -120,15 +120,7 @@ def run_jobs(jobs: list[Job], timeout: float = 300.0) -> tuple[list[Result], dic
         macro = folder / "oracle.ijm"
         macro.write_text(_MACRO)
         command = ["xvfb-run", "-a", "java", "-Xmx4g", "-jar", str(jar_path()), "-batch", str(macro), str(folder / "jobs.txt")]
-        # a new session, so that a hung ImageJ (a modal error dialog) is killed with its Xvfb
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder,
-                                   start_new_session=True)
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
-            raise RuntimeError(f"ImageJ did not finish {len(jobs)} jobs in {timeout:.0f} s (a modal dialog?)") from exc
+        stdout, stderr = _run_imagej(command, folder, timeout, f"{len(jobs)} jobs")
         log = stdout + stderr
         if "finished" not in stdout:
             raise RuntimeError(f"ImageJ stopped before the end of its {len(jobs)} jobs:\n{log[-4000:]}")
@@ -146,6 +138,45 @@ def run_jobs(jobs: list[Job], timeout: float = 300.0) -> tuple[list[Result], dic
                 raise RuntimeError(f"ImageJ wrote no output for job {i} ({jobs[i].command} {jobs[i].options}):\n{log[-4000:]}")
             results.append(Result(tifffile.imread(target), times.get(i, [])))
         return results, info
+
+
+def run_macro(source: str, images: dict[str, np.ndarray] | None = None, timeout: float = 120.0) -> tuple[str, dict]:
+    """Run one ImageJ macro (``source``) headless and return what it printed (ImageJ's Log) and
+    {name: array} of the TIFFs it saved into its folder.
+
+    ``images`` ({name: array}) are written first as ``<name>.tif``; in the macro, ``FOLDER`` is
+    that folder's path with a trailing slash, e.g. ``open(FOLDER + "stack.tif")`` and
+    ``saveAs("Tiff", FOLDER + "out.tif")``. The macro must end by printing "finished".
+    """
+    reason = skip_reason()
+    if reason:
+        raise RuntimeError(reason)
+    with tempfile.TemporaryDirectory(prefix="gpuillum-imagej-") as folder:
+        folder = Path(folder)
+        for name, image in (images or {}).items():
+            _write_tiff(folder / f"{name}.tif", image)
+        macro = folder / "macro.ijm"
+        macro.write_text(f'FOLDER = "{folder}/";\nsetBatchMode(true);\n' + source)
+        written = set(folder.iterdir())
+        stdout, stderr = _run_imagej(["xvfb-run", "-a", "java", "-Xmx4g", "-jar", str(jar_path()), "-batch", str(macro)],
+                                     folder, timeout, "its macro")
+        if "finished" not in stdout:
+            raise RuntimeError(f"ImageJ stopped before the end of its macro:\n{(stdout + stderr)[-4000:]}")
+        saved = {path.stem: tifffile.imread(path) for path in sorted(set(folder.iterdir()) - written) if path.suffix == ".tif"}
+        return stdout, saved
+
+
+def _run_imagej(command, folder: Path, timeout: float, what: str) -> tuple[str, str]:
+    """Run ImageJ (``command``) in ``folder``; (stdout, stderr). A hung ImageJ is killed with its Xvfb."""
+    # a new session, so that a hung ImageJ (a modal error dialog) is killed with its Xvfb
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=folder,
+                               start_new_session=True)
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise RuntimeError(f"ImageJ did not finish {what} in {timeout:.0f} s (a modal dialog?)") from exc
 
 
 def paraboloid_is_legacy(version: str) -> bool:

@@ -14,7 +14,7 @@ from gpuillum.cli import main
 from gpuillum.methods import all_methods, get_method, register, unregister
 from gpuillum.methods.base import Method, setting
 
-BUILT_IN = {"cellprofiler", "median", "tophat", "black-tophat"}
+BUILT_IN = {"cellprofiler", "median", "tophat", "black-tophat", "rolling-ball", "sliding-paraboloid", "projection"}
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,9 @@ def test_every_built_in_method_lives_in_its_own_module():
     assert modules["cellprofiler"] == "gpuillum.methods.cellprofiler.method"
     assert modules["median"] == "gpuillum.methods.median"
     assert modules["tophat"] == modules["black-tophat"] == "gpuillum.methods.tophat"  # one family, one module
+    assert modules["rolling-ball"] == "gpuillum.methods.rolling_ball"
+    assert modules["sliding-paraboloid"] == "gpuillum.methods.sliding_paraboloid"
+    assert modules["projection"] == "gpuillum.methods.projection"
 
 
 # ----------------------------------------------------------------------------- per-image methods

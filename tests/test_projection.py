@@ -140,12 +140,12 @@ def test_bad_arguments_are_named(call, error, match):
         call()
 
 
-def test_merges_must_be_consecutive_and_alike():
-    first, gap = gi.ProjectionReducer("max"), gi.ProjectionReducer("max", start=5)
+def test_merges_must_be_in_order_and_alike():
+    first, overlapping = gi.ProjectionReducer("max"), gi.ProjectionReducer("max", start=2)
     first.add(np.zeros((3, 2, 2), np.uint8))
-    gap.add(np.zeros((1, 2, 2), np.uint8))
-    with pytest.raises(ValueError, match="next frame, 3"):
-        first.merge(gap)
+    overlapping.add(np.zeros((1, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match="before this reducer's frames end \\(3\\)"):
+        first.merge(overlapping)
     other = gi.ProjectionReducer("min", start=3)
     with pytest.raises(ValueError, match="same statistic"):
         first.merge(other)
@@ -155,6 +155,64 @@ def test_merges_must_be_consecutive_and_alike():
         first.merge(wrong_shape)
     with pytest.raises(ValueError, match="differ"):
         first.add(np.zeros((3, 2), np.uint8))
+
+
+@pytest.mark.parametrize("statistic", ["mean", "median", "max"])
+def test_frames_left_out_keep_the_others_positions_whatever_the_batches(rng, statistic):
+    """Frames 3 and 4 are missing (unreadable): the others keep their positions, and any split into
+    batches at those positions gives the same bytes (the engine's batches start at fixed positions)."""
+    stack = rng.normal(100, 30, (10, 9, 7)).astype(np.float32)
+    present = [0, 1, 2, 5, 6, 7, 8, 9]
+
+    def reduce(batches):
+        total = None
+        for start, stop in batches:
+            part = gi.ProjectionReducer(statistic, start=start)
+            part.add(stack[[i for i in present if start <= i < stop]])
+            total = part if total is None else total.merge(part)
+        return total
+
+    one, other = reduce([(0, 3), (5, 10)]), reduce([(0, 2), (2, 3), (5, 8), (8, 10)])
+    assert one.count == other.count == 8 and one.stop == other.stop == 10
+    np.testing.assert_array_equal(one.result(), other.result())
+    reference = {"mean": np.mean, "median": np.median, "max": np.max}[statistic](stack[present].astype(np.float64), axis=0)
+    np.testing.assert_allclose(one.result(), reference, rtol=1e-6)
+
+
+@pytest.mark.parametrize("statistic", ["max", "mean", "median"])
+def test_add_all_folds_an_iterable_read_ahead_in_a_thread(rng, statistic):
+    stack = rng.integers(0, 4000, (9, 12, 10)).astype(np.uint16)
+    reducer = gi.ProjectionReducer(statistic).add_all((frame for frame in stack), prefetch=3)
+    assert reducer.count == 9
+    np.testing.assert_array_equal(reducer.result(), gi.projection_background(stack, statistic))
+
+
+def test_add_all_stops_both_sides_on_an_error(rng):
+    stack = rng.integers(0, 255, (4, 6, 5)).astype(np.uint8)
+
+    def unreadable():
+        yield stack[0]
+        raise OSError("page 1: truncated")
+
+    with pytest.raises(OSError, match="truncated"):
+        gi.ProjectionReducer("max").add_all(unreadable())
+    endless = (stack[0][: 6 - (i > 0)] for i in range(10**9))  # the second frame has another shape
+    with pytest.raises(ValueError, match="differ from the first frames"):
+        gi.ProjectionReducer("max").add_all(endless)  # returns: the reader thread stops too
+    with pytest.raises(ValueError, match="prefetch: expected an integer >= 1"):
+        gi.ProjectionReducer("max").add_all([], prefetch=0)
+
+
+def test_a_reducer_pickles_with_numpy_state_and_goes_on_after(rng):
+    import pickle
+
+    stack = rng.normal(100, 30, (6, 5, 4)).astype(np.float32)
+    reducer = gi.ProjectionReducer("mean")
+    reducer.add(stack[:3])
+    copy = pickle.loads(pickle.dumps(reducer))
+    copy.add(stack[3:])
+    reducer.add(stack[3:])
+    np.testing.assert_array_equal(copy.result(), reducer.result())
 
 
 @pytest.mark.gpu

@@ -2,7 +2,7 @@
 
 Commands: ``run`` (estimate and correct), ``plan`` (what would be processed, nothing computed),
 ``calc`` and ``apply`` (the two passes on their own), ``methods`` (the registered methods),
-``demo`` (a synthetic plate end to end). A problem the user must fix prints one line
+``demo`` (a synthetic plate end to end), ``qc`` and ``compare`` (cli/qc.py), ``profile`` (cli/profile.py). A problem the user must fix prints one line
 ``gpuillum: error: ...`` and exits with 2; a bug shows its traceback (exit 1); Ctrl-C exits with
 130 (SIGTERM with 143) and leaves no partial files.
 """
@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .qc import extend_parser  # qc, compare, and --no-qc on run, calc and apply
 
     extend_parser(commands, run, calc, apply)
+    from .profile import add_parser as add_profile
+
+    add_profile(commands)
     return parser
 
 
@@ -337,6 +340,9 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "calc": cmd_calc, "apply": cmd_app
 from .qc import COMMANDS as QC_COMMANDS  # noqa: E402 (qc, compare: gpuillum/cli/qc.py)
 
 COMMANDS.update(QC_COMMANDS)
+from .profile import COMMANDS as PROFILE_COMMANDS  # noqa: E402 (profile: gpuillum/cli/profile.py)
+
+COMMANDS.update(PROFILE_COMMANDS)
 
 
 def main(argv=None) -> int:

@@ -23,23 +23,32 @@ import numpy as np
 from .._checks import INTEGER_DTYPES, ORDER_DTYPES, check_choice, check_image, check_radius
 from ..backend import cuda_kernel, get_array_module, on_input_device
 from .bands import cpu_threads, run_jobs
-from .footprints import FOOTPRINTS, chord_half_widths, covering_radius
+from .footprints import FOOTPRINTS, chord_half_widths, covering_radius, imagej_half_widths
 from .ranks import dense_ranks
 from ..errors import InvalidType, InvalidValue
 
 MODES = ("ignore", "reflect", "nearest", "mirror", "constant")
+MEDIAN_FOOTPRINTS = FOOTPRINTS + ("imagej",)
 # scipy.ndimage mode -> numpy.pad mode giving the same extension (also for pads wider than the image)
 _NUMPY_PAD_MODES = {"reflect": "symmetric", "mirror": "reflect", "nearest": "edge"}
 
 
 @on_input_device
 def median_filter(image, radius, *, footprint="disk", mode="ignore", cval=0):
-    """Exact median over a disk (x^2 + y^2 <= r^2) or square ((2r+1)^2) window.
+    """Exact median over a disk (x^2 + y^2 <= r^2), a square ((2r+1)^2) or ImageJ's circle.
 
     ``image``: 2-D uint8, uint16 or float32, NumPy or CuPy (no NaN); the result has the same dtype
     and backend. ``mode``: "ignore" (only in-bounds pixels count, skimage rank / CellProfiler
     semantics) or one of scipy's "reflect", "nearest", "mirror", "constant" (padding with ``cval``,
     converted to the image dtype as scipy does). Any radius >= 1 is exact, also beyond the image size.
+    ``footprint="imagej"``: RankFilters' circle {x^2 + y^2 <= floor(r^2) + 1} for a real radius
+    r in (0, 1000] (footprints.imagej_half_widths); with ``mode="nearest"`` this is ImageJ's
+    Process > Filters > Median... on 8/16-bit images (an odd count: the median is a pixel value).
+
+    Examples
+    --------
+    >>> background = median_filter(image, 15)                                       # skimage.filters.rank.median(image, disk(15))
+    >>> imagej = median_filter(image, 15, footprint="imagej", mode="nearest")       # run("Median...", "radius=15")
     """
     return _median(image, radius, footprint, mode, cval, count=False)[0]
 
@@ -57,16 +66,21 @@ def median_filter_counted(image, radius, *, footprint="disk", mode="ignore", cva
 def _median(image, radius, footprint, mode, cval, count: bool):
     """(median, counts or None): the body of ``median_filter`` and ``median_filter_counted``."""
     image = check_image(image, "image", ORDER_DTYPES)
-    radius = check_radius(radius)
-    check_choice(footprint, "footprint", FOOTPRINTS)
+    check_choice(footprint, "footprint", MEDIAN_FOOTPRINTS)
     check_choice(mode, "mode", MODES)
+    if footprint == "imagej":
+        half = imagej_half_widths(_imagej_radius(radius))
+        radius = (half.size - 1) // 2  # its widest chord is the middle one, of this half-width too
+    else:
+        radius = check_radius(radius)
     xp = get_array_module(image)
     height, width = image.shape
 
     if mode == "ignore":
         source = xp.ascontiguousarray(image)
         origin = 0
-        radius = covering_radius(radius, image.shape, footprint)  # the same windows, however large
+        if footprint != "imagej":
+            radius = covering_radius(radius, image.shape, footprint)  # the same windows, however large
     else:
         fill = _cval_as(cval, image.dtype) if mode == "constant" else None
         source = _pad(image, radius, mode, fill, xp)
@@ -79,7 +93,8 @@ def _median(image, radius, footprint, mode, cval, count: bool):
         values, levels = None, source
         n_levels = int(source.max()) + 1  # one scalar read back on the GPU
 
-    half = chord_half_widths(radius, footprint)
+    if footprint != "imagej":
+        half = chord_half_widths(radius, footprint)
     if xp is np:
         result, counts = _median_levels_cpu(levels, half, origin, origin, height, width, n_levels, count)
     else:
@@ -87,6 +102,13 @@ def _median(image, radius, footprint, mode, cval, count: bool):
     if count and counts is None:  # the GPU, and CPU images with more bands x levels than pixels
         counts = xp.bincount(result.ravel(), minlength=n_levels)
     return (result if values is None else values[result]), counts
+
+
+def _imagej_radius(radius) -> float:
+    """ImageJ's rank filter radius: a real number in (0, 1000] (its dialog allows up to 1000)."""
+    if isinstance(radius, bool) or not isinstance(radius, (int, float, np.integer, np.floating)) or not 0 < radius <= 1000:
+        raise InvalidValue(f"radius: expected a number in (0, 1000] for footprint='imagej', got {radius!r}")
+    return float(radius)
 
 
 def _cval_as(cval, dtype) -> np.generic:

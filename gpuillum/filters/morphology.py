@@ -1,11 +1,14 @@
-"""Flat grey-scale morphology with a disk or square footprint: exact, any radius, borders ignored.
+"""Flat grey-scale morphology with a disk, a square or ImageJ's circle: exact, any radius, borders ignored.
 
 Out-of-bounds pixels are ignored: erosion is the minimum over the in-bounds pixels of the
 footprint, dilation the maximum (``skimage.morphology.erosion/dilation(..., mode="ignore")``).
 Opening is dilation(erosion), closing erosion(dilation), each with borders ignored, exactly as
 ``skimage.morphology.opening/closing(..., mode="ignore")``; ``white_tophat = image - opening`` and
 ``black_tophat = closing - image`` in the input dtype (never negative, since opening <= image <=
-closing pixel by pixel).
+closing pixel by pixel). ``footprint="imagej"`` is the circle of ImageJ's RankFilters for a real
+radius R, {x^2 + y^2 <= floor(R^2) + 1} (footprints.imagej_half_widths): ImageJ's Minimum,
+Maximum and Top Hat, whose out-of-image pixels repeat the nearest edge pixel, which for a minimum
+or maximum over a convex footprint is the same as ignoring them.
 
 Everything is written once with ``xp``; only erosion has backend kernels, and only for minima:
 dilation is erosion in reversed order (``~x`` reverses uint8/uint16, ``-x`` reverses float32), so
@@ -31,17 +34,21 @@ infinite pixel is inf - inf = NaN, as in scikit-image.
 """
 from __future__ import annotations
 
+import numbers
+
 import numba
 import numpy as np
 
 from .._checks import ORDER_DTYPES, check_choice, check_image, check_radius
+from ..errors import InvalidValue
 from ..backend import cuda_kernel, get_array_module, on_input_device
 from .bands import cpu_threads, run_jobs
-from .footprints import FOOTPRINTS, chord_half_widths, covering_radius
+from .footprints import FOOTPRINTS, chord_half_widths, covering_radius, imagej_half_widths
 from .neutral import never_wins
 
 __all__ = ["grey_erosion", "grey_dilation", "grey_opening", "grey_closing", "white_tophat", "black_tophat"]
 
+MORPHOLOGY_FOOTPRINTS = FOOTPRINTS + ("imagej",)
 CUDA_SOURCE = "morphology.cu"
 _CUDA_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.uint16): "unsigned short", np.dtype(np.float32): "float"}
 _CUDA_KERNELS = ("chord_erosion", "sparse_table_level", "vhgw_blocks", "vhgw_combine")
@@ -55,14 +62,14 @@ _THREADS = 256
 
 @on_input_device
 def grey_erosion(image, radius, *, footprint="disk"):
-    """Minimum over the in-bounds pixels of a disk or square of ``radius``; input dtype out."""
+    """Minimum over the in-bounds pixels of a disk, square or ImageJ circle of ``radius``; input dtype out."""
     image, radius = _validated(image, radius, footprint)
     return _erode(image, radius, footprint)
 
 
 @on_input_device
 def grey_dilation(image, radius, *, footprint="disk"):
-    """Maximum over the in-bounds pixels of a disk or square of ``radius``; input dtype out."""
+    """Maximum over the in-bounds pixels of a disk, square or ImageJ circle of ``radius``; input dtype out."""
     image, radius = _validated(image, radius, footprint)
     return _dilate(image, radius, footprint)
 
@@ -102,9 +109,14 @@ def black_tophat(image, radius, *, footprint="disk"):
 
 def _validated(image, radius, footprint):
     image = check_image(image, "image", ORDER_DTYPES)
+    check_choice(footprint, "footprint", MORPHOLOGY_FOOTPRINTS)
+    image = get_array_module(image).ascontiguousarray(image)
+    if footprint == "imagej":
+        if isinstance(radius, bool) or not isinstance(radius, numbers.Real) or not 0 < radius <= 1000:
+            raise InvalidValue(f"radius: expected a number in (0, 1000] for footprint='imagej', got {radius!r}")
+        return image, float(radius)
     radius = check_radius(radius, "radius")
-    check_choice(footprint, "footprint", FOOTPRINTS)
-    return get_array_module(image).ascontiguousarray(image), covering_radius(radius, image.shape, footprint)
+    return image, covering_radius(radius, image.shape, footprint)
 
 
 def _flip(image):
@@ -122,16 +134,18 @@ def _erode(image, radius, footprint):
     if footprint == "square":
         rows = _line_erosion(image, min(radius, width - 1), axis=1)
         return _line_erosion(rows, min(radius, height - 1), axis=0)
-    return _chord_erosion(image, _clipped_chords(radius, height, width))
+    return _chord_erosion(image, _clipped_chords(radius, height, width, footprint))
 
 
-def _clipped_chords(radius, height, width):
-    """Disk half-widths for dy = -r'..r', r' = min(r, height - 1), widths capped at width - 1.
+def _clipped_chords(radius, height, width, footprint="disk"):
+    """Half-widths of the disk (or ImageJ's circle) for dy = -r'..r', r' = min(r, height - 1),
+    widths capped at width - 1.
 
     Rows and columns beyond the image can never be in bounds, so clipping them changes no result
     and keeps radii larger than the image cheap.
     """
-    half = chord_half_widths(radius, "disk")
+    half = imagej_half_widths(radius) if footprint == "imagej" else chord_half_widths(radius, "disk")
+    radius = (half.size - 1) // 2
     reach = min(radius, height - 1)
     return np.minimum(half[radius - reach: radius + reach + 1], width - 1)
 

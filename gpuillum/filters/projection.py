@@ -4,7 +4,8 @@ A time-lapse whose objects move leaves each pixel's background visible in some f
 projection over time of a dark background with bright moving objects is its minimum (or a low
 percentile), the lesson's maximum projection suits objects darker than the background, the median
 resists both. ``ProjectionReducer`` computes them streaming: ``add`` frames (or batches of frames)
-as they are read, ``merge`` the reducer of the batch that follows, ``result`` at the end. The
+as they are read (``add_all`` reads ahead in a thread while it folds), ``merge`` the reducer of
+the batch that follows, ``result`` at the end. The
 result is bit-identical however the stack is split into consecutive batches, in any number of
 workers:
 
@@ -17,7 +18,8 @@ workers:
   sums of the maximal aligned blocks of the frames it has seen (at most 2 log2 n frames of
   float64), ``merge`` joins sibling blocks across the seam, and the result adds the blocks of
   [0, n) from the left. Needs the frames' positions: ``ProjectionReducer(start=k)`` for a batch
-  whose first frame is frame k of the series; ``merge`` requires the batches to be adjacent.
+  whose first frame is frame k of the series; ``merge`` takes the batches in order (frames left
+  out between two batches are a gap: the others keep their positions).
 * median and percentile (numpy's "linear" definition: the median of an even count is the mean of
   the two middle values) need every value. uint8: the frames themselves until there are 512 of
   them, then per-pixel histograms (256 counts of 16 bits, 512 bytes a pixel; 32 bits past 65,535
@@ -36,7 +38,7 @@ import numpy as np
 
 from ..errors import InvalidType, InvalidValue
 from .._checks import ORDER_DTYPES, check_choice
-from ..backend import get_array_module
+from ..backend import get_array_module, to_numpy
 from .bands import cpu_threads, run_jobs
 
 __all__ = ["projection_background", "ProjectionReducer"]
@@ -74,6 +76,7 @@ class ProjectionReducer:
         if isinstance(start, bool) or not isinstance(start, numbers.Integral) or start < 0:
             raise InvalidValue(f"start: expected an integer >= 0, got {start!r}")
         self.start = int(start)
+        self.stop = self.start  # index after the last frame seen
         self.count = 0
         self.shape = self.dtype = None
         self._value = None  # max / min: the running extreme; mean of integers: the int64 sum
@@ -82,10 +85,6 @@ class ProjectionReducer:
         self._frames = []  # median / percentile: frames (or batches of frames), in order
         self._histogram = None  # median / percentile of uint8: per-pixel counts, shape (256, H, W)
 
-    @property
-    def stop(self) -> int:
-        """Index after the last frame seen."""
-        return self.start + self.count
 
     @property
     def nbytes(self) -> int:
@@ -123,19 +122,75 @@ class ProjectionReducer:
             if self.dtype == np.uint8 and (self._histogram is not None or self.count + batch.shape[0] > FRAMES_BEFORE_HISTOGRAM):
                 self._to_histogram(self.count + batch.shape[0])
         self.count += batch.shape[0]
+        self.stop += batch.shape[0]
 
-    def merge(self, other: "ProjectionReducer") -> None:
-        """Take in ``other``, the reducer of the frames that directly follow this one's."""
+    def add_all(self, frames, *, prefetch: int = 2) -> "ProjectionReducer":
+        """Add every frame (or batch) of the iterable ``frames``, in order; returns self.
+
+        The iterable is advanced in a background thread, at most ``prefetch`` frames ahead, while
+        this thread folds the frames it has: decoding a file's pages overlaps the fold, so
+        projecting a compressed stack costs little more than reading it
+        (benchmarks/bench_background.py). An error on either side stops both and is raised here.
+
+        Examples
+        --------
+        >>> with tifffile.TiffFile("time-lapse.tif") as tif:
+        ...     background = gi.ProjectionReducer("mean").add_all(page.asarray() for page in tif.pages).result()
+        """
+        import queue
+        import threading
+
+        if isinstance(prefetch, bool) or not isinstance(prefetch, numbers.Integral) or prefetch < 1:
+            raise InvalidValue(f"prefetch: expected an integer >= 1, got {prefetch!r}")
+        ready, stop, failure, done = queue.Queue(maxsize=int(prefetch)), threading.Event(), [], object()
+
+        def hand_over(item) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce():
+            try:
+                for frame in frames:
+                    if not hand_over(frame):
+                        return
+            except BaseException as error:  # raised in the caller's thread below
+                failure.append(error)
+            hand_over(done)
+
+        producer = threading.Thread(target=produce, name="gpuillum-projection-reader", daemon=True)
+        producer.start()
+        try:
+            while (item := ready.get()) is not done:
+                self.add(item)
+        finally:
+            stop.set()
+            producer.join()
+        if failure:
+            raise failure[0]
+        return self
+
+    def merge(self, other: "ProjectionReducer") -> "ProjectionReducer":
+        """Take in ``other``, the reducer of the frames that follow this one's; returns self.
+
+        Frames between the two (``other.start > self.stop``: frames left out, e.g. unreadable) are
+        a gap that changes nothing but the positions: the result is the same whatever the batches,
+        as long as each frame keeps its position."""
         if not isinstance(other, ProjectionReducer) or (other.statistic, other.percentile) != (self.statistic, self.percentile):
             raise InvalidValue("other: expected a ProjectionReducer with the same statistic and percentile")
-        if other.start != self.stop:
-            raise InvalidValue(f"other: starts at frame {other.start}, expected the next frame, {self.stop} "
-                             "(merge consecutive batches in order)")
+        if other.start < self.stop:
+            raise InvalidValue(f"other: starts at frame {other.start}, before this reducer's frames end ({self.stop}) "
+                               "(merge consecutive batches in order)")
         if other.count == 0:
-            return
+            self.stop = other.stop
+            return self
         if self.count == 0:
             self.__dict__.update({k: v for k, v in other.__dict__.items() if k != "start"})
-            return
+            return self
         if (other.shape, other.dtype) != (self.shape, self.dtype):
             raise InvalidValue(f"other: frames of shape {other.shape} and dtype {other.dtype}, expected {self.shape} {self.dtype}")
         xp = get_array_module(self._any_state())
@@ -153,6 +208,21 @@ class ProjectionReducer:
             if self._histogram is not None or other._histogram is not None:
                 self._to_histogram(self.count + other.count, other._histogram)
         self.count += other.count
+        self.stop = other.stop
+        return self
+
+    def to(self, device) -> "ProjectionReducer":
+        """Move the state to ``device`` (gpuillum.backend.Device); returns self."""
+        self._map_state(device.asarray)
+        return self
+
+    def __getstate__(self):
+        """Pickled with NumPy state (Dask ships partial reducers between processes)."""
+        copy = ProjectionReducer.__new__(ProjectionReducer)
+        copy.__dict__.update(self.__dict__)
+        copy._blocks, copy._frames = list(self._blocks), list(self._frames)
+        copy._map_state(to_numpy)
+        return copy.__dict__
 
     def result(self):
         """The projection: max/min in the input dtype, the other statistics as float32."""
@@ -196,6 +266,14 @@ class ProjectionReducer:
     def _any_state(self):
         return next(a for a in [self._value, self._partial, self._histogram] + [b[2] for b in self._blocks] + self._frames
                     if a is not None)
+
+    def _map_state(self, convert) -> None:
+        """Replace every state array by ``convert(array)``."""
+        for name in ("_value", "_partial", "_histogram"):
+            if getattr(self, name) is not None:
+                setattr(self, name, convert(getattr(self, name)))
+        self._blocks = [(first, size, convert(total)) for first, size, total in self._blocks]
+        self._frames = [convert(frames) for frames in self._frames]
 
     def _flush(self):
         """Move the uint32 partial sums into the int64 total."""

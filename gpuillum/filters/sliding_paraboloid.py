@@ -86,10 +86,7 @@ def sliding_paraboloid(image, radius, *, light_background=False, presmooth=True,
     image = check_stack(image)
     radius = check_imagej_radius(radius)
     smoothing, sigma = resolve_presmooth(presmooth, sigma)
-    xp = get_array_module(image)
-    if legacy and image.dtype == np.float32 and bool(xp.isnan(image).any()):
-        raise InvalidValue("image: contains NaN, which ImageJ before 1.54t4 (legacy=True) does not handle "
-                         "(it hangs or returns NaN everywhere); use legacy=False")
+    check_legacy_input(image, legacy)
     radius = f32(radius)  # ImageJ passes (float)radius
 
     def background_of(pixels):
@@ -97,6 +94,14 @@ def sliding_paraboloid(image, radius, *, light_background=False, presmooth=True,
 
     return subtract_background(image, background_of, light_background=light_background,
                                create_background=create_background, output_dtype=output_dtype)
+
+
+def check_legacy_input(image, legacy: bool) -> None:
+    """Refuse NaN in a float32 image for ``legacy=True`` (ImageJ before 1.54t4 hangs on it or
+    returns NaN everywhere)."""
+    if legacy and image.dtype == np.float32 and bool(get_array_module(image).isnan(image).any()):
+        raise InvalidValue("image: contains NaN, which ImageJ before 1.54t4 (legacy=True) does not handle "
+                           "(it hangs or returns NaN everywhere); use legacy=False")
 
 
 # (direction, diagonal?) of ImageJ's nine passes, in order

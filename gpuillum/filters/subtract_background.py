@@ -64,11 +64,15 @@ def check_imagej_radius(radius) -> float:
     return float(radius)
 
 
-def subtract_background(image, background_of, *, light_background: bool, create_background: bool, output_dtype):
+def subtract_background(image, background_of, *, light_background: bool, create_background: bool, output_dtype,
+                        stats=None):
     """Run ImageJ's Subtract Background frame over every slice of ``image``.
 
     ``background_of(pixels)`` maps a float32 2-D slice to its float32 background (light
-    background already handled) or raises ``ImageJFailure``.
+    background already handled) or raises ``ImageJFailure``. ``stats`` (an
+    gpuillum.output_dtype.OutputStats, optional) counts the pixels and those ImageJ's 8/16-bit
+    conversion clamps below 0 or above the maximum (a subtracted background leaves fewer grey
+    levels by design, so those are not counted, as for every background method).
     """
     output_dtype = "same" if output_dtype is None else output_dtype
     if output_dtype in (np.float32, np.dtype(np.float32)):
@@ -88,41 +92,55 @@ def subtract_background(image, background_of, *, light_background: bool, create_
             warnings.warn(f"{failure.reason}: ImageJ leaves such a slice as it is at that point, and so does gpuillum",
                           RuntimeWarning, stacklevel=3)
             out[index] = failure.pixels if plane.dtype == np.float32 else plane
+            if stats is not None:
+                stats.pixels += int(plane.size)
             continue
-        out[index] = _output(plane, pixels, background, light_background, create_background, output_dtype)
+        out[index], below, above = _output(plane, pixels, background, light_background, create_background, output_dtype)
+        if stats is not None:
+            stats.pixels += int(plane.size)
+            stats.below += below
+            stats.above += above
     return out
 
 
 def _output(plane, pixels, background, light: bool, create: bool, output_dtype: str):
+    """(the slice's output, pixels clamped below 0, pixels clamped above the maximum)."""
     xp = get_array_module(background)
     if output_dtype == "float32" or plane.dtype == np.float32:
-        return background if create else xp.subtract(pixels, background)
+        return (background if create else xp.subtract(pixels, background)), 0, 0
     top = np.iinfo(plane.dtype).max
     offset = np.float32(0.5 if create or not light else top + 0.5)
     if xp is np:
         out = np.empty(plane.shape, plane.dtype)
-        _round_into(pixels, background, create, offset, np.float32(top), out)
-        return out
+        below, above = _round_into(pixels, background, create, offset, np.float32(top), out)
+        return out, int(below), int(above)
     if create:
         value = xp.add(background, offset)
     else:
         value = xp.subtract(pixels, background)
         value = xp.add(value, offset, out=value)
+    below, above = int(xp.count_nonzero(value < 0)), int(xp.count_nonzero(value > top))
     value = xp.clip(value, np.float32(0), np.float32(top), out=value)
-    return value.astype(plane.dtype)  # truncation, as Java's (int) cast
+    return value.astype(plane.dtype), below, above  # truncation, as Java's (int) cast
 
 
 @numba.njit(cache=True, nogil=True)
 def _round_into(pixels, background, create, offset, top, out):
     """ImageJ's conversion to 8/16-bit in one pass: ``(orig - bg) + offset`` (or ``bg + offset``
-    when creating the background), clamped to [0, top], truncated; all float32."""
+    when creating the background), clamped to [0, top], truncated; all float32. Returns the
+    counts of values clamped below 0 and above ``top``."""
     flat_pixels = pixels.reshape(-1)
     flat_background = background.reshape(-1)
     flat_out = out.reshape(-1)
+    below = 0
+    above = 0
     for i in range(flat_out.size):
         value = flat_background[i] + offset if create else (flat_pixels[i] - flat_background[i]) + offset
         if value < 0:
             value = np.float32(0)
+            below += 1
         if value > top:
             value = top
+            above += 1
         flat_out[i] = value
+    return below, above

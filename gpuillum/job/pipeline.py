@@ -97,7 +97,7 @@ class Run:
         self.corrections = None
         self.groups: list = []
         self.group_of: dict = {}
-        self.min_images = MIN_IMAGES
+        self.min_images = getattr(spec.method, "min_images", None) or MIN_IMAGES
         self._skipped: set = set()
 
     # -- reporting

@@ -14,7 +14,8 @@ from ..errors import InvalidType, InvalidValue
 
 BUILT_IN = (  # the modules that register the built-in methods
     "gpuillum.methods.cellprofiler.method", "gpuillum.methods.median", "gpuillum.methods.tophat", "gpuillum.methods.flatfield",
-    "gpuillum.methods.auto",
+    "gpuillum.methods.auto", "gpuillum.methods.rolling_ball", "gpuillum.methods.sliding_paraboloid",
+    "gpuillum.methods.projection",
 )
 DEFAULT_METHOD = "cellprofiler"
 

@@ -13,6 +13,8 @@ A method is a subclass of :class:`Method` registered with :func:`gpuillum.method
   mergeable, bit-identical for any number of workers when merged in batch order; picklable for
   Dask) and how it **finishes** into an :class:`~gpuillum.model.IlluminationModel`;
 * for ``image`` methods: how one image is **corrected** under the output dtype policy;
+* for methods that subtract a background (median, top-hats, rolling ball, projections): the
+  **background** of an image, which the run's QC draws as before / background / after;
 * its **checks** before anything is written (input dtypes, image sizes), and a one-line
   **description** of the effective settings for the run summary and the manifest.
 """
@@ -122,6 +124,7 @@ class Method:
     aliases: ClassVar[tuple[str, ...]] = ()
     remedy: ClassVar[str] = ""  # a setting that avoids clipping or lost grey levels, named in warnings
     unit_floats: ClassVar[bool] = False  # float images must lie in [0, 1] (CellProfiler's convention)
+    min_images: ClassVar[int | None] = None  # fewer images in a group model are warned of (None: the engine's MIN_IMAGES)
 
     # -- declaration
 
@@ -181,6 +184,13 @@ class Method:
     def finish(self, settings, reduction: Reduction, group: GroupInfo, device):
         """The group's IlluminationModel from its merged reduction (NumPy arrays)."""
         raise NotImplementedError(f"method {self.name}: no group reduction")
+
+    def background(self, settings, image, model=None):
+        """The background this method subtracts from ``image`` (a 2-D array in the image's units,
+        on its backend): image-scope methods compute it from the image, group and series methods
+        take it from the group's ``model``. None for a method that subtracts no background. The
+        run's QC draws it between the image before and after correction."""
+        return None
 
     # -- image scope
 

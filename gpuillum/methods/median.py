@@ -1,35 +1,67 @@
 """The ``median`` method: subtract each image's median-filtered background (the lesson's first recipe).
 
 By default the background is the exact disk median of radius R (in-bounds pixels only at the
-edges), equal to scikit-image's ``filters.rank.median(image, disk(R))`` and ImageJ's Process >
-Filters > Median... for the same disk; ``--downsample auto|N`` takes the fast approximate median
-of gpuillum.median_background instead (block means, the median at low resolution, bilinear back),
-which ``--background median`` has always used.
+edges), equal to scikit-image's ``filters.rank.median(image, disk(R))`` and CellProfiler's;
+``--edges nearest`` repeats the edge pixels instead (scikit-image's ``filters.median``, the
+lesson's Python recipe, and scipy), and ``--footprint imagej`` takes ImageJ's circle of radius R
+({x^2 + y^2 <= floor(R^2) + 1}, R may be fractional) with ImageJ's nearest edges: ImageJ's
+Process > Filters > Median..., the lesson's ImageJ recipe. ``--downsample auto|N`` takes the fast
+approximate median of gpuillum.median_background instead (block means, the median at low
+resolution, bilinear back), which ``--background median`` has always used. ``--presmooth``
+computes the median of a smoothed copy (gpuillum.methods.background).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from . import register
-from .background import subtract_background
+from .background import (
+    check_presmooth,
+    check_window_radius,
+    describe_presmooth,
+    presmooth_setting,
+    radius_setting,
+    sigma_setting,
+    smoothed,
+    subtract_background,
+)
 from .base import Method, setting
 from ..errors import InvalidValue
+
+FOOTPRINTS = ("disk", "imagej")
+EDGES = ("ignore", "nearest")
 
 
 @dataclass(frozen=True)
 class MedianSettings:
-    """The disk radius, and the median's resolution."""
+    """The median's window (radius, footprint, edges), its resolution, and the pre-smoothing."""
 
-    radius: int = setting(help="disk radius of the median in pixels (about 3x the radius of the objects to keep)", metavar="R")
+    radius: int = radius_setting("disk radius of the median in pixels (about 3x the radius of the objects to keep)")
     downsample: str = setting("exact", help="exact (default: the exact disk median) or auto / N: the fast approximate "
                               "median on an image shrunk N times (gpuillum.median_background)", metavar="exact|auto|N")
     light_background: bool = setting(False, help="dark objects on a light background: subtract the image from its background")
+    footprint: str = setting("disk", choices=FOOTPRINTS, help="disk: x^2 + y^2 <= R^2 (scikit-image's disk(R), default); "
+                             "imagej: ImageJ's circle x^2 + y^2 <= floor(R^2) + 1, R may be fractional (Process > Filters > "
+                             "Median..., with --edges nearest by default)")
+    edges: str | None = setting(None, choices=EDGES, help="ignore: only the pixels inside the image count (scikit-image's "
+                                "filters.rank.median, CellProfiler; default for --footprint disk); nearest: the edge pixels "
+                                "repeat (scikit-image's filters.median, scipy, ImageJ; default for --footprint imagej)")
+    presmooth: str = presmooth_setting("none")
+    sigma: float | None = sigma_setting()
 
     def __post_init__(self):
-        from .._checks import check_radius
+        from .._checks import check_choice
 
-        check_radius(self.radius, "radius")
+        check_choice(self.footprint, "footprint", FOOTPRINTS)
+        check_window_radius(self.radius, self.footprint)
+        if self.edges is None:
+            object.__setattr__(self, "edges", "nearest" if self.footprint == "imagej" else "ignore")
+        check_choice(self.edges, "edges", EDGES)
         object.__setattr__(self, "downsample", _downsample(self.downsample))
+        if self.downsample != "exact" and (self.footprint, self.edges) != ("disk", "ignore"):
+            raise InvalidValue(f"downsample: the approximate median ({self.downsample}) has a disk footprint and ignores the "
+                               "edges; footprint imagej and edges nearest need downsample exact")
+        check_presmooth(self)
 
 
 def _downsample(value) -> str:
@@ -51,21 +83,25 @@ class MedianMethod(Method):
         return "image"
 
     def describe(self, settings: MedianSettings) -> str:
-        how = "" if settings.downsample == "auto" else " (exact disk median)" if settings.downsample == "exact" else \
-            f" (downsampled x{settings.downsample})"
+        if settings.downsample == "exact":
+            window = "ImageJ's circle" if settings.footprint == "imagej" else "disk"
+            how = f" (exact {window} median" + (", edges repeated)" if settings.edges == "nearest" else ")")
+        else:
+            how = "" if settings.downsample == "auto" else f" (downsampled x{settings.downsample})"
         light = ", light background" if settings.light_background else ""
-        return f"median background subtraction, radius {settings.radius}{how}{light}"
+        return f"median background subtraction, radius {settings.radius:g}{how}{describe_presmooth(settings)}{light}"
 
-    def background(self, settings: MedianSettings, image):
-        """The background of ``image`` in its units (the exact median keeps the image's dtype)."""
+    def background(self, settings: MedianSettings, image, model=None):
+        """The background of ``image`` in its units (the exact median of an unsmoothed image keeps its dtype)."""
+        source = smoothed(image, settings)
         if settings.downsample == "exact":
             from ..filters.median import median_filter
 
-            return median_filter(image, settings.radius, footprint="disk", mode="ignore")
+            return median_filter(source, settings.radius, footprint=settings.footprint, mode=settings.edges)
         from ..filters.median_background import median_background
 
         factor = settings.downsample if settings.downsample == "auto" else int(settings.downsample)
-        return median_background(image, settings.radius, downsample=factor)
+        return median_background(source, settings.radius, downsample=factor)
 
     def correct(self, settings: MedianSettings, image, *, output_dtype: str = "same", stats=None):
         return subtract_background(image, self.background(settings, image), light_background=settings.light_background,

@@ -5,28 +5,49 @@ foreground the white top-hat ``image - opening``; with ``--light-background`` (t
 ``black-tophat`` method's default) the background is the grey closing and the foreground the
 black top-hat ``closing - image``, for dark objects on a light background. Both are exact flat
 morphology with a disk of radius R, out-of-bounds pixels ignored (scikit-image's
-``mode="ignore"``). A top-hat is never negative, so ``same`` loses nothing.
+``mode="ignore"``); ``--footprint imagej`` takes ImageJ's circle instead, which makes ``tophat``
+ImageJ's Process > Filters > Top Hat... (with "light background" ImageJ writes
+``image - closing + max`` for 8/16-bit, dark objects on white: the dtype's maximum minus the
+black top-hat). A top-hat is never negative, so ``same`` loses nothing. ``--presmooth`` computes
+the opening (closing) of a smoothed copy, subtracted from the original.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from . import register
-from .background import subtract_background
+from .background import (
+    check_presmooth,
+    check_window_radius,
+    describe_presmooth,
+    presmooth_setting,
+    radius_setting,
+    sigma_setting,
+    smoothed,
+    subtract_background,
+)
 from .base import Method, setting
+
+FOOTPRINTS = ("disk", "imagej")
 
 
 @dataclass(frozen=True)
 class TophatSettings:
-    """The disk radius, and which objects are kept."""
+    """The disk radius, which objects are kept, the footprint and the pre-smoothing."""
 
-    radius: int = setting(help="disk radius in pixels (larger than the objects to keep)", metavar="R")
+    radius: int = radius_setting("disk radius in pixels (larger than the objects to keep)")
     light_background: bool = setting(False, help="dark objects on a light background: the black top-hat (closing minus image)")
+    footprint: str = setting("disk", choices=FOOTPRINTS, help="disk: x^2 + y^2 <= R^2 (scikit-image's disk(R), default); "
+                             "imagej: ImageJ's circle x^2 + y^2 <= floor(R^2) + 1, R may be fractional")
+    presmooth: str = presmooth_setting("none")
+    sigma: float | None = sigma_setting()
 
     def __post_init__(self):
-        from .._checks import check_radius
+        from .._checks import check_choice
 
-        check_radius(self.radius, "radius")
+        check_choice(self.footprint, "footprint", FOOTPRINTS)
+        check_window_radius(self.radius, self.footprint)
+        check_presmooth(self)
 
 
 @dataclass(frozen=True)
@@ -46,20 +67,24 @@ class TophatMethod(Method):
 
     def describe(self, settings: TophatSettings) -> str:
         kind = "black" if settings.light_background else "white"
-        return f"{kind} top-hat background subtraction, radius {settings.radius}"
+        window = ", ImageJ's circle" if settings.footprint == "imagej" else ""
+        return f"{kind} top-hat background subtraction, radius {settings.radius:g}{window}{describe_presmooth(settings)}"
 
-    def background(self, settings: TophatSettings, image):
-        """The grey opening (closing with a light background) of ``image``, in its dtype."""
+    def background(self, settings: TophatSettings, image, model=None):
+        """The grey opening (closing with a light background) of ``image``, or of its smoothed
+        copy, in the image's dtype (float32 when smoothed)."""
         from ..filters.morphology import grey_closing, grey_opening
 
         morphology = grey_closing if settings.light_background else grey_opening
-        return morphology(image, settings.radius, footprint="disk")
+        return morphology(smoothed(image, settings), settings.radius, footprint=settings.footprint)
 
     def correct(self, settings: TophatSettings, image, *, output_dtype: str = "same", stats=None):
-        if output_dtype == "same" and image.dtype.kind == "u":  # never negative: the top-hat in the image's dtype
+        if output_dtype == "same" and image.dtype.kind == "u" and settings.presmooth == "none":
+            # never negative: the top-hat in the image's dtype
             from ..filters.morphology import black_tophat, white_tophat
 
-            tophat = (black_tophat if settings.light_background else white_tophat)(image, settings.radius)
+            tophat = (black_tophat if settings.light_background else white_tophat)(image, settings.radius,
+                                                                                    footprint=settings.footprint)
             if stats is not None:
                 stats.pixels += int(image.size)
             return tophat

@@ -86,8 +86,12 @@ def _levels(records, reader, out_dir) -> dict:
 
 
 def group_qc_with_pictures(group, folder: Path, *, corrected_root=None, output=None, min_images=None,
-                           estimated_images=None) -> tuple[dict, list]:
-    """One group's QC (gpuillum.qc.group.group_qc) on its sample, and the PNGs written for it."""
+                           estimated_images=None, background_of=None) -> tuple[dict, list]:
+    """One group's QC (gpuillum.qc.group.group_qc) on its sample, and the PNGs written for it.
+
+    ``background_of(image, model)``: the background a background method subtracted from one raw
+    image (None: not a background method); with corrected images, the middle one of the sample is
+    drawn before / background / after with a profile across them (``<group>_background.png``)."""
     import dataclasses
 
     from . import figures
@@ -114,6 +118,13 @@ def group_qc_with_pictures(group, folder: Path, *, corrected_root=None, output=N
         index = len(raw) // 2
         pictures.append(folder / f"{stem}_before_after.png")
         figures.before_after(raw[index], after[index], pictures[-1], title=f"{group.label}: {chosen[index].name}")
+        background = None if background_of is None else background_of(raw[index], group.model)
+        if background is not None:
+            from ..backend import to_numpy
+
+            pictures.append(folder / f"{stem}_background.png")
+            figures.background_figure(raw[index], to_numpy(background), after[index], pictures[-1],
+                                      title=f"{group.label}: {chosen[index].name}")
     if model is not None and (model.flatfield is not None or model.darkfield is not None):
         pictures.append(folder / f"{stem}_model.png")
         figures.model_figure(model, pictures[-1], title=f"{group.label}: model")
@@ -130,11 +141,12 @@ def group_qc_with_pictures(group, folder: Path, *, corrected_root=None, output=N
 
 
 def write_qc(groups, folder, *, title: str, corrected_root=None, outputs: dict | None = None, min_images=None,
-             estimated: bool = False, intro: str = "", say=None) -> tuple[list, Path]:
+             estimated: bool = False, intro: str = "", say=None, background_of=None) -> tuple[list, Path]:
     """QC every group (see the module docstring) into ``folder``; returns (the groups' QC, report.html).
 
     ``outputs``: {group label: OutputStats.to_dict()}; ``estimated``: the models were estimated
-    from the groups' images (their count is then known even when the model does not say it).
+    from the groups' images (their count is then known even when the model does not say it);
+    ``background_of``: see :func:`group_qc_with_pictures`.
     """
     from .report import write_json, write_report
 
@@ -148,7 +160,8 @@ def write_qc(groups, folder, *, title: str, corrected_root=None, outputs: dict |
         try:
             qc, files = group_qc_with_pictures(group, folder, corrected_root=corrected_root,
                                                output=(outputs or {}).get(group.label), min_images=min_images,
-                                               estimated_images=len(group.records) if estimated else None)
+                                               estimated_images=len(group.records) if estimated else None,
+                                               background_of=background_of)
         except UserError as error:  # images QC cannot measure (e.g. a few pixels wide): said, never a failed run
             qc, files = unmeasured(group.label, one_line(error)), []
         results.append(qc)
@@ -187,10 +200,13 @@ def run_qc(run) -> None:
     started = time.perf_counter()
     spec = run.spec
     outputs = {group.label: group.stats.to_dict() for group in run.groups if group.stats.pixels}
+    method = spec.method
+    background_of = None if method is None else lambda image, model: method.background(spec.settings, image, model)
     results, report = write_qc(run.groups, run.out.path / "qc", title=f"gpuillum QC: {spec.input.name}",
                                corrected_root=run.out.path if spec.corrects else None, outputs=outputs,
                                min_images=run.min_images, estimated=spec.estimates, say=run.say,
-                               intro=f"method: {run.result.method or 'none'}; input: {spec.input}")
+                               intro=f"method: {run.result.method or 'none'}; input: {spec.input}",
+                               background_of=background_of)
     for qc in results:
         verdict = {"needed": qc["needed"], "worked": qc["worked"], "evidence": qc["evidence"],
                    "flags": [flag["text"] for flag in qc["flags"]], **({"auto": qc["auto"]} if "auto" in qc else {})}

@@ -9,7 +9,11 @@
   a colour bar, the flat field's maximum marked;
 * :func:`profiles_figure`: radial, row and column profiles of the background map before/after;
 * :func:`plate_heatmap`: per-site background level over the plate layout, before/after;
-* :func:`methods_panel`: each method's corrected image at matched brightness (the blog's Figure 6).
+* :func:`methods_panel`: each method's corrected image at matched brightness (the blog's Figure 6);
+* :func:`background_figure`: a background method's before / background / after, with a line
+  profile across all three on shared axes (the lesson's check);
+* :func:`profile_plot`: line profiles of images on shared axes (``gpuillum profile``, ImageJ's
+  Plot Profile).
 
 Every function writes one PNG atomically and touches no global matplotlib state (a Figure with
 its own Agg canvas), so it is safe in threads. Images are block-averaged to at most ``max_size``
@@ -254,6 +258,90 @@ def methods_panel(images: dict, path, *, title: str | None = None, max_size: int
         small = _small(image, max_size)
         limits = brightened_limits(small)
         _show(figure.add_subplot(rows, columns, index + 1), small, limits, f"{label}\n[{limits[0]:.4g}, {limits[1]:.4g}]")
+    if title:
+        figure.suptitle(title, fontsize=11)
+    _save(figure, path)
+
+
+PROFILE_COLOURS = (BEFORE_COLOUR, "#6a994e", AFTER_COLOUR, "#7b2cbf", "#e09f3e")
+
+
+def _display_limits(image: np.ndarray) -> tuple[float, float]:
+    """The 0.5th-99.5th percentile of the finite values (a range that a few spots do not take over)."""
+    finite = image[np.isfinite(image)]
+    if not finite.size:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def _profile_axes(axes, profile, series: dict, *, title: str | None = None, colours=PROFILE_COLOURS) -> None:
+    """Each of ``series`` ({label: values}) along ``profile`` (a gpuillum.qc.profile.LineProfile)."""
+    for (label, values), colour in zip(series.items(), colours):
+        axes.plot(profile.distance, values, color=colour, label=label, linewidth=1)
+    axes.set_xlabel("distance along the profile (pixels)")
+    axes.set_ylabel("grey value")
+    axes.set_title(title or f"profile: {profile.description}", fontsize=9)
+    axes.legend(fontsize=8, loc="best")
+    axes.grid(True, linewidth=0.4, alpha=0.5)
+
+
+def profile_plot(profile, series: dict, path, *, title: str | None = None) -> None:
+    """Line profiles of one or more images on shared axes, as ImageJ's Plot Profile draws one.
+
+    Parameters
+    ----------
+    profile : gpuillum.qc.profile.LineProfile
+    series : {label: float values along the profile}, e.g. {"input": ..., "corrected": ...}
+    path : where the PNG goes.
+
+    Examples
+    --------
+    >>> profile = line_profile(raw.shape, row=128)
+    >>> profile_plot(profile, {"input": profile.values(raw), "corrected": profile.values(flat)}, "row128.png")
+    """
+    if not series:
+        raise InvalidValue("series: expected at least one {label: values}")
+    figure = _figure(7.5, 3.6)
+    colours = (BEFORE_COLOUR, AFTER_COLOUR) if len(series) == 2 else PROFILE_COLOURS  # an image and its corrected copy
+    _profile_axes(figure.add_subplot(), profile, series, title=title, colours=colours)
+    _save(figure, path)
+
+
+def background_figure(before, background, after, path, *, title: str | None = None, max_size: int = 256) -> None:
+    """A background method on one image: before, the background, after, and their profiles along
+    the middle row on shared axes (before and background at one display range, so the background
+    shows what it takes away; after at its own).
+
+    Examples
+    --------
+    >>> background_figure(raw, gi.rolling_ball_imagej(raw, 50, create_background=True, output_dtype="float32"),
+    ...                   gi.rolling_ball_imagej(raw, 50), "OUT/qc/spots_background.png")
+    """
+    from .profile import line_profile
+
+    images = {"before": before, "background": background, "after": after}
+    for name, image in images.items():
+        _check_2d(image, name)
+        if tuple(image.shape) != tuple(before.shape):
+            raise InvalidValue(f"{name}: shape {tuple(image.shape)} does not match before's {tuple(before.shape)}")
+    row = before.shape[0] // 2
+    profile = line_profile(before.shape, row=row)
+    series = {name: profile.values(image) for name, image in images.items()}
+    small = {name: _small(image, max_size) for name, image in images.items()}
+    shared = _display_limits(small["before"])
+    limits = {"before": shared, "background": shared, "after": _display_limits(small["after"])}
+    aspect = small["before"].shape[0] / small["before"].shape[1]
+    figure = _figure(10.0, 10.0 / 3 * aspect + 3.4)
+    grid = figure.add_gridspec(2, 3, height_ratios=[aspect * 3.2, 2.6])
+    marked = (row + 0.5) * small["before"].shape[0] / before.shape[0] - 0.5
+    for column, name in enumerate(images):
+        shown = _show(figure.add_subplot(grid[0, column]), small[name], limits[name],
+                      f"{name} [{limits[name][0]:.4g}, {limits[name][1]:.4g}]")
+        shown.axes.axhline(marked, color=PROFILE_COLOURS[column], linewidth=0.8, linestyle="--")
+        figure.colorbar(shown, ax=shown.axes, shrink=0.8)
+    _profile_axes(figure.add_subplot(grid[1, :]), profile, series,
+                  title=f"profile along row {row} (dashed line), full resolution")
     if title:
         figure.suptitle(title, fontsize=11)
     _save(figure, path)
