@@ -349,7 +349,7 @@ def _first_flat(X, D, shape, strength):
     """The first estimate of F: the robustly smoothed median of up to ``FIRST_IMAGES`` evenly spread images."""
     xp = get_array_module(X)
     first = X[:: max(1, X.shape[0] // FIRST_IMAGES)]
-    F = robust_smooth(xp.median(first, axis=0).reshape(shape) - D.reshape(shape), max(strength, FIRST_SMOOTHNESS)).ravel()
+    F = robust_smooth(median_over_images(first).reshape(shape) - D.reshape(shape), max(strength, FIRST_SMOOTHNESS)).ravel()
     return _positive_mean_one(F, xp)
 
 
@@ -445,7 +445,7 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "auto", s
     n, h, w = stack.shape
     shape = (h, w)
     iterations = iterations or (ITERATIONS if n >= 16 else FEW_IMAGES_ITERATIONS)
-    X = stack.reshape(n, h * w).astype(xp.float64)
+    X = stack.reshape(n, h * w).astype(xp.float64, copy=False)
     strength = FLAT_SMOOTHNESS * float(smoothness) * max(1.0, FEW_IMAGES_BOOST / n**2)
     fixed = None if isinstance(darkfield, str) else xp.asarray(darkfield, dtype=xp.float64).reshape(h * w)
     estimate = isinstance(darkfield, str) and darkfield == "estimate"
@@ -493,17 +493,35 @@ def _choose_statistic(statistic: str, check: DarkfieldCheck | None) -> tuple[str
 def _median_flat(X, F, D, weighted, weights, shape):
     """The flat field as the smoothed per-pixel median of ``(X_n - D) / B_n``, with each level B_n
     the median of ``(X_n - D) / F`` over its pixels (medians throughout: dense content has no
-    background majority for the weights to find); a few passes."""
+    background majority for the weights to find; images whose level is not positive are left out);
+    passes until the flat field moves less than ``FLAT_TOLERANCE`` (at most ``MEDIAN_ITERATIONS``)."""
     xp = get_array_module(X)
     for _ in range(MEDIAN_ITERATIONS):
         levels = xp.median((X - D) / F, axis=1)
-        ratios = (X - D) / xp.where(levels[:, None] > 0, levels[:, None], xp.nan)
-        new_F = _positive_mean_one(smooth(xp.nanmedian(ratios, axis=0).reshape(shape), MEDIAN_SMOOTHNESS).ravel(), xp)
+        usable = levels > 0
+        if not bool(usable.any()):
+            break
+        if not bool(usable.all()):
+            levels, values = levels[usable], X[usable]
+        else:
+            values = X
+        ratios = (values - D) / levels[:, None]
+        new_F = _positive_mean_one(smooth(median_over_images(ratios).reshape(shape), MEDIAN_SMOOTHNESS).ravel(), xp)
         moved = float(xp.sqrt(xp.mean((new_F - F) ** 2)))
         F = new_F
         if moved < FLAT_TOLERANCE:
             break
     return F, _levels(weighted, weights, F, D)
+
+
+def median_over_images(values):
+    """The median over the images (axis 0) of an (N, P) array, per pixel: each pixel's N values
+    sorted in a contiguous (P, N) copy (on NumPy ~8x faster than a partition along axis 0 at
+    N = 24; the same numbers as ``median(values, axis=0)``)."""
+    xp = get_array_module(values)
+    ordered = xp.sort(xp.ascontiguousarray(values.T), axis=1)
+    n = ordered.shape[1]
+    return 0.5 * (ordered[:, (n - 1) // 2] + ordered[:, n // 2])
 
 
 def _positive_mean_one(F, xp):
