@@ -72,7 +72,7 @@ MEDIAN_SMOOTHNESS = 1e-5  # its smoother's penalty (1e-4 moved nanog 0.5 % furth
 FLAT_TOLERANCE = 1e-5  # stop when the flat field moves less than this (RMS) and the darkfield < 0.01 count
 MAX_DARK_SE_FRACTION = 0.05  # darkfield identifiable: standard error <= 5 % of the background signal ...
 MAX_FLAT_ERROR_FROM_DARK = 0.005  # ... and the flat-field error it implies <= 0.5 % RMS
-NEGATIVE_Z = 3.0  # an offset below zero by more than this many standard errors (and by >= 0.5 % of flat) is impossible
+NEGATIVE_Z = 3.0  # an offset below zero by more than this many standard errors (and by enough to move F by MAX_FLAT_ERROR_FROM_DARK) is impossible
 SPLIT_MIN_IMAGES = 8  # the halves check needs this many images (4 per half)
 SPLIT_PASSES = 2  # passes of each half's fit, started from the whole fit's weights (measured: 1-3 passes agree)
 SPLIT_Z = 5.0  # halves disagree beyond this many combined standard errors (24 plates: at most 2.8; wsi_brain: 17)
