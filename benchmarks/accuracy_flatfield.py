@@ -10,8 +10,10 @@ darkfield count as 0). Rows: gpuillum ``fit_flatfield`` (defaults), the ``jump``
 (``get_darkfield=True``, with and without ``sort_intensity``) when ``--basicpy-python`` names a
 Python that has it (run as a subprocess: benchmarks/basicpy_runner.py).
 
-Then BaSiC's demo stacks (GPUILLUM_DATA/basicpy_npz, or ``--data``) against PyBaSiC's reference
-flat fields at 128^2.
+Then BaSiC's demo stacks (GPUILLUM_DATA/basicpy_npz, or ``--data``): each fit's flat field against
+PyBaSiC's reference of the same model at 128^2 (fitted without a darkfield when the fit has none,
+with one otherwise; whole field and border excluded), cell_culture (no reference) against BaSiCPy
+2.0 with sorting.
 
 Usage: ``python benchmarks/accuracy_flatfield.py [--basicpy-python /work/basicpy-venv/bin/python]``
 (minutes) or ``--quick``. Writes benchmarks/results/accuracy-flatfield-<device>-<date>.json.
@@ -93,18 +95,36 @@ def synthetic(args) -> list[dict]:
                                     "flat_error_percent": flat_error_percent(flat, plate.flatfield),
                                     "dark_error_counts": dark_error_counts(darkfield, plate.darkfield),
                                     "fit_s": seconds,
-                                    "darkfield_status": model.info["darkfield"] if name == "gpuillum" else None})
+                                    "darkfield_status": model.info["darkfield"] if name == "gpuillum" else None,
+                                    "flatfield_statistic": model.info["flatfield_statistic"] if name == "gpuillum" else None})
                 print(condition, kind, seed, {r["method"]: (round(r["flat_error_percent"], 2), round(r["dark_error_counts"], 1))
                                               for r in records[-len(estimates):]}, flush=True)
     return records
 
 
-def _relative_rms(a, b):
+def _relative_rms(a, b, border: int = 0):
+    """RMS difference (percent) of two flat fields, each normalised to mean 1 inside ``border``."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if border:
+        a, b = a[border:-border, border:-border], b[border:-border, border:-border]
     return float(100 * np.sqrt(np.mean((a / a.mean() - b / b.mean()) ** 2)))
 
 
+def _agreement(flat, target) -> dict:
+    """Whole-field and border-excluded (1/16 of the side, the synthetic plates' metric) relative RMS."""
+    return {"full": _relative_rms(flat, target), "inner": _relative_rms(flat, target, flat.shape[0] // 16)}
+
+
+DEMO_RUNS = {"gpuillum": {}, "gpuillum mean": {"statistic": "mean"}, "gpuillum median": {"statistic": "median"},
+             "gpuillum, no darkfield": {"darkfield": False},
+             "gpuillum mean, no darkfield": {"darkfield": False, "statistic": "mean"}}
+
+
 def demos(args) -> list[dict]:
+    """Fit BaSiC's demo stacks and compare each flat field with the reference of the same model: the
+    reference fitted without a darkfield when the fit has none ("not identifiable" or off), the one
+    fitted with a darkfield otherwise (docs/basic.md 8; both are reported). cell_culture has no
+    reference: BaSiCPy 2.0 with sorting (same model) stands in when ``--basicpy-python`` is given."""
     folder = Path(args.data) / "basicpy_npz" if args.data else None
     if folder is None or not folder.is_dir():
         print("demo stacks skipped: give --data or set GPUILLUM_DATA", flush=True)
@@ -114,32 +134,59 @@ def demos(args) -> list[dict]:
     for name in DEMOS:
         images = np.load(folder / f"{name}.npz")["images"]
         reference = references[name].item() if name in references.files else None
-        runs = {"gpuillum": dict(), "gpuillum median": dict(statistic="median"),
-                "gpuillum, no darkfield": dict(darkfield=False), "gpuillum median, no darkfield": dict(darkfield=False, statistic="median")}
+        runs = dict(DEMO_RUNS)
         if reference is not None:  # the reference's own darkfield (its offset is a clamp, docs/basic.md 8.2) as dark frames
             runs["gpuillum median, reference darkfield"] = dict(
                 statistic="median", dark_frames=np.asarray(resize_bilinear(reference["darkfield"].astype(np.float32), images.shape[1:])))
         fitted = {}
         for label, kwargs in runs.items():
+            start = time.perf_counter()
             model = fit_flatfield(images, **kwargs)
-            fitted[label] = (resize_bilinear(model.flatfield, (128, 128)), model.info)
+            seconds = time.perf_counter() - start
+            fitted[label] = (np.asarray(resize_bilinear(model.flatfield, (128, 128))), model.darkfield is not None, model.info, seconds)
         if args.basicpy_python:
             small = np.stack([np.asarray(resize_bilinear(i, (128, 128))) for i in images]) if images.shape[1:] != (128, 128) else images
             jobs = {"basicpy-sort": (small, {"get_darkfield": True, "sort_intensity": True}),
                     "basicpy-sort, no darkfield": (small, {"get_darkfield": False, "sort_intensity": True})}
-            for label, (flat, *_) in run_basicpy(args.basicpy_python, jobs).items():
-                fitted[label] = (flat, {})
-        for label, (flat, info) in fitted.items():
-            target = "flatfield-flatonly" if "no darkfield" in label else "flatfield"
-            record = {"stack": name, "method": label, "reference": target if reference else None,
-                      "flat_vs_reference_percent": _relative_rms(flat, reference[target]) if reference else None,
-                      "darkfield_offset": info.get("darkfield_offset"), "darkfield": info.get("darkfield")}
-            if reference is None and "basicpy-sort" in fitted:
-                twin = "basicpy-sort, no darkfield" if "no darkfield" in label else "basicpy-sort"
-                record["flat_vs_basicpy_sort_percent"] = _relative_rms(flat, fitted[twin][0])
+            for label, (flat, dark, seconds, _) in run_basicpy(args.basicpy_python, jobs).items():
+                fitted[label] = (flat, "no darkfield" not in label, {"darkfield_offset": float(np.mean(dark))}, seconds)
+        for label, (flat, has_dark, info, seconds) in fitted.items():
+            record = {"stack": name, "images": int(images.shape[0]), "method": label, "fit_s": seconds,
+                      "has_darkfield": has_dark, "darkfield": info.get("darkfield"), "darkfield_reason": info.get("darkfield_reason"),
+                      "darkfield_offset": info.get("darkfield_offset"), "darkfield_offset_halves": info.get("darkfield_offset_halves"),
+                      "flatfield_statistic": info.get("flatfield_statistic")}
+            if reference is not None:
+                record["reference"] = "flatfield" if has_dark else "flatfield-flatonly"
+                record["vs_reference"] = _agreement(flat, reference[record["reference"]])
+                record["vs_flatfield"] = _agreement(flat, reference["flatfield"])
+                record["vs_flatfield_flatonly"] = _agreement(flat, reference["flatfield-flatonly"])
+            elif "basicpy-sort" in fitted and not label.startswith("basicpy"):
+                record["reference"] = "basicpy-sort" if has_dark else "basicpy-sort, no darkfield"
+                record["vs_reference"] = _agreement(flat, fitted[record["reference"]][0])
             records.append(record)
-            print(name, label, {k: v for k, v in record.items() if k.endswith("percent")}, flush=True)
+            print(name, label, record.get("reference"), {k: {m: round(v, 2) for m, v in record[k].items()}
+                                                         for k in record if k.startswith("vs_")}, flush=True)
     return records
+
+
+def demo_table(records: list[dict]) -> str:
+    """Markdown: each run's agreement with the reference of its model (border excluded / whole field)."""
+    stacks = list(dict.fromkeys(r["stack"] for r in records))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    lines = ["| Run | " + " | ".join(stacks) + " |", "|---" * (len(stacks) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for stack in stacks:
+            row = next((r for r in records if r["stack"] == stack and r["method"] == method), None)
+            if row is None or "vs_reference" not in row:
+                cells.append("")
+                continue
+            verdict = f", darkfield {row['darkfield']}" if row.get("darkfield") else ""
+            statistic = f", {row['flatfield_statistic']}" if row.get("flatfield_statistic") else ""
+            cells.append(f"{row['vs_reference']['inner']:.2f} / {row['vs_reference']['full']:.2f} vs {row['reference']}"
+                         f"{statistic}{verdict}")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def summary_table(records: list[dict]) -> str:
@@ -172,6 +219,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.size, args.images, args.seeds, args.shapes = 128, 8, 1, ["gaussian", "cos4"]
+    load_start = os.getloadavg()[0]
     records = synthetic(args)
     for record in records:
         record["images"] = args.images
@@ -179,9 +227,13 @@ def main(argv=None) -> int:
     print(f"\nflat-field error % RMS / darkfield error counts, mean (max) over {len(args.shapes)} shapes x {args.seeds} seeds, "
           f"{args.images} images of {args.size}^2\n{table}")
     demo = [] if args.no_demos or args.quick else demos(args)
-    payload = {"quick": args.quick, "machine": machine_description(), "size": args.size, "images": args.images,
+    if demo:
+        print("\ndemo stacks, % RMS of the flat field against the reference of the same model (border excluded / whole "
+              "field, 128^2)\n" + demo_table(demo))
+    payload = {"quick": args.quick, "machine": machine_description(), "load_1min_end": os.getloadavg()[0],
+               "load_1min_start": load_start, "size": args.size, "images": args.images,
                "seeds": args.seeds, "shapes": args.shapes, "brightness_spread": 0.1, "synthetic": records, "table": table,
-               "demo_stacks": demo, "basicpy": bool(args.basicpy_python)}
+               "demo_stacks": demo, "demo_table": demo_table(demo) if demo else "", "basicpy": bool(args.basicpy_python)}
     print(write_results("accuracy-flatfield", payload))
     return 0
 

@@ -15,7 +15,7 @@ from gpuillum.methods import get_method
 from gpuillum.methods.base import GroupInfo
 from gpuillum.methods.basicpy_io import load_basicpy_model
 from gpuillum.methods.flatfield import FlatfieldSettings, WorkingStack, fit_flatfield, working_shape
-from gpuillum.methods.flatfield.estimator import smooth
+from gpuillum.methods.flatfield.estimator import darkfield_verdict, smooth
 from gpuillum.methods.flatfield.plates import dark_error_counts, flat_error_percent, make_plate
 from gpuillum.model import IlluminationModel
 
@@ -35,6 +35,9 @@ def dim():
 def test_bright_plate_recovers_flat_and_darkfield(bright):
     model = fit_flatfield(bright.images)
     assert model.info["darkfield"] == "estimated" and model.info["images"] == 24
+    assert model.info["flatfield_statistic"] == "mean"  # objects on a background: the automatic choice keeps the mean
+    halves = model.info["darkfield_offset_halves"]
+    assert len(halves) == 2 and all(abs(h - 100) < 10 for h in halves)  # each from 12 images of 256^2
     assert flat_error_percent(model.flatfield, bright.flatfield) < 0.6
     assert dark_error_counts(model.darkfield, bright.darkfield) < 4
     assert abs(model.info["darkfield_offset"] - 100) < 4 * model.info["darkfield_offset_se"] + 2
@@ -47,6 +50,7 @@ def test_bright_plate_recovers_flat_and_darkfield(bright):
 
 def test_dim_plate_recovers_flat_and_darkfield(dim):
     model = fit_flatfield(dim.images)
+    assert model.info["darkfield"] == "estimated" and model.info["flatfield_statistic"] == "mean"
     assert flat_error_percent(model.flatfield, dim.flatfield) < 2
     assert dark_error_counts(model.darkfield, dim.darkfield) < 10
 
@@ -66,6 +70,45 @@ def test_equal_brightness_says_the_darkfield_is_not_identifiable():
     assert "background levels" in model.info["darkfield_reason"]
     assert "darkfield not identifiable" in model.info["message"] and "--dark-frames" in model.info["message"]
     assert np.isfinite(model.flatfield).all()
+
+
+def test_darkfield_verdict_tells_missing_information_from_contradiction():
+    # offset, se, signal, flat spread, darkest background[, halves]
+    assert darkfield_verdict(100.0, 1.0, 300.0, 0.3, 250.0) == ("", False)
+    reason, contradicts = darkfield_verdict(float("nan"), float("inf"), 300.0, 0.3, 250.0)
+    assert "do not vary" in reason and not contradicts
+    reason, contradicts = darkfield_verdict(100.0, 40.0, 300.0, 0.3, 250.0)  # too little spread: uncertain, not wrong
+    assert "uncertain" in reason and not contradicts
+    reason, contradicts = darkfield_verdict(260.0, 1.0, 300.0, 0.3, 250.0)
+    assert "not below the darkest background" in reason and contradicts
+    reason, contradicts = darkfield_verdict(-36.0, 0.3, 60.0, 0.2, 20.0)
+    assert "negative" in reason and contradicts
+    assert darkfield_verdict(-2.0, 1.0, 300.0, 0.3, 250.0) == ("", False)  # within its error of zero (and harmless)
+    reason, contradicts = darkfield_verdict(680.0, 5.6, 370.0, 0.25, 700.0, halves=((576.0, 9.0), (752.0, 4.0)))
+    assert "even and the odd images" in reason and contradicts
+    assert darkfield_verdict(100.0, 1.0, 300.0, 0.3, 250.0, halves=((101.0, 1.4), (99.5, 1.4))) == ("", False)
+
+
+def test_objects_growing_while_bleaching_contradict_the_plate_model():
+    """A time-lapse whose bright colony grows at the centre as the background bleaches: the brightness
+    of the centre no longer scales with the background level, the darkfield regression gives a
+    negative offset, so the darkfield is not identifiable and the flat field is the per-pixel median."""
+    plate = make_plate(40, (192, 192), kind="gaussian", dark=100, background=300, timelapse=True, seed=6)
+    y, x = np.mgrid[0:192, 0:192] / 192
+    colony = np.exp(-((y - 0.5) ** 2 + (x - 0.5) ** 2) / (2 * 0.15**2))
+    growth = np.linspace(0, 1, 40)[:, None, None]
+    images = np.clip(plate.images + np.rint(plate.flatfield * 90 * growth * colony), 0, 65535).astype(np.uint16)
+    for kwargs in ({}, {"darkfield": False}):  # the same diagnosis decides the statistic without a darkfield
+        model = fit_flatfield(images, **kwargs)
+        assert model.darkfield is None and model.info["flatfield_statistic"] == "median"
+        assert "negative" in model.info["flatfield_statistic_reason"]
+    assert model.info["darkfield"] == "off"
+    model = fit_flatfield(images)
+    assert model.info["darkfield"] == "not identifiable" and "negative" in model.info["darkfield_reason"]
+    assert "per-pixel median" in model.info["message"]
+    assert fit_flatfield(images, statistic="mean").info["flatfield_statistic"] == "mean"  # asked for: kept
+    untouched = fit_flatfield(plate.images)  # the same time-lapse without the colony stays a plate
+    assert untouched.info["darkfield"] == "estimated" and untouched.info["flatfield_statistic"] == "mean"
 
 
 def test_dark_frames_are_the_darkfield(bright):
@@ -237,16 +280,35 @@ def _relative_rms(a, b):
 
 
 @pytest.mark.data
-@pytest.mark.parametrize("name, limit", [("timelapse_nanog", 1.5), ("wsi_brain", 1.6)])
-def test_demo_stacks_against_the_reference_flat_fields(data_set, name, limit):
+@pytest.mark.parametrize("name, reason", [("timelapse_nanog", "negative"), ("wsi_brain", "even and the odd images")])
+def test_demo_stacks_against_the_reference_flat_fields(data_set, name, reason):
+    """Defaults on BaSiC's demo stacks: the darkfield is not identifiable (nanog: a negative offset,
+    the colonies grow as the movie bleaches; wsi_brain: the even and the odd tiles give offsets
+    hundreds of counts apart), so the model has no darkfield and its flat field is compared with
+    the reference fitted without one (PyBaSiC's darkfield fits sit on their offset clamps,
+    docs/basic.md 8.2): <= 1.5 % RMS with the border excluded (the synthetic plates' metric),
+    <= 1.6 % over the whole field."""
     from gpuillum.filters.resample import resize_bilinear
 
     folder = data_set("basicpy_npz")
     images = np.load(folder / f"{name}.npz")["images"]
     reference = np.load(folder / "reference_results.npz", allow_pickle=True)[name].item()  # the reference's own format
-    model = fit_flatfield(images, darkfield=False, statistic="median")
+    model = fit_flatfield(images)
+    assert model.darkfield is None and model.info["darkfield"] == "not identifiable"
+    assert reason in model.info["darkfield_reason"] and model.info["flatfield_statistic"] == "median"
     flat = resize_bilinear(model.flatfield, (128, 128))  # the reference was made at 128^2
-    assert _relative_rms(flat, reference["flatfield-flatonly"]) < limit
+    assert flat_error_percent(flat, reference["flatfield-flatonly"], border=8) <= 1.5
+    assert _relative_rms(flat, reference["flatfield-flatonly"]) <= 1.6
+    assert _relative_rms(resize_bilinear(fit_flatfield(images, statistic="mean").flatfield, (128, 128)),
+                         reference["flatfield-flatonly"]) > 2.5  # the robust mean does not suit these stacks
+
+
+@pytest.mark.data
+def test_demo_cell_culture_darkfield_is_not_identifiable(data_set):
+    images = np.load(data_set("basicpy_npz") / "cell_culture.npz")["images"]
+    model = fit_flatfield(images)
+    assert model.info["darkfield"] == "not identifiable" and "darkest background" in model.info["darkfield_reason"]
+    assert model.info["flatfield_statistic"] == "median" and np.isfinite(model.flatfield).all()
 
 
 @pytest.mark.data

@@ -26,8 +26,23 @@ at 96^2):
 What identifies the darkfield is the spread of the images' background levels B_n (a plate's
 field-to-field and well-to-well brightness, a time-lapse's bleaching) together with a flat field
 that is not flat: a darkfield shaped like the flat field itself cannot be told apart from it (no
-method can), so the darkfield reported is the flattest one that fits, and it is reported as **not
-identifiable** when its standard error is large (see ``darkfield_verdict``).
+method can), so the darkfield reported is the flattest one that fits. It is reported as **not
+identifiable** (and the flat field refitted without it) when the regression carries too little
+information (a large standard error: equal levels, one image) or when the data contradict the
+model it rests on (``darkfield_verdict``): an offset above the darkest background, an offset
+significantly below zero (a camera offset cannot be; it happens when objects grow as a time-lapse
+bleaches), or even and odd images whose own fits (``SPLIT_PASSES`` passes each, from the whole
+fit's state) disagree beyond their errors (the levels differ because of the images' content, as
+in tissue tiles).
+
+**The statistic** (``statistic="auto"``, the default) follows the same regression: a
+contradiction means the images are not objects on a background whose brightness alone makes the
+levels differ, which is what the robust mean relies on, so the flat field is then the per-pixel
+median of the level-normalised images (dense content); otherwise the robust mean. Measured: every
+synthetic plate (24-96 images, 128^2-512^2, bright and dim, 3-30 % level spread, a bleaching
+time-lapse, up to 30 % cell cover) keeps the mean and its darkfield; BaSiC's three demo stacks
+(a time-lapse with growing colonies, tissue tiles, dense cultures) get the median, which agrees
+with PyBaSiC's flat fields to 1.2-1.5 % RMS where the mean is 2.8-15 % away.
 """
 from __future__ import annotations
 
@@ -52,12 +67,16 @@ ROBUST_FILL_PASSES = 5  # ... and per round of the first estimate's robust smoot
 MIN_SLOPE_IMAGES = 3  # a pixel's slope needs this much weight (images) behind it
 VARIANCE_FLOOR = 0.1  # ... and its variance at least this fraction of the median pixel's
 SCALE_STRIDE = 7  # each image's robust residual scale from every 7th working pixel
-MEDIAN_ITERATIONS = 3  # passes of the median statistic (levels and flat field)
+MEDIAN_ITERATIONS = 10  # at most this many passes of the median statistic (levels and flat field), until it moves < FLAT_TOLERANCE
 MEDIAN_SMOOTHNESS = 1e-5  # its smoother's penalty (1e-4 moved nanog 0.5 % further from BaSiC's reference)
 FLAT_TOLERANCE = 1e-5  # stop when the flat field moves less than this (RMS) and the darkfield < 0.01 count
 MAX_DARK_SE_FRACTION = 0.05  # darkfield identifiable: standard error <= 5 % of the background signal ...
 MAX_FLAT_ERROR_FROM_DARK = 0.005  # ... and the flat-field error it implies <= 0.5 % RMS
-STATISTICS = ("mean", "median")
+NEGATIVE_Z = 3.0  # an offset below zero by more than this many standard errors (and by enough to move F by MAX_FLAT_ERROR_FROM_DARK) is impossible
+SPLIT_MIN_IMAGES = 8  # the halves check needs this many images (4 per half)
+SPLIT_PASSES = 2  # passes of each half's fit, started from the whole fit's weights (measured: 1-3 passes agree)
+SPLIT_Z = 5.0  # halves disagree beyond this many combined standard errors (24 plates: at most 2.8; wsi_brain: 17)
+STATISTICS = ("auto", "mean", "median")
 
 
 @dataclass
@@ -65,7 +84,8 @@ class WorkingFit:
     """The fit at working resolution (arrays on the stack's backend).
 
     ``darkfield_status`` is "estimated", "given" (dark frames), "not identifiable" or "off";
-    ``darkfield_reason`` says why in one sentence when it is not estimated.
+    ``darkfield_reason`` says why in one sentence when it is not estimated; ``statistic`` is the
+    statistic used ("mean" or "median"), ``statistic_reason`` why.
     """
 
     flatfield: object
@@ -75,6 +95,8 @@ class WorkingFit:
     darkfield_reason: str = ""
     offset: float | None = None
     offset_se: float | None = None
+    statistic: str = "mean"
+    statistic_reason: str = ""
     diagnostics: dict = field(default_factory=dict)
 
 
@@ -257,59 +279,86 @@ def _solve_dark_offset(slope, weights, g, xp):
     return -gamma / alpha, se, alpha, gamma, weights
 
 
-def darkfield_verdict(offset: float, se: float, signal: float, flat_spread: float, min_background: float) -> str:
-    """Why a fitted darkfield offset cannot be trusted ("" when it can).
+@dataclass
+class DarkfieldCheck:
+    """What the darkfield regression says about a stack.
+
+    ``reason`` is "" when the offset can be trusted, else one sentence; ``contradicts`` is True
+    when the data contradict the model the robust mean relies on (objects on a background whose
+    brightness alone makes the images' levels differ), not merely carry too little information;
+    ``halves`` holds the offsets (and standard errors) fitted to the even and to the odd images.
+    """
+
+    offset: float
+    se: float
+    reason: str = ""
+    contradicts: bool = False
+    halves: tuple | None = None
+
+
+def darkfield_verdict(offset: float, se: float, signal: float, flat_spread: float, min_background: float,
+                      halves=None) -> tuple[str, bool]:
+    """Why a fitted darkfield offset cannot be trusted ("" when it can), and whether the data
+    contradict the model (True) rather than carry too little information (False).
 
     ``signal``: the mean background above the offset (counts); ``flat_spread``: the flat field's
-    standard deviation (mean 1); ``min_background``: the darkest background of the smoothed map.
+    standard deviation (mean 1); ``min_background``: the darkest background of the smoothed map;
+    ``halves``: ((offset, se) of the even images, (offset, se) of the odd images) or None.
+    Checked in this order: no information (no spread in the levels, a large standard error), then
+    the three contradictions: the offset above the darkest background, an offset significantly
+    below zero (a camera offset cannot be), and halves that disagree beyond their errors.
     """
     if not np.isfinite(offset) or not np.isfinite(se):
-        return "the images' background levels do not vary, so offset and flat field cannot be separated"
+        return "the images' background levels do not vary, so offset and flat field cannot be separated", False
+    if signal > 0 and (se > MAX_DARK_SE_FRACTION * signal or se * flat_spread / signal > MAX_FLAT_ERROR_FROM_DARK):
+        return (f"the offset is uncertain by {se:.1f} counts ({100 * se / signal:.1f} % of the background signal): "
+                "the images' background levels vary too little (or the flat field is nearly flat)"), False
     if signal <= 0 or offset >= min_background:
         return (f"the fitted offset ({offset:.1f} counts) is not below the darkest background ({min_background:.1f}), "
-                "so the data do not fit a flat field plus darkfield")
-    if se > MAX_DARK_SE_FRACTION * signal or se * flat_spread / signal > MAX_FLAT_ERROR_FROM_DARK:
-        return (f"the offset is uncertain by {se:.1f} counts ({100 * se / signal:.1f} % of the background signal): "
-                "the images' background levels vary too little (or the flat field is nearly flat)")
-    return ""
+                "so the data do not fit a flat field plus darkfield"), True
+    if offset + NEGATIVE_Z * se < 0 and -offset * flat_spread / signal > MAX_FLAT_ERROR_FROM_DARK:
+        return (f"the fitted offset is negative ({offset:.1f} +- {se:.1f} counts): the images' brightness does not "
+                "scale with the flat field alone (e.g. objects that grow or spread as a time-lapse bleaches)"), True
+    if halves is not None:
+        (even, even_se), (odd, odd_se) = halves
+        if np.isfinite([even, even_se, odd, odd_se]).all():
+            gap = abs(even - odd)
+            if gap > SPLIT_Z * np.hypot(even_se, odd_se) and 0.5 * gap * flat_spread / signal > MAX_FLAT_ERROR_FROM_DARK:
+                return (f"the even and the odd images give offsets of {even:.0f} and {odd:.0f} counts (+- {even_se:.0f}, "
+                        f"{odd_se:.0f}): the images' brightness differences come from their content, not from the "
+                        "background's level"), True
+    return "", False
 
 
 # -- the fit
 
 
-def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "mean", smoothness: float = 1.0,
-                      iterations: int | None = None) -> WorkingFit:
-    """Fit flat field, darkfield and per-image levels to a (N, h, w) float stack (NumPy or CuPy).
+@dataclass
+class _MeanFit:
+    """The state of the robust-mean fit after its last pass (flattened working pixels)."""
 
-    Parameters
-    ----------
-    stack : 3-D array
-        Working-resolution images in counts.
-    darkfield : "estimate", "off" or a 2-D array
-        Estimate the darkfield, assume none, or use this one (counts, working resolution).
-    statistic : {"mean", "median"}
-        How the flat field is taken from the images once weights and levels are known: the
-        robust weighted mean (plates: objects on a background), or the per-pixel median of the
-        level-normalised images (dense content such as tissue tiles; BaSiC's sorted fits agree
-        with it to ~1.5 %).
-    smoothness : float
-        Multiplies the flat field's smoothing penalty.
-    iterations : int, optional
-        Passes of the fit (default ``ITERATIONS``, ``FEW_IMAGES_ITERATIONS`` below 16 images).
-    """
-    xp = get_array_module(stack)
-    n, h, w = stack.shape
-    iterations = iterations or (ITERATIONS if n >= 16 else FEW_IMAGES_ITERATIONS)
-    X = stack.reshape(n, h * w).astype(xp.float64)
-    strength = FLAT_SMOOTHNESS * float(smoothness) * max(1.0, FEW_IMAGES_BOOST / n**2)
-    fixed = None if isinstance(darkfield, str) else xp.asarray(darkfield, dtype=xp.float64).reshape(h * w)
-    estimate = isinstance(darkfield, str) and darkfield == "estimate"
-    D = fixed if fixed is not None else xp.zeros(h * w)
-    first = X[:: max(1, n // FIRST_IMAGES)]
-    F = robust_smooth(xp.median(first, axis=0).reshape(h, w) - D.reshape(h, w), max(strength, FIRST_SMOOTHNESS)).ravel()
-    F = _positive_mean_one(F, xp)
-    weights = xp.ones_like(X)  # reused: residuals, then their weights
-    weighted = X.copy()
+    F: object
+    D: object
+    levels: object
+    weights: object
+    weighted: object
+    dark: tuple | None  # the last pass's _dark_offset result (when the darkfield was estimated)
+
+
+def _first_flat(X, D, shape, strength):
+    """The first estimate of F: the robustly smoothed median of up to ``FIRST_IMAGES`` evenly spread images."""
+    xp = get_array_module(X)
+    first = X[:: max(1, X.shape[0] // FIRST_IMAGES)]
+    F = robust_smooth(median_over_images(first).reshape(shape) - D.reshape(shape), max(strength, FIRST_SMOOTHNESS)).ravel()
+    return _positive_mean_one(F, xp)
+
+
+def _mean_passes(X, shape, F, D, weights, *, estimate: bool, strength: float, iterations: int) -> _MeanFit:
+    """Passes of the robust-mean fit (steps 1-4 of the module docstring) from F, D and per-pixel
+    weights (overwritten: the buffer is reused)."""
+    xp = get_array_module(X)
+    h, w = shape
+    weighted = X * weights
     levels = _levels(weighted, weights, F, D)
     dark = None
     for _ in range(iterations):
@@ -340,42 +389,139 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "mean", s
         levels = _levels(weighted, weights, F, D)
         if moved < FLAT_TOLERANCE and dark_moved < 0.01:
             break
-    status, reason, offset, se = "off", "", None, None
-    if fixed is not None:
-        status = "given"
-    elif estimate:
-        offset, se = (float("nan"), float("inf")) if dark is None else (float(dark[0]), float(dark[1]))
-        background = F * float(levels.mean()) + D
-        signal = float(levels.mean())
-        reason = darkfield_verdict(offset, se, signal, float(F.std()), float(background.min()) if dark is not None else 0.0)
-        if n < 2:
-            reason = "one image has one background level, so offset and flat field cannot be separated"
-        status = "estimated" if not reason else "not identifiable"
-    if status == "not identifiable":
-        refit = fit_working_stack(stack, darkfield="off", statistic=statistic, smoothness=smoothness, iterations=iterations)
-        refit.darkfield_status, refit.darkfield_reason = status, reason
-        refit.offset, refit.offset_se = offset, se
-        return refit
-    if statistic == "median":
-        F, levels = _median_flat(X, F, D, weighted, weights, (h, w))
-    rejected = float(xp.mean(weights < 0.5))
+    return _MeanFit(F, D, levels, weights, weighted, dark)
+
+
+def _check_darkfield(X, shape, fit: _MeanFit, strength: float) -> DarkfieldCheck:
+    """The verdict on an estimated darkfield (see ``darkfield_verdict``); the halves (even and odd
+    images, each refitted for ``SPLIT_PASSES`` passes from the whole fit's state) only when the
+    other checks pass and there are at least ``SPLIT_MIN_IMAGES`` images."""
+    xp = get_array_module(X)
+    n = X.shape[0]
+    if fit.dark is None:
+        offset, se = float("nan"), float("inf")
+    else:
+        offset, se = float(fit.dark[0]), float(fit.dark[1])
+    signal = float(fit.levels.mean())
+    flat_spread = float(fit.F.std())
+    min_background = float((fit.F * signal + fit.D).min()) if fit.dark is not None else 0.0
+    reason, contradicts = darkfield_verdict(offset, se, signal, flat_spread, min_background)
+    halves = None
+    if not reason and n >= SPLIT_MIN_IMAGES:
+        halves = []
+        for part in (slice(0, None, 2), slice(1, None, 2)):
+            half = _mean_passes(xp.ascontiguousarray(X[part]), shape, fit.F, fit.D, xp.ascontiguousarray(fit.weights[part]),
+                                estimate=True, strength=strength, iterations=SPLIT_PASSES)
+            halves.append((float("nan"), float("inf")) if half.dark is None else (float(half.dark[0]), float(half.dark[1])))
+        halves = tuple(halves)
+        reason, contradicts = darkfield_verdict(offset, se, signal, flat_spread, min_background, halves)
+    if n < 2:
+        reason, contradicts = "one image has one background level, so offset and flat field cannot be separated", False
+    return DarkfieldCheck(offset, se, reason, contradicts, halves)
+
+
+def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "auto", smoothness: float = 1.0,
+                      iterations: int | None = None) -> WorkingFit:
+    """Fit flat field, darkfield and per-image levels to a (N, h, w) float stack (NumPy or CuPy).
+
+    Parameters
+    ----------
+    stack : 3-D array
+        Working-resolution images in counts.
+    darkfield : "estimate", "off" or a 2-D array
+        Estimate the darkfield, assume none, or use this one (counts, working resolution).
+    statistic : {"auto", "mean", "median"}
+        How the flat field is taken from the images once weights and levels are known: the
+        robust weighted mean (objects on a background: plates, sparse cells), the per-pixel
+        median of the level-normalised images (dense content: tissue tiles, confluent or growing
+        cultures), or "auto": the mean unless the darkfield regression finds that the data
+        contradict the mean's model (see ``darkfield_verdict``), then the median.
+    smoothness : float
+        Multiplies the flat field's smoothing penalty.
+    iterations : int, optional
+        Passes of the fit (default ``ITERATIONS``, ``FEW_IMAGES_ITERATIONS`` below 16 images).
+    """
+    xp = get_array_module(stack)
+    n, h, w = stack.shape
+    shape = (h, w)
+    iterations = iterations or (ITERATIONS if n >= 16 else FEW_IMAGES_ITERATIONS)
+    X = stack.reshape(n, h * w).astype(xp.float64, copy=False)
+    strength = FLAT_SMOOTHNESS * float(smoothness) * max(1.0, FEW_IMAGES_BOOST / n**2)
+    fixed = None if isinstance(darkfield, str) else xp.asarray(darkfield, dtype=xp.float64).reshape(h * w)
+    estimate = isinstance(darkfield, str) and darkfield == "estimate"
+
+    fit = check = None
+    if estimate or statistic == "auto":  # the darkfield regression also tells which statistic suits the data
+        zero = xp.zeros(h * w)
+        fit = _mean_passes(X, shape, _first_flat(X, zero, shape, strength), zero, xp.ones_like(X), estimate=True,
+                           strength=strength, iterations=iterations)
+        check = _check_darkfield(X, shape, fit, strength)
+    chosen, statistic_reason = _choose_statistic(statistic, check)
+    if estimate and not check.reason:
+        status = "estimated"
+    else:
+        status = "given" if fixed is not None else ("not identifiable" if estimate else "off")
+        D = fixed if fixed is not None else xp.zeros(h * w)
+        fit = _mean_passes(X, shape, _first_flat(X, D, shape, strength), D, xp.ones_like(X), estimate=False,
+                           strength=strength, iterations=iterations)
+    F, levels = fit.F, fit.levels
+    if chosen == "median":
+        F, levels = _median_flat(X, F, fit.D, fit.weighted, fit.weights, shape)
+    rejected = float(xp.mean(fit.weights < 0.5))
+    offset = se = None
+    reason = ""
+    if estimate:
+        offset, se, reason = check.offset, check.se, check.reason
     return WorkingFit(
-        flatfield=F.reshape(h, w), darkfield=None if status == "off" else D.reshape(h, w), levels=to_numpy(levels),
-        darkfield_status=status, darkfield_reason=reason, offset=offset, offset_se=se,
-        diagnostics={"rejected_fraction": rejected, "smoothness": strength},
+        flatfield=F.reshape(h, w), darkfield=None if status in ("off", "not identifiable") else fit.D.reshape(h, w),
+        levels=to_numpy(levels), darkfield_status=status, darkfield_reason=reason, offset=offset, offset_se=se,
+        statistic=chosen, statistic_reason=statistic_reason,
+        diagnostics={"rejected_fraction": rejected, "smoothness": strength,
+                     "darkfield_offset_halves": None if check is None or check.halves is None else [h_[0] for h_ in check.halves]},
     )
+
+
+def _choose_statistic(statistic: str, check: DarkfieldCheck | None) -> tuple[str, str]:
+    """The statistic to use and why (one phrase)."""
+    if statistic != "auto":
+        return statistic, "as asked"
+    if check.contradicts:
+        return "median", f"dense content: {check.reason}"
+    return "mean", "objects on a background (the darkfield regression found the images consistent with it)"
 
 
 def _median_flat(X, F, D, weighted, weights, shape):
     """The flat field as the smoothed per-pixel median of ``(X_n - D) / B_n``, with each level B_n
     the median of ``(X_n - D) / F`` over its pixels (medians throughout: dense content has no
-    background majority for the weights to find); a few passes."""
+    background majority for the weights to find; images whose level is not positive are left out);
+    passes until the flat field moves less than ``FLAT_TOLERANCE`` (at most ``MEDIAN_ITERATIONS``)."""
     xp = get_array_module(X)
     for _ in range(MEDIAN_ITERATIONS):
         levels = xp.median((X - D) / F, axis=1)
-        ratios = (X - D) / xp.where(levels[:, None] > 0, levels[:, None], xp.nan)
-        F = _positive_mean_one(smooth(xp.nanmedian(ratios, axis=0).reshape(shape), MEDIAN_SMOOTHNESS).ravel(), xp)
+        usable = levels > 0
+        if not bool(usable.any()):
+            break
+        if not bool(usable.all()):
+            levels, values = levels[usable], X[usable]
+        else:
+            values = X
+        ratios = (values - D) / levels[:, None]
+        new_F = _positive_mean_one(smooth(median_over_images(ratios).reshape(shape), MEDIAN_SMOOTHNESS).ravel(), xp)
+        moved = float(xp.sqrt(xp.mean((new_F - F) ** 2)))
+        F = new_F
+        if moved < FLAT_TOLERANCE:
+            break
     return F, _levels(weighted, weights, F, D)
+
+
+def median_over_images(values):
+    """The median over the images (axis 0) of an (N, P) array, per pixel: each pixel's N values
+    sorted in a contiguous (P, N) copy (on NumPy ~8x faster than a partition along axis 0 at
+    N = 24; the same numbers as ``median(values, axis=0)``)."""
+    xp = get_array_module(values)
+    ordered = xp.sort(xp.ascontiguousarray(values.T), axis=1)
+    n = ordered.shape[1]
+    return 0.5 * (ordered[:, (n - 1) // 2] + ordered[:, n // 2])
 
 
 def _positive_mean_one(F, xp):

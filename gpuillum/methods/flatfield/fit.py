@@ -65,15 +65,16 @@ def _upsample(small, shape, xp):
     return resize_bilinear(xp.asarray(small, dtype=xp.float32), tuple(shape))
 
 
-def _quality(small, fit: WorkingFit, statistic: str, smoothness: float) -> tuple[float | None, str]:
-    """An estimate of the working flat field's RMS error (percent) and how it was made."""
+def _quality(small, fit: WorkingFit, smoothness: float) -> tuple[float | None, str]:
+    """An estimate of the working flat field's RMS error (percent) and how it was made (the halves
+    use the statistic the whole fit used)."""
     xp = get_array_module(small)
     n = small.shape[0]
     if n >= QUALITY_BELOW:
         return None, ""
     dark = "off" if fit.darkfield is None else fit.darkfield
     if n >= SPLIT_HALF_FROM:
-        halves = [fit_working_stack(small[part::2], darkfield=dark, statistic=statistic, smoothness=smoothness).flatfield
+        halves = [fit_working_stack(small[part::2], darkfield=dark, statistic=fit.statistic, smoothness=smoothness).flatfield
                   for part in (0, 1)]
         return 100 * float(xp.sqrt(xp.mean((halves[0] - halves[1]) ** 2))) / 2, "split halves"
     levels = xp.asarray(fit.levels)[:, None, None]
@@ -93,13 +94,16 @@ def _message(fit: WorkingFit, n: int, quality) -> str:
     elif fit.darkfield_status == "not identifiable":
         parts.append(f"darkfield not identifiable ({fit.darkfield_reason}); flat field fitted without one: "
                      "give dark frames (--dark-frames) or images of different brightness")
+    if fit.statistic == "median":
+        parts.append("flat field from the per-pixel median of the normalised images"
+                     + (" (dense content)" if fit.statistic_reason.startswith("dense") else ""))
     if quality[0] is not None:
         parts.append(f"flat field uncertain by about {quality[0]:.2f} % RMS ({quality[1]})")
     return "flatfield: " + "; ".join(parts)
 
 
 def model_from_stack(stack: WorkingStack, *, darkfield: bool = True, dark_frames=None, timelapse: bool = False,
-                     statistic: str = "mean", smoothness: float = 1.0, xp=np, settings=None) -> IlluminationModel:
+                     statistic: str = "auto", smoothness: float = 1.0, xp=np, settings=None) -> IlluminationModel:
     """Fit the working copies of ``stack`` on ``xp`` and build the full-resolution model.
 
     ``dark_frames``: None or the measured darkfield (2-D, the images' shape, counts).
@@ -114,7 +118,7 @@ def model_from_stack(stack: WorkingStack, *, darkfield: bool = True, dark_frames
         dark_small = shrink(dark_frames, stack.working)
     dark_choice = dark_small if dark_small is not None else ("estimate" if darkfield else "off")
     fit = fit_working_stack(small, darkfield=dark_choice, statistic=statistic, smoothness=smoothness)
-    quality = _quality(small, fit, statistic, smoothness)
+    quality = _quality(small, fit, smoothness)
 
     flat = _upsample(fit.flatfield, stack.shape, xp)
     flat = (flat / xp.float32(float(flat.astype(xp.float64).mean()))).astype(xp.float32)
@@ -132,6 +136,9 @@ def model_from_stack(stack: WorkingStack, *, darkfield: bool = True, dark_frames
         "darkfield_reason": fit.darkfield_reason,
         "darkfield_offset": fit.offset,
         "darkfield_offset_se": fit.offset_se,
+        "darkfield_offset_halves": fit.diagnostics["darkfield_offset_halves"],
+        "flatfield_statistic": fit.statistic,
+        "flatfield_statistic_reason": fit.statistic_reason,
         "background_level": float(levels.mean()),
         "background_level_spread": float(levels.std() / levels.mean()) if levels.mean() > 0 else None,
         "rejected_fraction": fit.diagnostics["rejected_fraction"],
@@ -163,7 +170,7 @@ def _iter_images(images):
 
 
 def fit_flatfield(images, *, darkfield: bool = True, dark_frames=None, timelapse: bool = False, working_size: int = WORKING_SIZE,
-                  statistic: str = "mean", smoothness: float = 1.0) -> IlluminationModel:
+                  statistic: str = "auto", smoothness: float = 1.0) -> IlluminationModel:
     """Estimate the flat field, the darkfield and (for a time-lapse) the per-frame baseline.
 
     The BaSiC camera model ``I_n = F * (B_n + objects) + D`` fitted robustly at a small working
@@ -188,9 +195,13 @@ def fit_flatfield(images, *, darkfield: bool = True, dark_frames=None, timelapse
     working_size : int
         Longest side of the working copies in pixels (96; BaSiC uses 128 x 128, which measured the same
         accuracy here at 1.7x the cost).
-    statistic : {"mean", "median"}
+    statistic : {"auto", "mean", "median"}
         "mean": robust weighted mean (objects on a background: plates, cells); "median": per-pixel
-        median of the level-normalised images (dense content such as tissue tiles).
+        median of the level-normalised images (dense content: tissue tiles, confluent or growing
+        cultures); "auto" (default): the mean unless the darkfield regression finds that the data
+        contradict its model, then the median (``info["flatfield_statistic"]`` and
+        ``info["flatfield_statistic_reason"]`` say which and why; the regression runs even when
+        ``darkfield`` is False).
     smoothness : float
         Multiplies the flat field's smoothing penalty (1: the default, measured in the module docs).
 
@@ -200,6 +211,7 @@ def fit_flatfield(images, *, darkfield: bool = True, dark_frames=None, timelapse
         ``flatfield`` (mean 1, float32), ``darkfield`` (counts, float32, or None), ``baseline``
         (one value per image when ``timelapse``), ``info`` (diagnostics: ``images``,
         ``darkfield`` status and reason, ``darkfield_offset`` +- ``darkfield_offset_se``,
+        ``darkfield_offset_halves`` (the even and the odd images' offsets), ``flatfield_statistic``,
         ``background_level_spread``, ``flatfield_error_estimate_percent`` for small groups,
         ``message`` for a run summary). Arrays live on the images' backend.
 

@@ -28,9 +28,11 @@ class FlatfieldSettings:
                                           "(photobleaching) subtracted: (I - D) / F - B_n + mean(B)")
     working_size: int = setting(WORKING_SIZE, metavar="PIXELS", help="longest side of the working copies the fit uses (the "
                                                             "aspect ratio is kept)")
-    flatfield_statistic: str = setting("mean", choices=STATISTICS,
-                                       help="mean: robust weighted mean (objects on a background, plates); median: "
-                                            "per-pixel median of the normalised images (dense content, tissue tiles)")
+    flatfield_statistic: str = setting("auto", choices=STATISTICS,
+                                       help="auto: the mean unless the darkfield regression finds the images are "
+                                            "not objects on a background, then the median; mean: robust weighted mean "
+                                            "(plates); median: per-pixel median of the normalised images (dense "
+                                            "content: tissue tiles, confluent or growing cultures)")
     flatfield_smoothness: float = setting(1.0, metavar="FACTOR", help="multiplies the flat field's smoothing penalty")
 
     def __post_init__(self):
@@ -78,7 +80,8 @@ class FlatfieldMethod(Method):
     def describe(self, settings) -> str:
         dark = (f"darkfield from dark frames {settings.dark_frames}" if settings.dark_frames else
                 "darkfield estimated" if settings.darkfield else "no darkfield")
-        parts = [dark, f"working size {settings.working_size}", f"flat field {settings.flatfield_statistic}"]
+        statistic = "mean or median, chosen from the data" if settings.flatfield_statistic == "auto" else settings.flatfield_statistic
+        parts = [dark, f"working size {settings.working_size}", f"flat field {statistic}"]
         if settings.timelapse:
             parts.insert(1, "time-lapse baseline")
         if settings.flatfield_smoothness != 1.0:
