@@ -1,8 +1,10 @@
 """Markdown tables of the benchmark results in benchmarks/results/ (for the README).
 
 Usage: ``python benchmarks/summarize.py [RESULTS_DIR]``. Reads every kernels-*.json,
-cellprofiler-*.json, plate-*.json and accuracy-median-background-*.json file (not the `--quick`
-smoke runs) and prints one table per benchmark with the machine each ran on.
+cellprofiler-*.json, plate-*.json, accuracy-median-background-*.json, background-*.json,
+accuracy-flatfield-*.json, flatfield-*.json and qc-validation-*.json file (not the `--quick`
+smoke runs; of the dated runs of one benchmark and machine, the latest) and prints one table per
+benchmark with the machine each ran on.
 """
 from __future__ import annotations
 
@@ -149,7 +151,75 @@ def main(argv=None) -> int:
         print(f"### Plate job ({path.name})\n\n" + plate_table(path))
     for path in full_runs(folder, "accuracy-median-background"):
         print(f"### median_background accuracy ({path.name})\n\n" + accuracy_table(path))
+    for path in latest(full_runs(folder, "background")):
+        print(f"### Local backgrounds against ImageJ, scikit-image and reading ({path.name})\n\n" + background_table(path))
+    for path in latest(full_runs(folder, "accuracy-flatfield")):
+        print(f"### Flat field + darkfield accuracy ({path.name})\n\n" + flatfield_accuracy(path))
+    for path in latest([p for p in full_runs(folder, "flatfield")]):
+        print(f"### Flat field fit speed against BaSiCPy ({path.name})\n\n" + flatfield_speed(path))
+    for path in latest(full_runs(folder, "qc-validation")):
+        print(f"### QC metrics and --method auto against known truth ({path.name})\n\n" + qc_validation(path))
     return 0
+
+
+def latest(files: list[Path]) -> list[Path]:
+    """Of result files that differ only by their date (``<kind>-<device>-<YYYYMMDD>.json``), the latest."""
+    by_stem: dict[str, Path] = {}
+    for path in sorted(files):
+        by_stem[path.stem.rsplit("-", 1)[0]] = path
+    return sorted(by_stem.values())
+
+
+def background_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = ["| kernel | parameters | gpuillum ms | peer | peer ms | result |", "|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        peer = r["peer"]
+        if "ratio_to_read" in r:
+            result = f"{r['ratio_to_read']:.2f}x the read time"
+        else:
+            speed = f"{r['speedup']:.1f}x faster" if r["speedup"] >= 1 else f"{r['speedup']:.2f}x (slower)"
+            result = speed + (", identical output" if r.get("identical") or r.get("identical_on_crop") else "")
+        lines.append(f"| {r['kernel']} | {_params(r['params'])} | {_ms(r['gpuillum']['median_s'])} | {peer['name']} | "
+                     f"{_ms(peer['median_s'])}{'*' if 'extrapolated_from' in peer else ''} | {result} |")
+    load = data.get("load_average") or {}
+    when = ", ".join(f"{moment} {values[0]:.2f}" for moment, values in load.items())
+    return "\n".join(lines) + f"\n\n*: timed on a crop and scaled. Load average (1 min): {when or '-'}. Machine: {_machine(data['machine'])}.\n"
+
+
+def flatfield_accuracy(path: Path) -> str:
+    """The synthetic known-truth table and the demo-stack table, as the benchmark rendered them."""
+    data = json.loads(path.read_text())
+    return (f"Flat-field error % RMS (mean-normalised, border excluded) / darkfield error in counts, mean (max) over the "
+            f"plates of each column; {data.get('images')} images of {data.get('size')}^2 per plate.\n\n{data['table']}\n\n"
+            f"BaSiC's demo stacks against the reference results (% RMS, border excluded / whole field):\n\n"
+            f"{data['demo_table']}\n\nMachine: {_machine(data['machine'])}.\n")
+
+
+def flatfield_speed(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = ["| images | size | torch threads | gpuillum s/image (CPU) | BaSiCPy s/image (CPU) | speed-up (CPU) |", "|---|---|---|---|---|---|"]
+    for r in data["results"]:
+        if "basicpy_cpu_s_per_image" not in r:
+            continue
+        lines.append(f"| {r['images']} | {r['size']}^2 | {r.get('torch_threads') or 'default'} | {r['gpuillum_cpu_s_per_image']:.4f} | "
+                     f"{r['basicpy_cpu_s_per_image']:.4f} | {r['basicpy_cpu_s_per_image'] / r['gpuillum_cpu_s_per_image']:.1f}x |")
+    return "\n".join(lines) + f"\n\nMachine: {_machine(data['machine'])}.\n"
+
+
+def qc_validation(path: Path) -> str:
+    data = json.loads(path.read_text())
+    metrics, auto = data["metrics"], data["auto"]
+    lines = ["| check | result |", "|---|---|"]
+    for name in ("before_vs_true", "before_vs_visible", "after_vs_model_error"):
+        entry = metrics[name]
+        lines.append(f"| {name.replace('_', ' ')} | Pearson {entry['pearson']}, Spearman {entry['spearman']} (n = {entry['n']}) |")
+    lines.append(f"| correction needed: false positives on evenly lit sets | {metrics['needed_false_positives']} |")
+    lines.append(f"| correction needed: detected where the true peak-to-valley >= 10 % | {metrics['needed_detected_true_p2v_ge_10pct']} |")
+    lines.append(f"| --method auto within 10 % of the best candidate's flat-field error | {auto['within_10pct']} "
+                 f"({100 * auto['share']:.0f} %, target 90 %: {'met' if auto['passes'] else 'not met'}) |")
+    return (f"{data['sets']} synthetic sets of {data['images']} images of {data['size']}^2; candidates "
+            f"{', '.join(auto['candidates'])}.\n\n" + "\n".join(lines) + f"\n\nMachine: {_machine(data['machine'])}.\n")
 
 
 def by_device(files: list[Path]) -> dict[str, list[Path]]:
