@@ -1,6 +1,8 @@
 """Validation of the QC metrics, the "correction needed?" threshold and ``--method auto``, on
 synthetic image sets of known flat field (gpuillum.demo.variants: shapes vignetting, gaussian,
-ramp, spot; depths, camera offsets and cell densities drawn per set).
+ramp, spot; depths, camera offsets, cell densities and the images' brightness spread drawn per
+set: a quarter of the sets have every image equally bright, where no method can tell a camera
+offset from the flat field by the backgrounds).
 
 * ``metrics``: for each set, the background's peak-to-valley before correction (against the
   true flat field's and against the visible shading, offset included) and after correcting with
@@ -35,15 +37,17 @@ SHAPES = ("vignetting", "gaussian", "ramp", "spot")
 DEPTHS = (1.15, 1.3, 1.6, 2.0)
 DARKS = (0.0, 100.0, 300.0)
 COVERAGES = ((0.03, 0.08), (0.10, 0.20), (0.25, 0.40))
+SPREADS = (0.0, 0.05, 0.1, 0.2)  # images' brightness 1 +- spread (0: all equal, the offset hidden from the backgrounds)
 WITHIN = 0.10
 REQUIRED = 0.90
 
 
 def draw_case(index: int, *, images: int, size: int, kind=None, depth=None) -> ShadingCase:
     rng = np.random.default_rng([2026, index])
+    spread = float(np.random.default_rng([2026, index, 1]).choice(SPREADS))
     return ShadingCase(kind or SHAPES[index % len(SHAPES)], depth=depth or float(rng.choice(DEPTHS)),
                        dark=float(rng.choice(DARKS)), coverage=COVERAGES[int(rng.integers(len(COVERAGES)))],
-                       images=images, shape=(size, size), seed=index)
+                       spread=spread, images=images, shape=(size, size), seed=index)
 
 
 def _corr(a, b) -> dict:
@@ -130,7 +134,7 @@ def auto_part(sets: int, images: int, size: int, candidates: str | None) -> dict
             errors[label] = compare_to_truth(np.ones(case.shape) if flat is None else np.asarray(flat), truth)["mean_rel_error"]
         best = min(errors, key=errors.get)
         rows.append({"set": index, "kind": case.kind, "depth": case.depth, "dark": case.dark, "coverage": list(case.coverage),
-                     "chosen": chosen, "best": best, "chosen_error": round(errors[chosen], 5), "best_error": round(errors[best], 5),
+                     "spread": case.spread, "chosen": chosen, "best": best, "chosen_error": round(errors[chosen], 5), "best_error": round(errors[best], 5),
                      "within": errors[chosen] <= (1 + WITHIN) * errors[best], "errors": {k: round(v, 5) for k, v in errors.items()},
                      "scores": {k: round(v["score"], 5) for k, v in scored.items()}, "why": why})
     passed = sum(r["within"] for r in rows)
@@ -149,9 +153,11 @@ def table(result: dict) -> str:
               f"| largest peak-to-valley measured on a flat set | {metrics['max_before_on_flat_sets']} |", "",
               f"--method auto among {', '.join(auto['candidates'])}: chosen within 10 % of the best flat-field error in "
               f"{auto['within_10pct']} sets ({100 * auto['share']:.0f} %, required 90 %: {'pass' if auto['passes'] else 'FAIL'})", "",
-              "| set | shape | depth | offset | coverage | chosen | error | best | error | within |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| set | shape | depth | offset | coverage | spread | chosen | error | best | error | within |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in auto["rows"]:
-        lines.append(f"| {r['set']} | {r['kind']} | {r['depth']} | {r['dark']:g} | {r['coverage'][0]}-{r['coverage'][1]} | {r['chosen']} | "
+        lines.append(f"| {r['set']} | {r['kind']} | {r['depth']} | {r['dark']:g} | {r['coverage'][0]}-{r['coverage'][1]} | "
+                     f"{r['spread']:g} | {r['chosen']} | "
                      f"{r['chosen_error']:.4f} | {r['best']} | {r['best_error']:.4f} | {'yes' if r['within'] else 'NO'} |")
     return "\n".join(lines)
 

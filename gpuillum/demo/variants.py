@@ -22,7 +22,7 @@ from ..errors import InvalidValue
 from .synthetic import CELL_BRIGHTNESS, _draw_cells, _draw_flat_params, _stamp, _vignetting, add_camera_noise
 
 FLAT_SHAPES = ("vignetting", "gaussian", "ramp", "spot", "flat")
-_SHAPE, _SITE, _NOISE = 11, 12, 13  # random-stream purposes
+_SHAPE, _SITE, _NOISE, _LEVEL = 11, 12, 13, 14  # random-stream purposes
 
 
 def _unit_shape(kind: str, shape, rng: np.random.Generator) -> np.ndarray:
@@ -59,6 +59,11 @@ class ShadingCase:
         The specimen's background before shading, in counts.
     coverage : (float, float)
         Range of the share of the field inside cells (drawn per image).
+    spread : float
+        Each image's specimen brightness (background and cells) is ``1 +- spread`` (uniform, drawn
+        per image): the field-to-field and well-to-well variation of a plate. 0 (the default) makes
+        every image equally bright, so a camera offset cannot be told from the flat field by the
+        backgrounds alone.
     brightness : float
         The cells' brightness above the background, in counts.
     images, shape, seed : the set's size and random seed.
@@ -74,6 +79,7 @@ class ShadingCase:
     dark: float = 100.0
     background: float = 400.0
     coverage: tuple = (0.10, 0.20)
+    spread: float = 0.0
     brightness: float = CELL_BRIGHTNESS["cytoplasm"]
     images: int = 24
     shape: tuple = (192, 192)
@@ -85,6 +91,8 @@ class ShadingCase:
             raise InvalidValue(f"depth: expected the flat field's max / min >= 1, got {self.depth!r}")
         if self.dark < 0 or self.background <= 0 or self.images < 1:
             raise InvalidValue("dark >= 0, background > 0 and images >= 1 expected")
+        if not 0 <= self.spread < 1:
+            raise InvalidValue(f"spread: expected 0 <= spread < 1, got {self.spread!r}")
 
     def flat(self) -> np.ndarray:
         """The true flat field: float32, mean 1, max / min = ``depth`` (1 everywhere for ``flat``)."""
@@ -95,14 +103,23 @@ class ShadingCase:
     def darkfield(self) -> np.ndarray:
         return np.full(self.shape, self.dark, np.float32)
 
+    def levels(self) -> np.ndarray:
+        """Each image's brightness factor (float64, all 1 with ``spread=0``)."""
+        if not self.spread:
+            return np.ones(self.images)
+        return np.random.default_rng([self.seed, _LEVEL]).uniform(1 - self.spread, 1 + self.spread, self.images)
+
     def images_uint16(self) -> list[np.ndarray]:
         """The set's images (uint16), each with its own cells and noise."""
         flat = self.flat()
+        levels = self.levels()
         out = []
         for index in range(self.images):
             cells = _draw_cells(np.random.default_rng([self.seed, _SITE, index]), self.shape, self.coverage)
             values = cells.body * (1.0 - 0.4 * cells.nucleus) * cells.body_brightness[:, None, None]
             specimen = np.float32(self.background) + np.float32(self.brightness) * _stamp(cells, values, self.shape)
+            if self.spread:
+                specimen *= np.float32(levels[index])
             noisy = add_camera_noise(flat * specimen, np.random.default_rng([self.seed, _NOISE, index]))
             out.append(np.clip(np.rint(noisy + np.float32(self.dark)), 0, 65535).astype(np.uint16))
         return out
