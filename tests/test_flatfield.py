@@ -79,6 +79,8 @@ def test_darkfield_verdict_tells_missing_information_from_contradiction():
     assert "do not vary" in reason and not contradicts
     reason, contradicts = darkfield_verdict(100.0, 40.0, 300.0, 0.3, 250.0)  # too little spread: uncertain, not wrong
     assert "uncertain" in reason and not contradicts
+    reason, contradicts = darkfield_verdict(830.0, 1.6, 130.0, 0.5, 780.0)  # uncertain for the flat field, yet far above
+    assert "darkest background" in reason and contradicts
     reason, contradicts = darkfield_verdict(260.0, 1.0, 300.0, 0.3, 250.0)
     assert "not below the darkest background" in reason and contradicts
     reason, contradicts = darkfield_verdict(-36.0, 0.3, 60.0, 0.2, 20.0)
@@ -89,10 +91,33 @@ def test_darkfield_verdict_tells_missing_information_from_contradiction():
     assert darkfield_verdict(100.0, 1.0, 300.0, 0.3, 250.0, halves=((101.0, 1.4), (99.5, 1.4))) == ("", False)
 
 
+def test_dense_bright_objects_leave_flat_field_and_darkfield_right():
+    """Cells on 25-40 % of every field, 4.5x the background: least-squares levels over every pixel
+    sit at 1.6-2x the background, and the fast fit started from them locks onto the cells (flat
+    field 4.5 % wrong, darkfield "not identifiable"); the careful fit that follows stays on the
+    background."""
+    from gpuillum.demo.variants import ShadingCase
+
+    case = ShadingCase("gaussian", depth=1.6, dark=300, coverage=(0.25, 0.4), spread=0.1, images=48, shape=(256, 256), seed=37)
+    model = fit_flatfield(np.stack(case.images_uint16()))
+    assert model.info["darkfield"] == "estimated"
+    assert abs(model.info["darkfield_offset"] - 300) < 15
+    assert flat_error_percent(model.flatfield, case.flat()) < 1.0
+    assert 0.25 < model.info["rejected_fraction"] < 0.6  # the cells (and their rims) are left out
+    assert "darkest background" in model.info["careful_fit"]  # the fast fit's reason
+    assert "careful schedule" in model.info["message"]
+
+
+def test_sparse_objects_keep_the_fast_fit(bright):
+    model = fit_flatfield(bright.images)
+    assert model.info["careful_fit"] is None and "careful" not in model.info["message"]
+
+
 def test_objects_growing_while_bleaching_contradict_the_plate_model():
     """A time-lapse whose bright colony grows at the centre as the background bleaches: the brightness
-    of the centre no longer scales with the background level, the darkfield regression gives a
-    negative offset, so the darkfield is not identifiable and the flat field is the per-pixel median."""
+    of the centre no longer scales with the background level, so the first and the second half of
+    the series give different offsets (the even and the odd images agree: both span the growth),
+    the darkfield is not identifiable and the flat field is the per-pixel median."""
     plate = make_plate(40, (192, 192), kind="gaussian", dark=100, background=300, timelapse=True, seed=6)
     y, x = np.mgrid[0:192, 0:192] / 192
     colony = np.exp(-((y - 0.5) ** 2 + (x - 0.5) ** 2) / (2 * 0.15**2))
@@ -101,10 +126,13 @@ def test_objects_growing_while_bleaching_contradict_the_plate_model():
     for kwargs in ({}, {"darkfield": False}):  # the same diagnosis decides the statistic without a darkfield
         model = fit_flatfield(images, **kwargs)
         assert model.darkfield is None and model.info["flatfield_statistic"] == "median"
-        assert "negative" in model.info["flatfield_statistic_reason"]
+        assert "the first and the second half of the images give offsets" in model.info["flatfield_statistic_reason"]
     assert model.info["darkfield"] == "off"
     model = fit_flatfield(images)
-    assert model.info["darkfield"] == "not identifiable" and "negative" in model.info["darkfield_reason"]
+    assert model.info["darkfield"] == "not identifiable" and "second half" in model.info["darkfield_reason"]
+    even, odd = model.info["darkfield_offset_halves"]
+    first, second = model.info["darkfield_offset_sequence_halves"]
+    assert abs(even - odd) < abs(first - second) / 3
     assert "per-pixel median" in model.info["message"]
     assert fit_flatfield(images, statistic="mean").info["flatfield_statistic"] == "mean"  # asked for: kept
     untouched = fit_flatfield(plate.images)  # the same time-lapse without the colony stays a plate

@@ -7,12 +7,16 @@ Model, per image n and working pixel x (the camera model of BaSiC, ``I = F * (b_
 F is the flat field (mean 1), D the darkfield in counts, B_n the background level of image n in
 corrected counts (the time-lapse baseline), R_n the objects (sparse, mostly positive).
 
-The fit alternates four closed-form steps (no ADMM; ``iterations`` passes, a few milliseconds each
-at 96^2):
+The fit alternates four closed-form steps (no ADMM; passes of a few milliseconds each at 96^2,
+by a fast or a careful schedule, see ``_Schedule`` and ``fit_working_stack``):
 
-1. **levels** B_n: weighted least squares of ``X_n - D`` on F over image n's background pixels;
+1. **levels** B_n: weighted least squares of ``X_n - D`` on F over image n's background pixels
+   (the careful schedule starts from each image's median of ``(X_n - D) / F``: robust to objects
+   on up to half of the field);
 2. **weights**: Tukey's biweight of the residual ``X - F B - D`` at ``ROBUST_K`` robust standard
-   deviations (per image), so cells and debris drop out of every later sum;
+   deviations (per image; the careful schedule takes the scale from the residuals below the
+   background, which the objects, brighter than it, do not reach, and widens the first passes'
+   cut-off), so cells and debris drop out of every later sum;
 3. **background map** G(x) = F(x) b + D(x): per pixel, the weighted least-squares slope of X on B
    through the origin, scaled to the mean level b (exact for any weights when D is right), then
    smoothed with a penalised DCT smoother (Neumann boundaries, a squared-Laplacian penalty whose
@@ -57,7 +61,12 @@ ROBUST_K = 3.0  # Tukey biweight cut-off, in robust standard deviations of each 
 FLAT_SMOOTHNESS = 1e-5  # penalty of the flat field's smoother (per longest side; a tenth of it let some fits diverge)
 DARK_SMOOTHNESS = 4e-3  # the darkfield pattern's: passes ~2 cycles per field, a faint smooth offset map
 FEW_IMAGES_ITERATIONS = 12  # below 16 images the cells leave the first estimate more slowly (and passes are cheap)
-ITERATIONS = 6  # passes of the fit (measured: 6 and 10 agree within 0.003 % flat, 0.01 count dark)
+ITERATIONS = 6  # passes of the fast fit (measured: 6 and 10 agree within 0.003 % flat, 0.01 count dark)
+CAREFUL_ITERATIONS = 40  # passes of the careful fit at most (measured: dense cells settle after 20-30)
+CAREFUL_TOLERANCE = 1e-4  # ... which stops once the flat field moves less than this (RMS) per pass
+CAREFUL_FILL_PASSES = 6  # ... with this many passes of the weighted smoother per fit pass
+ANNEAL_K = 8.0  # the careful fit's first Tukey cut-off, halved each pass down to ROBUST_K
+LOCK_RATIO = (0.97, 1.03)  # a fast fit whose mean level is outside this share of the median levels' let objects into its background (measured: 5-25 % cover 0.98-1.00, 30 % cover 0.94-0.95, fully locked fits 0.3-0.45)
 ROBUST_ROUNDS = 4  # robust spatial smoothing of the first estimate
 FEW_IMAGES_BOOST = 100.0  # fewer than 10 images: smoothing x 100 / N^2 (one image: cells only differ in shape)
 FIRST_IMAGES = 32  # the first estimate's median takes at most ~this many evenly spread images
@@ -171,13 +180,29 @@ def smoothing_noise_gain(shape, strength: float) -> float:
 # -- the steps
 
 
-def _tukey_weights(residuals, k: float):
+def _lower_scale(sample):
+    """Each row's noise scale from its negative residuals only (1.4826 x their median magnitude):
+    objects are brighter than the background, so the residuals below it are noise alone whatever
+    share of the field the objects cover; rows with fewer than 8 negative residuals use all of them."""
+    xp = get_array_module(sample)
+    ordered = xp.sort(sample, axis=1)
+    negatives = xp.sum(ordered < 0, axis=1, keepdims=True)
+    middle = xp.take_along_axis(ordered, xp.maximum(negatives - 1, 0) // 2, axis=1)
+    one_sided = 1.4826 * xp.abs(middle)
+    both = 1.4826 * xp.median(xp.abs(sample), axis=1, keepdims=True)
+    return xp.where(negatives >= 8, one_sided, both)
+
+
+def _tukey_weights(residuals, k: float, one_sided: bool = False):
     """Tukey's biweight of each residual at ``k`` robust standard deviations of its image (row),
     computed in place in ``residuals`` (which it returns). The scale is the median absolute
-    residual of every ``SCALE_STRIDE``-th pixel (a fixed sample: the same for any batch split)."""
+    residual of every ``SCALE_STRIDE``-th pixel (a fixed sample: the same for any batch split), or
+    with ``one_sided`` that of its negative residuals (``_lower_scale``: dense objects do not
+    inflate it)."""
     xp = get_array_module(residuals)
-    sample = xp.abs(residuals[:, ::SCALE_STRIDE] if residuals.shape[1] >= 64 * SCALE_STRIDE else residuals)
-    scale = 1.4826 * xp.median(sample, axis=1, keepdims=True)
+    signed = residuals[:, ::SCALE_STRIDE] if residuals.shape[1] >= 64 * SCALE_STRIDE else residuals
+    sample = xp.abs(signed)
+    scale = _lower_scale(signed) if one_sided else 1.4826 * xp.median(sample, axis=1, keepdims=True)
     scale = xp.maximum(scale, 1e-6 * xp.maximum(sample.max(axis=1, keepdims=True), 1e-30))
     z = residuals
     z /= k * scale
@@ -286,7 +311,8 @@ class DarkfieldCheck:
     ``reason`` is "" when the offset can be trusted, else one sentence; ``contradicts`` is True
     when the data contradict the model the robust mean relies on (objects on a background whose
     brightness alone makes the images' levels differ), not merely carry too little information;
-    ``halves`` holds the offsets (and standard errors) fitted to the even and to the odd images.
+    ``halves`` holds the offsets (and standard errors) fitted to the even and to the odd images,
+    ``sequence_halves`` those of the first and the second half (None where not fitted).
     """
 
     offset: float
@@ -294,43 +320,83 @@ class DarkfieldCheck:
     reason: str = ""
     contradicts: bool = False
     halves: tuple | None = None
+    sequence_halves: tuple | None = None
 
 
 def darkfield_verdict(offset: float, se: float, signal: float, flat_spread: float, min_background: float,
-                      halves=None) -> tuple[str, bool]:
+                      halves=None, names=("even", "odd images")) -> tuple[str, bool]:
     """Why a fitted darkfield offset cannot be trusted ("" when it can), and whether the data
     contradict the model (True) rather than carry too little information (False).
 
     ``signal``: the mean background above the offset (counts); ``flat_spread``: the flat field's
     standard deviation (mean 1); ``min_background``: the darkest background of the smoothed map;
-    ``halves``: ((offset, se) of the even images, (offset, se) of the odd images) or None.
-    Checked in this order: no information (no spread in the levels, a large standard error), then
-    the three contradictions: the offset above the darkest background, an offset significantly
-    below zero (a camera offset cannot be), and halves that disagree beyond their errors.
+    ``halves``: ((offset, se), (offset, se)) of two halves of the images, or None; ``names``:
+    what the halves are, for the message ("even", "odd images").
+    Checked in this order: no information (no spread in the levels), an offset significantly
+    above the darkest background (a contradiction, however uncertain), a large standard error (too
+    little information), then the other contradictions: the offset above the darkest background,
+    an offset significantly below zero (a camera offset cannot be), and halves that disagree
+    beyond their errors.
     """
     if not np.isfinite(offset) or not np.isfinite(se):
         return "the images' background levels do not vary, so offset and flat field cannot be separated", False
+    above = (f"the fitted offset ({offset:.1f} counts) is not below the darkest background ({min_background:.1f}), "
+             "so the data do not fit a flat field plus darkfield")
+    if signal <= 0 or offset - NEGATIVE_Z * se >= min_background:  # significantly above: a contradiction however uncertain
+        return above, True
     if signal > 0 and (se > MAX_DARK_SE_FRACTION * signal or se * flat_spread / signal > MAX_FLAT_ERROR_FROM_DARK):
         return (f"the offset is uncertain by {se:.1f} counts ({100 * se / signal:.1f} % of the background signal): "
                 "the images' background levels vary too little (or the flat field is nearly flat)"), False
-    if signal <= 0 or offset >= min_background:
-        return (f"the fitted offset ({offset:.1f} counts) is not below the darkest background ({min_background:.1f}), "
-                "so the data do not fit a flat field plus darkfield"), True
+    if offset >= min_background:
+        return above, True
     if offset + NEGATIVE_Z * se < 0 and -offset * flat_spread / signal > MAX_FLAT_ERROR_FROM_DARK:
         return (f"the fitted offset is negative ({offset:.1f} +- {se:.1f} counts): the images' brightness does not "
                 "scale with the flat field alone (e.g. objects that grow or spread as a time-lapse bleaches)"), True
     if halves is not None:
-        (even, even_se), (odd, odd_se) = halves
-        if np.isfinite([even, even_se, odd, odd_se]).all():
-            gap = abs(even - odd)
-            if gap > SPLIT_Z * np.hypot(even_se, odd_se) and 0.5 * gap * flat_spread / signal > MAX_FLAT_ERROR_FROM_DARK:
-                return (f"the even and the odd images give offsets of {even:.0f} and {odd:.0f} counts (+- {even_se:.0f}, "
-                        f"{odd_se:.0f}): the images' brightness differences come from their content, not from the "
-                        "background's level"), True
+        (one, one_se), (other, other_se) = halves
+        if np.isfinite([one, one_se, other, other_se]).all():
+            gap = abs(one - other)
+            if gap > SPLIT_Z * np.hypot(one_se, other_se) and 0.5 * gap * flat_spread / signal > MAX_FLAT_ERROR_FROM_DARK:
+                return (f"the {names[0]} and the {names[1]} give offsets of {one:.0f} and {other:.0f} counts (+- "
+                        f"{one_se:.0f}, {other_se:.0f}): the images' brightness differences come from their content, "
+                        "not from the background's level"), True
     return "", False
 
 
 # -- the fit
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """How a robust-mean fit starts and runs.
+
+    The **fast** schedule starts from least-squares levels over every pixel with the cut-off at
+    ``ROBUST_K``: objects on a minority of the field (a plate's cells) inflate those levels, the
+    first weights keep nearly everything, and the fit reaches the strongly vignetted corners in a
+    few passes. The **careful** schedule starts from each image's median level and a wide cut-off
+    (``ANNEAL_K``, halved each pass down to ``ROBUST_K``) with the scale from the residuals below
+    the background: dense bright objects (a third of the field at 4x the background) raise
+    least-squares levels to 1.6-2x the background, and a fast fit then takes the objects for the
+    background. It needs more passes (and smoother fills) to reach the corners.
+    """
+
+    careful: bool
+    iterations: int
+    fill_passes: int
+    tolerance: float
+
+    def passes(self, index: int) -> tuple[float, bool]:
+        """Pass ``index``'s Tukey cut-off and whether its scale is one-sided."""
+        if not self.careful:
+            return ROBUST_K, False
+        return max(ROBUST_K, ANNEAL_K / 2**index), True
+
+
+def _fast(n: int) -> _Schedule:
+    return _Schedule(False, ITERATIONS if n >= 16 else FEW_IMAGES_ITERATIONS, FILL_PASSES, FLAT_TOLERANCE)
+
+
+CAREFUL = _Schedule(True, CAREFUL_ITERATIONS, CAREFUL_FILL_PASSES, CAREFUL_TOLERANCE)
 
 
 @dataclass
@@ -353,26 +419,54 @@ def _first_flat(X, D, shape, strength):
     return _positive_mean_one(F, xp)
 
 
-def _mean_passes(X, shape, F, D, weights, *, estimate: bool, strength: float, iterations: int) -> _MeanFit:
-    """Passes of the robust-mean fit (steps 1-4 of the module docstring) from F, D and per-pixel
-    weights (overwritten: the buffer is reused)."""
+def _median_levels(X, F, D):
+    """Each image's level as the median of ``(X_n - D) / F`` over every ``SCALE_STRIDE``-th pixel:
+    on the background whenever the objects cover less than half of the image."""
+    xp = get_array_module(X)
+    return xp.median((X[:, ::SCALE_STRIDE] - D[::SCALE_STRIDE]) / F[::SCALE_STRIDE], axis=1)
+
+
+def _locked_on_objects(X, fit: "_MeanFit") -> bool:
+    """Whether a fit let the objects into its background: its mean level is outside ``LOCK_RATIO``
+    of the images' median levels under its own F and D (a fit on the background sits 0-2 % below
+    them)."""
+    median_mean = float(_median_levels(X, fit.F, fit.D).mean())
+    level = float(fit.levels.mean())
+    return not (median_mean > 0 and LOCK_RATIO[0] * median_mean <= level <= LOCK_RATIO[1] * median_mean)
+
+
+def _mean_passes(X, shape, F, D, weights=None, *, estimate: bool, strength: float, schedule: _Schedule,
+                 iterations: int | None = None) -> _MeanFit:
+    """Passes of the robust-mean fit (steps 1-4 of the module docstring) from F and D, by
+    ``schedule`` (``iterations`` passes at most, default the schedule's).
+
+    ``weights``: the last per-pixel weights of a converged state (overwritten: the buffer is
+    reused) to go on from, with their least-squares levels; None for a start from a first
+    estimate, with the schedule's start levels (least-squares with unit weights, or medians).
+    """
     xp = get_array_module(X)
     h, w = shape
-    weighted = X * weights
-    levels = _levels(weighted, weights, F, D)
+    if weights is None and schedule.careful:
+        weights = xp.empty_like(X)
+        weighted = xp.empty_like(X)
+        levels = _median_levels(X, F, D)
+    else:
+        weights = xp.ones_like(X) if weights is None else weights
+        weighted = X * weights
+        levels = _levels(weighted, weights, F, D)
     dark = None
-    for _ in range(iterations):
+    for index in range(iterations or schedule.iterations):
         xp.multiply(levels[:, None], F[None], out=weights)  # the residual, in the weights' buffer
         xp.subtract(X, weights, out=weights)
         weights -= D[None]
-        weights = _tukey_weights(weights, ROBUST_K)
+        weights = _tukey_weights(weights, *schedule.passes(index))
         xp.multiply(weights, X, out=weighted)
         levels = _levels(weighted, weights, F, D)
         sums = _PixelSums.of(X, weights, weighted, levels)
         background, pixel_weight, mean_level = _background_map(sums, D)
         previous = F * mean_level + D
         background = smooth(background.reshape(h, w), strength, pixel_weight.reshape(h, w), previous.reshape(h, w),
-                            FILL_PASSES).ravel()
+                            schedule.fill_passes).ravel()
         new_D = D
         if estimate:
             slope, variance = _offset_free_slope(sums)
@@ -380,22 +474,25 @@ def _mean_passes(X, shape, F, D, weights, *, estimate: bool, strength: float, it
             if dark is not None:
                 offset, se, alpha, gamma, slope_weights = dark
                 pattern = (background - offset) - slope / alpha  # in counts; zero mean and no G-part by construction
-                pattern = smooth(pattern.reshape(h, w), DARK_SMOOTHNESS, slope_weights.reshape(h, w), 0.0, FILL_PASSES).ravel()
+                pattern = smooth(pattern.reshape(h, w), DARK_SMOOTHNESS, slope_weights.reshape(h, w), 0.0,
+                                 schedule.fill_passes).ravel()
                 new_D = offset + pattern
         new_F = _positive_mean_one(background - new_D, xp)
         moved = float(xp.sqrt(xp.mean((new_F - F) ** 2)))
         dark_moved = float(xp.abs(new_D - D).max()) if estimate else 0.0
         F, D = new_F, new_D
         levels = _levels(weighted, weights, F, D)
-        if moved < FLAT_TOLERANCE and dark_moved < 0.01:
+        if moved < schedule.tolerance and dark_moved < 0.01:
             break
     return _MeanFit(F, D, levels, weights, weighted, dark)
 
 
-def _check_darkfield(X, shape, fit: _MeanFit, strength: float) -> DarkfieldCheck:
-    """The verdict on an estimated darkfield (see ``darkfield_verdict``); the halves (even and odd
-    images, each refitted for ``SPLIT_PASSES`` passes from the whole fit's state) only when the
-    other checks pass and there are at least ``SPLIT_MIN_IMAGES`` images."""
+def _check_darkfield(X, shape, fit: _MeanFit, strength: float, schedule: _Schedule) -> DarkfieldCheck:
+    """The verdict on an estimated darkfield (see ``darkfield_verdict``); the halves (each refitted
+    for ``SPLIT_PASSES`` passes from the whole fit's state) only when the other checks pass and
+    there are at least ``SPLIT_MIN_IMAGES`` images: the even and the odd images (content that
+    differs from image to image), then the first and the second half (content that changes along
+    the series: a colony that grows as a time-lapse bleaches shifts the offset between them)."""
     xp = get_array_module(X)
     n = X.shape[0]
     if fit.dark is None:
@@ -406,23 +503,30 @@ def _check_darkfield(X, shape, fit: _MeanFit, strength: float) -> DarkfieldCheck
     flat_spread = float(fit.F.std())
     min_background = float((fit.F * signal + fit.D).min()) if fit.dark is not None else 0.0
     reason, contradicts = darkfield_verdict(offset, se, signal, flat_spread, min_background)
-    halves = None
-    if not reason and n >= SPLIT_MIN_IMAGES:
+    splits = {}
+    for names, parts in ((("even", "odd images"), (slice(0, None, 2), slice(1, None, 2))),
+                         (("first", "second half of the images"), (slice(0, n // 2), slice(n // 2, None)))):
+        if reason or n < SPLIT_MIN_IMAGES:
+            break
         halves = []
-        for part in (slice(0, None, 2), slice(1, None, 2)):
+        for part in parts:
             half = _mean_passes(xp.ascontiguousarray(X[part]), shape, fit.F, fit.D, xp.ascontiguousarray(fit.weights[part]),
-                                estimate=True, strength=strength, iterations=SPLIT_PASSES)
+                                estimate=True, strength=strength, schedule=schedule, iterations=SPLIT_PASSES)
             halves.append((float("nan"), float("inf")) if half.dark is None else (float(half.dark[0]), float(half.dark[1])))
-        halves = tuple(halves)
-        reason, contradicts = darkfield_verdict(offset, se, signal, flat_spread, min_background, halves)
+        splits[names[0]] = halves = tuple(halves)
+        reason, contradicts = darkfield_verdict(offset, se, signal, flat_spread, min_background, halves, names)
     if n < 2:
         reason, contradicts = "one image has one background level, so offset and flat field cannot be separated", False
-    return DarkfieldCheck(offset, se, reason, contradicts, halves)
+    return DarkfieldCheck(offset, se, reason, contradicts, splits.get("even"), splits.get("first"))
 
 
-def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "auto", smoothness: float = 1.0,
-                      iterations: int | None = None) -> WorkingFit:
+def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "auto", smoothness: float = 1.0) -> WorkingFit:
     """Fit flat field, darkfield and per-image levels to a (N, h, w) float stack (NumPy or CuPy).
+
+    The fast schedule runs first (see ``_Schedule``); when its darkfield is not identifiable (or
+    its levels show it took the objects for the background), the whole fit runs again by the
+    careful schedule, whose result is kept (``diagnostics["careful"]`` says so, with the fast
+    fit's reason): dense objects make a fast fit look unidentifiable or contradictory.
 
     Parameters
     ----------
@@ -438,47 +542,86 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "auto", s
         contradict the mean's model (see ``darkfield_verdict``), then the median.
     smoothness : float
         Multiplies the flat field's smoothing penalty.
-    iterations : int, optional
-        Passes of the fit (default ``ITERATIONS``, ``FEW_IMAGES_ITERATIONS`` below 16 images).
+
+    Returns
+    -------
+    WorkingFit
+
+    Examples
+    --------
+    >>> fit = fit_working_stack(small_stack)          # (N, h, w) counts at working resolution
+    >>> fit.flatfield, fit.darkfield_status, fit.offset
     """
     xp = get_array_module(stack)
     n, h, w = stack.shape
-    shape = (h, w)
-    iterations = iterations or (ITERATIONS if n >= 16 else FEW_IMAGES_ITERATIONS)
     X = stack.reshape(n, h * w).astype(xp.float64, copy=False)
     strength = FLAT_SMOOTHNESS * float(smoothness) * max(1.0, FEW_IMAGES_BOOST / n**2)
     fixed = None if isinstance(darkfield, str) else xp.asarray(darkfield, dtype=xp.float64).reshape(h * w)
     estimate = isinstance(darkfield, str) and darkfield == "estimate"
+    fast = _fit(X, (h, w), fixed, estimate, statistic, strength, _fast(n))
+    doubt = fast.check.reason if fast.check is not None and fast.check.reason else ""
+    if not doubt and _locked_on_objects(X, fast.fit):
+        doubt = "its levels are more than 3 % from the images' median levels (objects in its background)"
+    chosen = _fit(X, (h, w), fixed, estimate, statistic, strength, CAREFUL) if doubt else fast
+    return chosen.result(h, w, estimate, careful=doubt)
 
+
+@dataclass
+class _Fitted:
+    """One schedule's whole fit: the mean fit, the darkfield check, the statistic and flat field."""
+
+    fit: _MeanFit
+    check: DarkfieldCheck | None
+    status: str
+    statistic: str
+    statistic_reason: str
+    F: object
+    levels: object
+    strength: float
+
+    def result(self, h: int, w: int, estimate: bool, careful: str) -> WorkingFit:
+        xp = get_array_module(self.F)
+        check = self.check
+        offset = se = None
+        reason = ""
+        if estimate:
+            offset, se, reason = check.offset, check.se, check.reason
+        return WorkingFit(
+            flatfield=self.F.reshape(h, w),
+            darkfield=None if self.status in ("off", "not identifiable") else self.fit.D.reshape(h, w),
+            levels=to_numpy(self.levels), darkfield_status=self.status, darkfield_reason=reason, offset=offset,
+            offset_se=se, statistic=self.statistic, statistic_reason=self.statistic_reason,
+            diagnostics={"rejected_fraction": float(xp.mean(self.fit.weights < 0.5)), "smoothness": self.strength,
+                         "careful": careful,
+                         "darkfield_offset_halves": None if check is None or check.halves is None
+                         else [h_[0] for h_ in check.halves],
+                         "darkfield_offset_sequence_halves": None if check is None or check.sequence_halves is None
+                         else [h_[0] for h_ in check.sequence_halves]},
+        )
+
+
+def _fit(X, shape, fixed, estimate: bool, statistic: str, strength: float, schedule: _Schedule) -> _Fitted:
+    """The whole fit by one schedule: the darkfield regression and its check (which also picks the
+    statistic), the refit without a darkfield where it is not estimated, then the statistic."""
+    xp = get_array_module(X)
     fit = check = None
     if estimate or statistic == "auto":  # the darkfield regression also tells which statistic suits the data
-        zero = xp.zeros(h * w)
-        fit = _mean_passes(X, shape, _first_flat(X, zero, shape, strength), zero, xp.ones_like(X), estimate=True,
-                           strength=strength, iterations=iterations)
-        check = _check_darkfield(X, shape, fit, strength)
+        zero = xp.zeros(X.shape[1])
+        fit = _mean_passes(X, shape, _first_flat(X, zero, shape, strength), zero, estimate=True, strength=strength,
+                           schedule=schedule)
+        check = _check_darkfield(X, shape, fit, strength, schedule)
     chosen, statistic_reason = _choose_statistic(statistic, check)
     if estimate and not check.reason:
         status = "estimated"
     else:
         status = "given" if fixed is not None else ("not identifiable" if estimate else "off")
-        D = fixed if fixed is not None else xp.zeros(h * w)
-        fit = _mean_passes(X, shape, _first_flat(X, D, shape, strength), D, xp.ones_like(X), estimate=False,
-                           strength=strength, iterations=iterations)
+        D = fixed if fixed is not None else xp.zeros(X.shape[1])
+        fit = _mean_passes(X, shape, _first_flat(X, D, shape, strength), D, estimate=False, strength=strength,
+                           schedule=schedule)
     F, levels = fit.F, fit.levels
     if chosen == "median":
         F, levels = _median_flat(X, F, fit.D, fit.weighted, fit.weights, shape)
-    rejected = float(xp.mean(fit.weights < 0.5))
-    offset = se = None
-    reason = ""
-    if estimate:
-        offset, se, reason = check.offset, check.se, check.reason
-    return WorkingFit(
-        flatfield=F.reshape(h, w), darkfield=None if status in ("off", "not identifiable") else fit.D.reshape(h, w),
-        levels=to_numpy(levels), darkfield_status=status, darkfield_reason=reason, offset=offset, offset_se=se,
-        statistic=chosen, statistic_reason=statistic_reason,
-        diagnostics={"rejected_fraction": rejected, "smoothness": strength,
-                     "darkfield_offset_halves": None if check is None or check.halves is None else [h_[0] for h_ in check.halves]},
-    )
+    return _Fitted(fit, check, status, chosen, statistic_reason, F, levels, strength)
 
 
 def _choose_statistic(statistic: str, check: DarkfieldCheck | None) -> tuple[str, str]:

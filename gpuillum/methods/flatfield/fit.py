@@ -97,6 +97,8 @@ def _message(fit: WorkingFit, n: int, quality) -> str:
     if fit.statistic == "median":
         parts.append("flat field from the per-pixel median of the normalised images"
                      + (" (dense content)" if fit.statistic_reason.startswith("dense") else ""))
+    if fit.diagnostics["careful"]:
+        parts.append(f"fitted again by the careful schedule (the fast fit's darkfield: {fit.diagnostics['careful']})")
     if quality[0] is not None:
         parts.append(f"flat field uncertain by about {quality[0]:.2f} % RMS ({quality[1]})")
     return "flatfield: " + "; ".join(parts)
@@ -137,11 +139,13 @@ def model_from_stack(stack: WorkingStack, *, darkfield: bool = True, dark_frames
         "darkfield_offset": fit.offset,
         "darkfield_offset_se": fit.offset_se,
         "darkfield_offset_halves": fit.diagnostics["darkfield_offset_halves"],
+        "darkfield_offset_sequence_halves": fit.diagnostics["darkfield_offset_sequence_halves"],
         "flatfield_statistic": fit.statistic,
         "flatfield_statistic_reason": fit.statistic_reason,
         "background_level": float(levels.mean()),
         "background_level_spread": float(levels.std() / levels.mean()) if levels.mean() > 0 else None,
         "rejected_fraction": fit.diagnostics["rejected_fraction"],
+        "careful_fit": fit.diagnostics["careful"] or None,
         "flatfield_error_estimate_percent": quality[0],
         "flatfield_error_estimate_method": quality[1],
         "message": _message(fit, n, quality),
