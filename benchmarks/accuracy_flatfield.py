@@ -10,7 +10,9 @@ darkfield count as 0). Rows: gpuillum ``fit_flatfield`` (defaults), the ``jump``
 (``get_darkfield=True``, with and without ``sort_intensity``) when ``--basicpy-python`` names a
 Python that has it (run as a subprocess: benchmarks/basicpy_runner.py).
 
-Then BaSiC's demo stacks (GPUILLUM_DATA/basicpy_npz, or ``--data``): each fit's flat field against
+Then a robustness grid of gpuillum's defaults alone: image sizes 96x128 to 512^2 x cells on 5,
+15 and 30 % of the field x "bright, dark 100" and "dim, dark 400" x two shapes (``--no-grid``
+skips it). Then BaSiC's demo stacks (GPUILLUM_DATA/basicpy_npz, or ``--data``): each fit's flat field against
 PyBaSiC's reference of the same model at 128^2 (fitted without a darkfield when the fit has none,
 with one otherwise; whole field and border excluded), cell_culture (no reference) against BaSiCPy
 2.0 with sorting.
@@ -42,6 +44,10 @@ from gpuillum.methods.flatfield.plates import SHAPES, dark_error_counts, flat_er
 CONDITIONS = {"bright, dark 0": (0.0, 300.0), "bright, dark 100": (100.0, 300.0), "dim, dark 400": (400.0, 50.0)}
 BASICPY = {"basicpy": {"get_darkfield": True}, "basicpy-sort": {"get_darkfield": True, "sort_intensity": True}}
 DEMOS = ("timelapse_nanog", "wsi_brain", "cell_culture")
+GRID_SIZES = ((96, 128), (128, 128), (256, 256), (512, 512))  # the robustness grid: image shapes ...
+GRID_DENSITIES = (0.05, 0.15, 0.3)  # ... shares of the field covered by cells ...
+GRID_CONDITIONS = ("bright, dark 100", "dim, dark 400")  # ... levels and offsets ...
+GRID_SHAPES = ("cos4", "gaussian")  # ... and vignetting shapes (seed 1, ``--images`` images each)
 
 
 def jump_flat(images):
@@ -100,6 +106,43 @@ def synthetic(args) -> list[dict]:
                 print(condition, kind, seed, {r["method"]: (round(r["flat_error_percent"], 2), round(r["dark_error_counts"], 1))
                                               for r in records[-len(estimates):]}, flush=True)
     return records
+
+
+def grid(args) -> list[dict]:
+    """gpuillum's defaults over image sizes x cell densities x conditions x shapes (one plate each):
+    flat-field and darkfield error, the darkfield's verdict and the fit's own error estimate."""
+    records = []
+    for shape in GRID_SIZES:
+        for density in GRID_DENSITIES:
+            for condition in GRID_CONDITIONS:
+                dark, background = CONDITIONS[condition]
+                for kind in GRID_SHAPES:
+                    plate = make_plate(args.images, shape, kind=kind, dark=dark, background=background, density=density, seed=1)
+                    model = fit_flatfield(plate.images)
+                    records.append({"shape": list(shape), "density": density, "condition": condition, "kind": kind,
+                                    "flat_error_percent": flat_error_percent(model.flatfield, plate.flatfield),
+                                    "dark_error_counts": dark_error_counts(model.darkfield, plate.darkfield),
+                                    "darkfield_status": model.info["darkfield"],
+                                    "flatfield_statistic": model.info["flatfield_statistic"]})
+                    print("grid", shape, density, condition, kind, round(records[-1]["flat_error_percent"], 2),
+                          round(records[-1]["dark_error_counts"], 1), model.info["darkfield"], flush=True)
+    return records
+
+
+def grid_table(records: list[dict]) -> str:
+    """Markdown: per size and density, each condition's worst flat-field error (%) / darkfield error
+    (counts) over the shapes, and the darkfield verdicts when not all "estimated"."""
+    lines = ["| size | cells cover | " + " | ".join(GRID_CONDITIONS) + " |", "|---|---" + "|---" * len(GRID_CONDITIONS) + "|"]
+    for shape in GRID_SIZES:
+        for density in GRID_DENSITIES:
+            cells = []
+            for condition in GRID_CONDITIONS:
+                rows = [r for r in records if tuple(r["shape"]) == shape and r["density"] == density and r["condition"] == condition]
+                verdicts = sorted({r["darkfield_status"] for r in rows} - {"estimated"})
+                cells.append(f"{max(r['flat_error_percent'] for r in rows):.2f} / {max(r['dark_error_counts'] for r in rows):.1f}"
+                             + (f" ({', '.join(verdicts)})" if verdicts else ""))
+            lines.append(f"| {shape[0]}x{shape[1]} | {100 * density:.0f} % | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _relative_rms(a, b, border: int = 0):
@@ -215,6 +258,7 @@ def main(argv=None) -> int:
     parser.add_argument("--basicpy-python", help="a Python with BaSiCPy 2.0 installed (e.g. /work/basicpy-venv/bin/python)")
     parser.add_argument("--data", default=os.environ.get("GPUILLUM_DATA"), help="the shared data folder (default $GPUILLUM_DATA)")
     parser.add_argument("--no-demos", action="store_true", help="skip BaSiC's demo stacks")
+    parser.add_argument("--no-grid", action="store_true", help="skip the grid of sizes x densities x offsets")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: 2 shapes, 1 seed, 8 images of 128^2")
     args = parser.parse_args(argv)
     if args.quick:
@@ -226,6 +270,10 @@ def main(argv=None) -> int:
     table = summary_table(records)
     print(f"\nflat-field error % RMS / darkfield error counts, mean (max) over {len(args.shapes)} shapes x {args.seeds} seeds, "
           f"{args.images} images of {args.size}^2\n{table}")
+    robustness = [] if args.no_grid or args.quick else grid(args)
+    if robustness:
+        print(f"\nworst flat-field error % RMS / darkfield error counts over {', '.join(GRID_SHAPES)}, {args.images} "
+              f"images each\n{grid_table(robustness)}")
     demo = [] if args.no_demos or args.quick else demos(args)
     if demo:
         print("\ndemo stacks, % RMS of the flat field against the reference of the same model (border excluded / whole "
@@ -233,6 +281,7 @@ def main(argv=None) -> int:
     payload = {"quick": args.quick, "machine": machine_description(), "load_1min_end": os.getloadavg()[0],
                "load_1min_start": load_start, "size": args.size, "images": args.images,
                "seeds": args.seeds, "shapes": args.shapes, "brightness_spread": 0.1, "synthetic": records, "table": table,
+               "grid": robustness, "grid_table": grid_table(robustness) if robustness else "",
                "demo_stacks": demo, "demo_table": demo_table(demo) if demo else "", "basicpy": bool(args.basicpy_python)}
     print(write_results("accuracy-flatfield", payload))
     return 0

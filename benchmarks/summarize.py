@@ -192,7 +192,9 @@ def flatfield_accuracy(path: Path) -> str:
     data = json.loads(path.read_text())
     return (f"Flat-field error % RMS (mean-normalised, border excluded) / darkfield error in counts, mean (max) over the "
             f"plates of each column; {data.get('images')} images of {data.get('size')}^2 per plate.\n\n{data['table']}\n\n"
-            f"BaSiC's demo stacks against the reference results (% RMS, border excluded / whole field):\n\n"
+            + (f"gpuillum's defaults over image sizes x cell cover x conditions, the worst of two shapes (cos4, gaussian; "
+               f"one plate each):\n\n{data['grid_table']}\n\n" if data.get("grid_table") else "")
+            + f"BaSiC's demo stacks against the reference results (% RMS, border excluded / whole field):\n\n"
             f"{data['demo_table']}\n\nMachine: {_machine(data['machine'])}.\n")
 
 
