@@ -111,6 +111,9 @@ def test_dense_bright_objects_leave_flat_field_and_darkfield_right():
 def test_sparse_objects_keep_the_fast_fit(bright):
     model = fit_flatfield(bright.images)
     assert model.info["careful_fit"] is None and "careful" not in model.info["message"]
+    equal = make_plate(24, SHAPE, kind="gaussian", dark=100, background=300, spread=0, seed=3)
+    model = fit_flatfield(equal.images)  # no information about the offset: a careful fit would not add any
+    assert model.info["darkfield"] == "not identifiable" and model.info["careful_fit"] is None
 
 
 def test_objects_growing_while_bleaching_contradict_the_plate_model():

@@ -523,10 +523,11 @@ def _check_darkfield(X, shape, fit: _MeanFit, strength: float, schedule: _Schedu
 def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "auto", smoothness: float = 1.0) -> WorkingFit:
     """Fit flat field, darkfield and per-image levels to a (N, h, w) float stack (NumPy or CuPy).
 
-    The fast schedule runs first (see ``_Schedule``); when its darkfield is not identifiable (or
-    its levels show it took the objects for the background), the whole fit runs again by the
-    careful schedule, whose result is kept (``diagnostics["careful"]`` says so, with the fast
-    fit's reason): dense objects make a fast fit look unidentifiable or contradictory.
+    The fast schedule runs first (see ``_Schedule``); when the data contradict its fit (see
+    ``darkfield_verdict``) or its levels show objects in its background, the whole fit runs again
+    by the careful schedule, whose result is kept (``diagnostics["careful"]`` gives the fast fit's
+    reason): dense objects make a fast fit look contradictory. A darkfield that is merely not
+    identifiable (equal levels, too little spread) is no reason: no schedule adds information.
 
     Parameters
     ----------
@@ -559,7 +560,7 @@ def fit_working_stack(stack, *, darkfield="estimate", statistic: str = "auto", s
     fixed = None if isinstance(darkfield, str) else xp.asarray(darkfield, dtype=xp.float64).reshape(h * w)
     estimate = isinstance(darkfield, str) and darkfield == "estimate"
     fast = _fit(X, (h, w), fixed, estimate, statistic, strength, _fast(n))
-    doubt = fast.check.reason if fast.check is not None and fast.check.reason else ""
+    doubt = fast.check.reason if fast.check is not None and fast.check.contradicts else ""
     if not doubt and _locked_on_objects(X, fast.fit):
         doubt = "its levels are more than 3 % from the images' median levels (objects in its background)"
     chosen = _fit(X, (h, w), fixed, estimate, statistic, strength, CAREFUL) if doubt else fast
