@@ -220,6 +220,10 @@ def qc_validation(path: Path) -> str:
     lines.append(f"| correction needed: detected where the true peak-to-valley >= 10 % | {metrics['needed_detected_true_p2v_ge_10pct']} |")
     lines.append(f"| --method auto within 10 % of the best candidate's flat-field error | {auto['within_10pct']} "
                  f"({100 * auto['share']:.0f} %, target 90 %: {'met' if auto['passes'] else 'not met'}) |")
+    if auto.get("cellprofiler_only"):
+        cp = auto["cellprofiler_only"]
+        lines.append(f"| ... among the CellProfiler candidates alone ({', '.join(cp['candidates'])}) | {cp['within_10pct']} "
+                     f"({100 * cp['share']:.0f} %) |")
     return (f"{data['sets']} synthetic sets of {data['images']} images of {data['size']}^2; candidates "
             f"{', '.join(auto['candidates'])}.\n\n" + "\n".join(lines) + f"\n\nMachine: {_machine(data['machine'])}.\n")
 
