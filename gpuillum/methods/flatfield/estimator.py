@@ -189,8 +189,9 @@ def _lower_scale(sample):
     negatives = xp.sum(ordered < 0, axis=1, keepdims=True)
     middle = xp.take_along_axis(ordered, xp.maximum(negatives - 1, 0) // 2, axis=1)
     one_sided = 1.4826 * xp.abs(middle)
-    both = 1.4826 * xp.median(xp.abs(sample), axis=1, keepdims=True)
-    return xp.where(negatives >= 8, one_sided, both)
+    if bool((negatives >= 8).all()):
+        return one_sided
+    return xp.where(negatives >= 8, one_sided, 1.4826 * xp.median(xp.abs(sample), axis=1, keepdims=True))
 
 
 def _tukey_weights(residuals, k: float, one_sided: bool = False):
@@ -393,6 +394,7 @@ class _Schedule:
 
 
 def _fast(n: int) -> _Schedule:
+    """The fast schedule for ``n`` images (more passes below 16 images)."""
     return _Schedule(False, ITERATIONS if n >= 16 else FEW_IMAGES_ITERATIONS, FILL_PASSES, FLAT_TOLERANCE)
 
 
@@ -426,7 +428,7 @@ def _median_levels(X, F, D):
     return xp.median((X[:, ::SCALE_STRIDE] - D[::SCALE_STRIDE]) / F[::SCALE_STRIDE], axis=1)
 
 
-def _locked_on_objects(X, fit: "_MeanFit") -> bool:
+def _locked_on_objects(X, fit: _MeanFit) -> bool:
     """Whether a fit let the objects into its background: its mean level is outside ``LOCK_RATIO``
     of the images' median levels under its own F and D (a fit on the background sits 0-2 % below
     them)."""
