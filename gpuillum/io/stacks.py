@@ -22,8 +22,8 @@ import numpy as np
 import tifffile
 
 from .atomic import atomic_path
-from .safe_open import create_new, open_regular
-from .tiff import SOFTWARE, TiffInfo, info_of_page, read_error, resolve_compression, tile_like
+from .safe_open import create_new
+from .tiff import SOFTWARE, TiffInfo, info_of_page, read_with, resolve_compression, tile_like
 from ..errors import InvalidType, InvalidValue
 
 FRAME_AXES = "TIQ"  # a sequence over time (tifffile's I: image series, Q: unnamed)
@@ -109,26 +109,14 @@ def stack_info_of(path: Path, tif: tifffile.TiffFile) -> StackInfo:
 def read_stack_info(path) -> StackInfo:
     """The StackInfo of ``path`` from its header alone (no pixels decoded)."""
     path = Path(path)
-    try:
-        with open_regular(path) as handle, tifffile.TiffFile(handle, _multifile=False) as tif:
-            return stack_info_of(path, tif)
-    except MemoryError:
-        raise
-    except Exception as error:
-        raise read_error(path, error) from error
+    return read_with(path, lambda tif: stack_info_of(path, tif), _multifile=False)
 
 
 def read_stack(path) -> tuple[np.ndarray, StackInfo]:
     """Decode the whole first series of ``path``: (array of StackInfo.shape, native byte order; info)."""
     path = Path(path)
-    try:
-        with open_regular(path) as handle, tifffile.TiffFile(handle, _multifile=False) as tif:
-            info = stack_info_of(path, tif)
-            array = tif.series[0].asarray(maxworkers=1)
-    except MemoryError:
-        raise
-    except Exception as error:
-        raise read_error(path, error) from error
+    info, array = read_with(path, lambda tif: (stack_info_of(path, tif), tif.series[0].asarray(maxworkers=1)),
+                            _multifile=False)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return np.ascontiguousarray(array.reshape(info.shape)), info
@@ -137,20 +125,18 @@ def read_stack(path) -> tuple[np.ndarray, StackInfo]:
 def read_planes(path, indices) -> list[np.ndarray]:
     """Planes ``indices`` of ``path``'s first series, decoded one by one (a batch of a long stack)."""
     path = Path(path)
-    try:
-        with open_regular(path) as handle, tifffile.TiffFile(handle, _multifile=False) as tif:
-            info = stack_info_of(path, tif)
-            pages = tif.series[0].pages
-            planes = []
-            for index in indices:
-                plane = pages[index].asarray(maxworkers=1) if len(pages) == info.planes else \
-                    tif.series[0].asarray(maxworkers=1).reshape(-1, *info.plane_shape)[index]
-                planes.append(np.ascontiguousarray(plane.astype(plane.dtype.newbyteorder("="), copy=False)))
-    except MemoryError:
-        raise
-    except Exception as error:
-        raise read_error(path, error) from error
-    return planes
+
+    def decode(tif) -> list[np.ndarray]:
+        info = stack_info_of(path, tif)
+        pages = tif.series[0].pages
+        planes = []
+        for index in indices:
+            plane = pages[index].asarray(maxworkers=1) if len(pages) == info.planes else \
+                tif.series[0].asarray(maxworkers=1).reshape(-1, *info.plane_shape)[index]
+            planes.append(np.ascontiguousarray(plane.astype(plane.dtype.newbyteorder("="), copy=False)))
+        return planes
+
+    return read_with(path, decode, _multifile=False)
 
 
 def _ome_with_type(ome_xml: str, dtype: np.dtype) -> str:

@@ -221,6 +221,19 @@ def read_error(path: Path, error: BaseException) -> ImageReadError:
     return ImageReadError(path, f"corrupt or unreadable TIFF ({type(error).__name__}: {reason})")
 
 
+def read_with(path: Path, reader, **options):
+    """``reader(tif)`` on ``path`` opened as a regular file (no links or FIFOs followed) with
+    ``tifffile.TiffFile(handle, **options)``: its result, or ImageReadError naming the file for
+    whatever tifffile or the reader raise (MemoryError passes; so does KeyboardInterrupt)."""
+    try:
+        with open_regular(path) as handle, tifffile.TiffFile(handle, **options) as tif:
+            return reader(tif)
+    except MemoryError:
+        raise
+    except Exception as error:  # tifffile raises many types for bad files
+        raise read_error(path, error) from error
+
+
 def read_tiff_info(path) -> TiffInfo:
     """Read only the header of ``path`` (no pixel decoding): shape, dtype, compression, metadata.
 
@@ -228,13 +241,7 @@ def read_tiff_info(path) -> TiffInfo:
     TIFF, corrupt structure, truncated data, not a 2-D grey image).
     """
     path = Path(path)
-    try:
-        with open_regular(path) as handle, tifffile.TiffFile(handle, is_ome=False) as tif:
-            return _info(path, tif)
-    except MemoryError:
-        raise
-    except Exception as error:  # tifffile raises many types for bad files; KeyboardInterrupt passes
-        raise read_error(path, error) from error
+    return read_with(path, lambda tif: _info(path, tif), is_ome=False)
 
 
 def read_tiff(path) -> tuple[np.ndarray, TiffInfo]:
@@ -244,14 +251,7 @@ def read_tiff(path) -> tuple[np.ndarray, TiffInfo]:
     truncated or corrupt file raises ImageReadError naming the file.
     """
     path = Path(path)
-    try:
-        with open_regular(path) as handle, tifffile.TiffFile(handle, is_ome=False) as tif:
-            info = _info(path, tif)
-            array = _decode(tif)
-    except MemoryError:
-        raise
-    except Exception as error:
-        raise read_error(path, error) from error
+    info, array = read_with(path, lambda tif: (_info(path, tif), _decode(tif)), is_ome=False)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     return np.ascontiguousarray(array), info
