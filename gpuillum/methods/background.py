@@ -46,11 +46,22 @@ def radius_setting(help: str):
     return setting(help=help, metavar="R", parse=radius_value)
 
 
-def check_window_radius(radius, footprint: str) -> None:
-    """The radius of a disk footprint (an integer >= 1) or of ImageJ's circle (``footprint``
-    "imagej": a number in (0, 1000], ImageJ's limit); a one-line ValueError otherwise."""
-    from .._checks import check_radius
+WINDOW_FOOTPRINTS = ("disk", "imagej")
+FOOTPRINT_HELP = ("disk: x^2 + y^2 <= R^2 (scikit-image's disk(R), default); imagej: ImageJ's circle "
+                  "x^2 + y^2 <= floor(R^2) + 1, R may be fractional")
 
+
+def footprint_setting(more_help: str = ""):
+    """The ``--footprint disk|imagej`` setting of the median and the top-hats."""
+    return setting("disk", choices=WINDOW_FOOTPRINTS, help=FOOTPRINT_HELP + more_help)
+
+
+def check_window(radius, footprint: str) -> None:
+    """The footprint (one of ``WINDOW_FOOTPRINTS``) and its radius: an integer >= 1 for a disk, a
+    number in (0, 1000] (ImageJ's limit) for ImageJ's circle; a one-line error otherwise."""
+    from .._checks import check_choice, check_radius
+
+    check_choice(footprint, "footprint", WINDOW_FOOTPRINTS)
     if footprint != "imagej":
         check_radius(radius, "radius")
     elif isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius <= 1000:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from . import register
 from .background import (
     check_presmooth,
-    check_window_radius,
+    check_window,
     describe_presmooth,
+    footprint_setting,
     presmooth_setting,
     radius_setting,
     sigma_setting,
@@ -28,7 +29,6 @@ from .background import (
 from .base import Method, setting
 from ..errors import InvalidValue
 
-FOOTPRINTS = ("disk", "imagej")
 EDGES = ("ignore", "nearest")
 
 
@@ -40,9 +40,7 @@ class MedianSettings:
     downsample: str = setting("exact", help="exact (default: the exact disk median) or auto / N: the fast approximate "
                               "median on an image shrunk N times (gpuillum.median_background)", metavar="exact|auto|N")
     light_background: bool = setting(False, help="dark objects on a light background: subtract the image from its background")
-    footprint: str = setting("disk", choices=FOOTPRINTS, help="disk: x^2 + y^2 <= R^2 (scikit-image's disk(R), default); "
-                             "imagej: ImageJ's circle x^2 + y^2 <= floor(R^2) + 1, R may be fractional (Process > Filters > "
-                             "Median..., with --edges nearest by default)")
+    footprint: str = footprint_setting(" (Process > Filters > Median..., with --edges nearest by default)")
     edges: str | None = setting(None, choices=EDGES, help="ignore: only the pixels inside the image count (scikit-image's "
                                 "filters.rank.median, CellProfiler; default for --footprint disk); nearest: the edge pixels "
                                 "repeat (scikit-image's filters.median, scipy, ImageJ; default for --footprint imagej)")
@@ -52,8 +50,7 @@ class MedianSettings:
     def __post_init__(self):
         from .._checks import check_choice
 
-        check_choice(self.footprint, "footprint", FOOTPRINTS)
-        check_window_radius(self.radius, self.footprint)
+        check_window(self.radius, self.footprint)
         if self.edges is None:
             object.__setattr__(self, "edges", "nearest" if self.footprint == "imagej" else "ignore")
         check_choice(self.edges, "edges", EDGES)

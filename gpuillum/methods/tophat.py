@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from . import register
 from .background import (
     check_presmooth,
-    check_window_radius,
+    check_window,
     describe_presmooth,
+    footprint_setting,
     presmooth_setting,
     radius_setting,
     sigma_setting,
@@ -28,25 +29,18 @@ from .background import (
 )
 from .base import Method, setting
 
-FOOTPRINTS = ("disk", "imagej")
-
-
 @dataclass(frozen=True)
 class TophatSettings:
     """The disk radius, which objects are kept, the footprint and the pre-smoothing."""
 
     radius: int = radius_setting("disk radius in pixels (larger than the objects to keep)")
     light_background: bool = setting(False, help="dark objects on a light background: the black top-hat (closing minus image)")
-    footprint: str = setting("disk", choices=FOOTPRINTS, help="disk: x^2 + y^2 <= R^2 (scikit-image's disk(R), default); "
-                             "imagej: ImageJ's circle x^2 + y^2 <= floor(R^2) + 1, R may be fractional")
+    footprint: str = footprint_setting()
     presmooth: str = presmooth_setting("none")
     sigma: float | None = sigma_setting()
 
     def __post_init__(self):
-        from .._checks import check_choice
-
-        check_choice(self.footprint, "footprint", FOOTPRINTS)
-        check_window_radius(self.radius, self.footprint)
+        check_window(self.radius, self.footprint)
         check_presmooth(self)
 
 
